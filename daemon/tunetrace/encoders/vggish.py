@@ -274,8 +274,10 @@ class VGGishEncoder:
         for needed in (weights, pca_path) if postprocess else (weights,):
             if not needed.is_file():
                 raise _missing_file_error(needed, model_dir)
-        network = build_network(torch_mod)
-        network.load_state_dict(load_vggish_state(torch_mod, weights), strict=True, assign=True)
+        state = load_vggish_state(torch_mod, weights)
+        with torch_mod.device("meta"):  # no random init of 70M parameters about to be replaced
+            network = build_network(torch_mod)
+        network.load_state_dict(state, strict=True, assign=True)
         pca = load_pca_params(torch_mod, pca_path) if postprocess else None
         torch_mod.set_num_threads(threads)
         return cls(network, weights_sha256=file_sha256(weights), pca=pca, batch_size=batch_size)
