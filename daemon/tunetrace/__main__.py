@@ -1,0 +1,3 @@
+from tunetrace.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Ingestion as a towhee pipeline: path -> decoded, embedded track -> rows in Milvus.
+
+Operators are registered locally (towhee's hub is not reachable).  Each operator returns a value
+instead of raising, so one unreadable file becomes one line in the summary and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunetrace.catalog.scan import SidecarEntry, content_hash, load_sidecar, scan_paths
+from tunetrace.config import IngestConfig
+from tunetrace.decode import iter_pcm_blocks, probe_tags
+from tunetrace.encoders.base import Encoder
+from tunetrace.errors import CatalogError, DecodeError
+from tunetrace.store import CatalogStore, Track, track_id_for
+from tunetrace.windows import frame_stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedTrack:
+    track: Track
+    embeddings: np.ndarray
+    offsets_s: np.ndarray
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    path: Path
+    status: str
+    """``added``, ``replaced``, ``skipped`` or ``failed``."""
+    reason: str = ""
+    track: Track | None = None
+    audio_s: float = 0.0
+
+
+@dataclass
+class IngestSummary:
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def added(self) -> int:
+        return self.count("added") + self.count("replaced")
+
+    @property
+    def audio_s(self) -> float:
+        return sum(o.audio_s for o in self.outcomes if o.status in ("added", "replaced"))
+
+    @property
+    def vectors(self) -> int:
+        return sum(o.track.n_vectors for o in self.outcomes if o.track and o.status != "skipped")
+
+    @property
+    def failures(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+class _Shared:
+    """Hands live objects (encoder, store) to towhee operators, which deep-copy their arguments."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Shared:
+        return self
+
+
+def _register_operators() -> None:
+    from towhee import register
+
+    @register(name="tunetrace/embed_file")
+    class EmbedFile:
+        """path -> EmbeddedTrack | FileOutcome (skipped or failed)."""
+
+        def __init__(
+            self, encoder: _Shared, store: _Shared, sidecar: dict[Path, SidecarEntry],
+            replace: bool, batch_size: int,
+        ) -> None:
+            self._encoder: Encoder = encoder.value
+            self._store: CatalogStore = store.value
+            self._sidecar = sidecar
+            self._replace, self._batch_size = replace, batch_size
+
+        def __call__(self, path: Path) -> EmbeddedTrack | FileOutcome:
+            try:
+                return self._embed(path)
+            except DecodeError as exc:
+                return FileOutcome(path, "failed", str(exc))
+            except OSError as exc:
+                return FileOutcome(path, "failed", f"{path}: {exc.strerror or exc}")
+
+        def _embed(self, path: Path) -> EmbeddedTrack | FileOutcome:
+            if not path.is_file():
+                return FileOutcome(path, "failed", f"{path}: no such file")
+            digest = content_hash(path)
+            existing = self._store.find_by_hash(digest)
+            if existing is not None and not self._replace:
+                return FileOutcome(path, "skipped", "already in the catalog", existing)
+            tags = probe_tags(path)
+            info = self._encoder.info
+            spec = info.window_spec
+            vectors: list[np.ndarray] = []
+            offsets: list[np.ndarray] = []
+            samples = 0
+
+            def counted(blocks: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+                nonlocal samples
+                for block in blocks:
+                    samples += block.size
+                    yield block
+
+            for windows, starts in frame_stream(counted(iter_pcm_blocks(path, info.sample_rate)), spec):
+                for start in range(0, windows.shape[0], self._batch_size):
+                    vectors.append(self._encoder.embed(windows[start : start + self._batch_size]))
+                offsets.append(starts / info.sample_rate)
+            if not vectors:
+                raise DecodeError(f"{path}: decoded to no audio")
+            extra = self._sidecar.get(path.resolve())
+            track = Track(
+                track_id=track_id_for(digest),
+                title=(extra.title if extra and extra.title else tags.title),
+                artist=(extra.artist if extra and extra.artist else tags.artist),
+                album=(extra.album if extra and extra.album else tags.album),
+                duration_s=samples / info.sample_rate,
+                source_path=str(path.resolve()),
+                content_hash=digest,
+                n_vectors=int(sum(v.shape[0] for v in vectors)),
+                ingested_at=time.time(),
+            )
+            return EmbeddedTrack(track, np.concatenate(vectors), np.concatenate(offsets))
+
+    @register(name="tunetrace/insert_track")
+    class InsertTrack:
+        """EmbeddedTrack -> FileOutcome, after writing it to the store."""
+
+        def __init__(self, store: _Shared, insert_batch: int) -> None:
+            self._store: CatalogStore = store.value
+            self._insert_batch = insert_batch
+
+        def __call__(self, path: Path, item: EmbeddedTrack | FileOutcome) -> FileOutcome:
+            if isinstance(item, FileOutcome):
+                return item
+            existed = self._store.find_by_hash(item.track.content_hash) is not None
+            try:
+                self._store.add_track(item.track, item.embeddings, item.offsets_s, self._insert_batch)
+            except CatalogError as exc:
+                return FileOutcome(path, "failed", f"{path}: could not store vectors: {exc}")
+            return FileOutcome(
+                path, "replaced" if existed else "added", "", item.track, item.track.duration_s
+            )
+
+
+_registered = False
+
+
+def build_pipeline(
+    encoder: Encoder, store: CatalogStore, config: IngestConfig, *, replace: bool, batch_size: int
+) -> Any:
+    """The towhee pipeline ``path -> FileOutcome``."""
+    global _registered  # noqa: PLW0603 - towhee's registry is process-global too
+    from towhee import ops, pipe
+
+    if not _registered:
+        _register_operators()
+        _registered = True
+    sidecar = load_sidecar(config.metadata_csv) if config.metadata_csv else {}
+    return (
+        pipe.input("path")
+        .map("path", "embedded", ops.tunetrace.embed_file(
+            encoder=_Shared(encoder), store=_Shared(store), sidecar=sidecar, replace=replace, batch_size=batch_size,
+        ))
+        .map(("path", "embedded"), "outcome", ops.tunetrace.insert_track(
+            store=_Shared(store), insert_batch=config.insert_batch,
+        ))
+        .output("outcome")
+    )
+
+
+ProgressHook = Callable[[FileOutcome], None]
+
+
+def ingest(
+    paths: Iterable[Path], encoder: Encoder, store: CatalogStore, config: IngestConfig, *,
+    replace: bool = False, batch_size: int = 64, on_file: ProgressHook | None = None,
+) -> IngestSummary:
+    """Ingest every audio file under ``paths``; failures are collected, never fatal."""
+    started = time.monotonic()
+    pipeline = build_pipeline(encoder, store, config, replace=replace, batch_size=batch_size)
+    summary = IngestSummary()
+    for path in scan_paths(paths, config.extensions):
+        try:
+            outcome: FileOutcome = pipeline(path).get()[0]
+        except RuntimeError as exc:  # towhee wraps anything an operator did not handle
+            outcome = FileOutcome(path, "failed", f"{path}: {str(exc).splitlines()[0]}")
+        if outcome.status == "failed":
+            log.warning("%s", outcome.reason)
+        summary.outcomes.append(outcome)
+        if on_file is not None:
+            on_file(outcome)
+    summary.wall_s = time.monotonic() - started
+    return summary

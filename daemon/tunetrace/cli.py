@@ -1,0 +1,306 @@
+"""The ``tunetrace`` command line: ingest, identify, catalog, eval, train, models, serve.
+
+Exit codes: 0 success; 1 some inputs failed (the rest were processed); 2 usage; 69 the catalog
+or another service is unavailable; 78 (EX_CONFIG) the configuration is invalid, so systemd's
+``RestartPreventExitStatus=78`` stops a restart loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tunetrace import __version__
+from tunetrace.config import Config, load_config
+from tunetrace.errors import CatalogError, ConfigError, DecodeError, ModelError, TunetraceError
+
+log = logging.getLogger("tunetrace")
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", type=Path, default=None,
+        help="YAML config (default: $TUNETRACE_CONFIG, else /etc/tunetrace/tunetrace.yaml, else built-in defaults)",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from tunetrace.runtime import configure_logging
+
+    config = load_config(args.config)
+    configure_logging("DEBUG" if getattr(args, "verbose", False) else config.log_level)
+    return config
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tunetrace.catalog.ingest import FileOutcome, ingest
+    from tunetrace.catalog.scan import scan_paths
+    from tunetrace.runtime import open_encoder, open_store
+
+    config = _load(args)
+    missing = [p for p in args.paths if not p.exists()]
+    for path in missing:
+        print(f"error: {path}: no such file or folder", file=sys.stderr)
+    present = [p for p in args.paths if p.exists()]
+    files = list(scan_paths(present, config.ingest.extensions))
+    if not files:
+        print(
+            "nothing to ingest: no audio files found (looked for "
+            f"{', '.join(config.ingest.extensions)}) in {', '.join(map(str, args.paths))}",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
+    encoder = open_encoder(config)
+    with open_store(config, encoder, create=True) as store:
+        bar = tqdm(total=len(files), unit="file", disable=args.quiet or None, file=sys.stderr)
+
+        def progress(outcome: FileOutcome) -> None:
+            bar.set_postfix_str(f"{outcome.status}: {outcome.path.name}"[:60])
+            bar.update(1)
+
+        summary = ingest(
+            files, encoder, store, config.ingest, replace=args.replace,
+            batch_size=config.encoder.batch_size, on_file=progress,
+        )
+        bar.close()
+    hours = summary.audio_s / 3600
+    speed = summary.audio_s / summary.wall_s if summary.wall_s > 0 else 0.0
+    out = sys.stdout
+    print(
+        f"added {summary.added}, skipped {summary.count('skipped')} (already in the catalog), "
+        f"failed {len(summary.failures)}; {hours:.2f} h of audio, {summary.vectors} vectors, "
+        f"{summary.wall_s:.1f} s wall ({speed:.0f} s of audio per second)",
+        file=out,
+    )
+    for failure in summary.failures:
+        print(f"  failed: {failure.reason}", file=out)
+    return EXIT_PARTIAL if summary.failures or missing else EXIT_OK
+
+
+# -- identify ---------------------------------------------------------------------------------
+
+
+def _identification_record(path: Path, result: Any, elapsed_s: float) -> dict[str, Any]:
+    track = result.track
+    return {
+        "file": str(path),
+        "match": result.matched,
+        "track_id": track.track_id if track else None,
+        "title": track.title if track else None,
+        "artist": track.artist if track else None,
+        "album": track.album if track else None,
+        "offset_s": round(result.offset_s, 3) if track else None,
+        "confidence": round(result.confidence, 4),
+        "speed_ratio": result.speed_ratio if track else None,
+        "aligned_windows": result.aligned_windows,
+        "latency_s": round(elapsed_s, 4),
+    }
+
+
+def _print_identification(record: dict[str, Any], out: TextIO) -> None:
+    if "error" in record:
+        print(f"{record['file']}: error: {record['error']}", file=out)
+    elif record["match"]:
+        artist = f" by {record['artist']}" if record["artist"] else ""
+        print(
+            f"{record['file']}: {record['title']}{artist} at {record['offset_s']:.1f} s "
+            f"(confidence {record['confidence']:.2f})",
+            file=out,
+        )
+    else:
+        print(f"{record['file']}: no match (best confidence {record['confidence']:.2f})", file=out)
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    from tunetrace.decode import decode_file
+    from tunetrace.identify import Recognizer
+    from tunetrace.runtime import open_encoder, open_store
+
+    config = _load(args)
+    encoder = open_encoder(config)
+    failed = 0
+    with open_store(config, encoder, create=False) as store:
+        recognizer = Recognizer(encoder, store, config.matcher)
+        for path in args.files:
+            started = time.perf_counter()
+            record: dict[str, Any]
+            try:
+                audio = decode_file(path, encoder.info.sample_rate)
+                result = recognizer.identify(audio)
+                record = _identification_record(path, result, time.perf_counter() - started)
+            except DecodeError as exc:
+                failed += 1
+                record = {"file": str(path), "match": False, "error": str(exc)}
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                _print_identification(record, sys.stdout)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+# -- catalog ----------------------------------------------------------------------------------
+
+
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    from tunetrace.runtime import open_encoder, open_store
+
+    config = _load(args)
+    encoder = open_encoder(config)
+    with open_store(config, encoder, create=False) as store:
+        if args.catalog_command == "list":
+            tracks = store.tracks()
+            if args.json:
+                for t in tracks:
+                    print(json.dumps({
+                        "track_id": t.track_id, "title": t.title, "artist": t.artist,
+                        "album": t.album, "duration_s": round(t.duration_s, 2),
+                        "source_path": t.source_path, "n_vectors": t.n_vectors,
+                    }))
+            else:
+                for t in tracks:
+                    who = f" — {t.artist}" if t.artist else ""
+                    print(f"{t.track_id:>20}  {t.duration_s/60:5.1f} min  {t.title}{who}")
+            return EXIT_OK
+        if args.catalog_command == "stats":
+            tracks = store.tracks()
+            info = store.info
+            stats = {
+                "uri": config.milvus_uri() if config.milvus.uri is None else config.milvus.uri,
+                "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
+                "window_s": info.window_s, "hop_s": info.hop_s,
+                "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
+                "vectors": sum(t.n_vectors for t in tracks), "vector_rows": store.vector_count(),
+            }
+            if args.json:
+                print(json.dumps(stats))
+            else:
+                for key, value in stats.items():
+                    print(f"{key:>12}: {value}")
+            return EXIT_OK
+        removed = store.remove_track(args.track_id)
+        if not removed:
+            print(f"error: no track with id {args.track_id} in the catalog (see `tunetrace catalog list`)",
+                  file=sys.stderr)
+            return EXIT_PARTIAL
+        print(f"removed track {args.track_id}")
+        return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    source = args.config or "built-in defaults / $TUNETRACE_CONFIG"
+    print(f"{source}: OK (encoder {config.encoder.name}, catalog {config.milvus_uri()})")
+    return EXIT_OK
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunetrace",
+        description="Recognise catalog recordings in audio files and live streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"tunetrace {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="add audio files or folders to the catalog")
+    _add_config_option(p)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--replace", action="store_true", help="re-ingest files already in the catalog")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("identify", help="identify audio files against the catalog")
+    _add_config_option(p)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
+    p.set_defaults(func=_cmd_identify)
+
+    p = sub.add_parser("catalog", help="inspect or edit the catalog")
+    _add_config_option(p)
+    catalog_sub = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    for name, text in (("list", "list tracks"), ("stats", "catalog size and encoder")):
+        q = catalog_sub.add_parser(name, help=text)
+        _add_config_option(q)
+        q.add_argument("--json", action="store_true")
+    q = catalog_sub.add_parser("remove", help="remove a track and its vectors")
+    _add_config_option(q)
+    q.add_argument("track_id", type=int, metavar="TRACK_ID")
+    p.set_defaults(func=_cmd_catalog)
+
+    p = sub.add_parser("check-config", help="validate a config file and exit")
+    _add_config_option(p)
+    p.set_defaults(func=_cmd_check_config)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: Any) -> None:
+    """Commands that live in their own modules (evaluation, training, models, the daemon)."""
+    from tunetrace.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
+    try:
+        from tunetrace.train.cli import add_train_parser
+    except ImportError:
+        pass
+    else:
+        add_train_parser(sub)
+    try:
+        from tunetrace.models_fetch import add_models_parser
+    except ImportError:
+        pass
+    else:
+        add_models_parser(sub)
+    try:
+        from tunetrace.service_cli import add_serve_parser
+    except ImportError:
+        pass
+    else:
+        add_serve_parser(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None and hasattr(args, "config"):
+        # Sub-sub-commands re-declare --config; keep whichever level set it.
+        pass
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ModelError as exc:
+        print(f"model error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CatalogError as exc:
+        print(f"catalog error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except TunetraceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

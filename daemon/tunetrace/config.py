@@ -1,0 +1,193 @@
+"""One typed configuration, loaded from YAML with errors that name the key and the fix.
+
+Each stage receives only its own frozen section (``EncoderConfig``, ``MilvusConfig`` ...), never the
+root, so a reader can see exactly what a stage depends on.  Strings may reference environment
+variables as ``${NAME}`` so that secrets stay out of the file (and systemd credentials can be
+passed through ``LoadCredential=`` plus an environment file); resolved secrets are ``SecretStr`` and
+never appear in logs or ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from tunetrace.errors import ConfigError
+
+DEFAULT_CONFIG_PATHS = (Path("/etc/tunetrace/tunetrace.yaml"),)
+ENV_CONFIG = "TUNETRACE_CONFIG"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def default_data_dir() -> Path:
+    """Where catalogs and state live when the config does not say.
+
+    systemd's ``StateDirectory=`` exports ``STATE_DIRECTORY``; otherwise follow XDG.
+    """
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "tunetrace"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+EncoderName = Literal["fingerprint", "spectral", "vggish"]
+
+
+class EncoderConfig(_Section):
+    name: EncoderName = "spectral"
+    """Which encoder embeds windows: the weight-free ``spectral`` baseline (default until a trained
+    model ships), the neural ``fingerprint``, or ``vggish`` (needs the ``vggish`` extra and weights)."""
+    model_path: Path | None = None
+    """Override the model file (ONNX for ``fingerprint``; directory holding the VGGish weights)."""
+    threads: int = Field(default=1, ge=1, le=64)
+    """CPU threads the encoder may use for one batch."""
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    """Windows embedded per call; larger batches are faster, smaller ones lower latency."""
+    vggish_postprocess: bool = True
+    """Apply VGGish's PCA whitening + 8-bit quantisation (the published embedding)."""
+
+
+class MilvusConfig(_Section):
+    uri: str | None = None
+    """``None``: a Milvus Lite file ``<data_dir>/catalog.db``. ``http(s)://host:19530``: a Milvus server."""
+    token: SecretStr | None = None
+    """``user:password`` or an API key; use ``${ENV_NAME}`` to read it from the environment."""
+    db_name: str = ""
+    collection_prefix: str = Field(default="tunetrace", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+    """Collections are ``<prefix>_vectors``, ``<prefix>_tracks`` and ``<prefix>_meta``."""
+    ca_file: Path | None = None
+    """PEM bundle to verify a TLS (``https://``) server."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Per-request timeout; a server that does not answer in time is reported, not waited on forever."""
+
+
+class MatcherConfig(_Section):
+    top_k: int = Field(default=10, ge=1, le=200)
+    """Nearest catalog windows retrieved per query window."""
+    query_hop_s: float | None = Field(default=None, gt=0)
+    """Hop between query windows; ``None`` means a tenth of the catalog hop, so some query windows
+    always fall within 5% of a hop of an indexed window (more votes, finer offsets)."""
+    offset_tolerance_s: float = Field(default=0.3, ge=0)
+    """Hits whose catalog-minus-query offsets differ by at most this much vote together."""
+    min_similarity: float = -1.0
+    """Hits less similar than this never vote (inner product of unit vectors, in [-1, 1])."""
+    min_confidence: float = Field(default=0.25, ge=0, le=1)
+    """Answers below this confidence are reported as "no match"."""
+    min_aligned_windows: int = Field(default=3, ge=1)
+    """A match needs at least this many query windows agreeing in time."""
+    speed_ratios: tuple[float, ...] = (1.0,)
+    """Playback speeds to try (1.03 = played 3% fast); the best time-consistent match wins."""
+
+    @model_validator(mode="after")
+    def _speeds_positive(self) -> MatcherConfig:
+        if not self.speed_ratios or any(not 0.5 < r < 2.0 for r in self.speed_ratios):
+            raise ValueError("speed_ratios must be a non-empty list of ratios between 0.5 and 2.0")
+        return self
+
+
+class IngestConfig(_Section):
+    extensions: tuple[str, ...] = (
+        ".wav", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac", ".wma", ".aiff", ".aif",
+    )
+    """File suffixes scanned in folders (files named explicitly are always tried)."""
+    metadata_csv: Path | None = None
+    """Optional sidecar CSV with columns ``path,title,artist,album`` overriding file tags."""
+    insert_batch: int = Field(default=5000, ge=1, le=10000)
+    """Rows per Milvus insert (Milvus Lite misbehaves above ~10k)."""
+
+
+class Config(_Section):
+    data_dir: Path = Field(default_factory=default_data_dir)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    encoder: EncoderConfig = EncoderConfig()
+    milvus: MilvusConfig = MilvusConfig()
+    matcher: MatcherConfig = MatcherConfig()
+    ingest: IngestConfig = IngestConfig()
+
+    def milvus_uri(self) -> str:
+        return self.milvus.uri or str(self.data_dir / "catalog.db")
+
+
+def _expand_env(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    f"{path}: refers to environment variable ${{{name}}}, which is not set; "
+                    f"export {name} (or set it in the systemd unit's Environment=/EnvironmentFile=)"
+                )
+            return os.environ[name]
+
+        return _ENV_REF.sub(substitute, value)
+    return value
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    location = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        section: Any = model
+        for part in error["loc"][:-1]:
+            fields = getattr(section, "model_fields", {})
+            annotation = fields[part].annotation if part in fields else None
+            section = annotation if isinstance(annotation, type) else None
+        valid = sorted(getattr(section, "model_fields", {}))
+        hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+        return f"{location}: unknown key{hint}"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) or "token" in location or "password" in location else (
+        f" (got {given!r})"
+    )
+    return f"{location}: {error['msg']}{shown}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed YAML; every problem is listed with its key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, not {type(data).__name__}")
+    try:
+        return Config.model_validate(_expand_env(data, ""))
+    except ValidationError as exc:
+        problems = [_describe(dict(e), Config) for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load ``path``, else ``$TUNETRACE_CONFIG``, else ``/etc/tunetrace/tunetrace.yaml``, else defaults."""
+    if path is None:
+        env_path = os.environ.get(ENV_CONFIG)
+        if env_path:
+            path = Path(env_path)
+        else:
+            path = next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, str(path))

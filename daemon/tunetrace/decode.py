@@ -1,0 +1,116 @@
+"""Decode any audio ffmpeg understands into mono float32 at the encoder's sample rate.
+
+ffmpeg runs as a child process with an argument list (never a shell string) and writes raw
+``f32le`` PCM to a pipe, which is read in fixed-size blocks so a long file never sits in memory
+twice.  Metadata comes from ffprobe's JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunetrace.errors import DecodeError
+
+BLOCK_SECONDS = 10.0
+_STDERR_TAIL = 400
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise DecodeError(f"{name} is not installed or not on PATH; install it (Debian: apt-get install ffmpeg)")
+    return found
+
+
+def ffmpeg_decode_args(source: str, sample_rate: int, extra_input_args: tuple[str, ...] = ()) -> list[str]:
+    """The ffmpeg command that turns ``source`` into mono f32le PCM on stdout."""
+    return [
+        _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+        *extra_input_args, "-i", source,
+        "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+    ]
+
+
+def iter_pcm_blocks(path: Path, sample_rate: int, block_s: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Yield consecutive blocks of decoded audio; raise ``DecodeError`` naming the file on failure."""
+    if not path.is_file():
+        raise DecodeError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: the file is empty (0 bytes)")
+    block_bytes = int(block_s * sample_rate) * 4
+    with subprocess.Popen(
+        ffmpeg_decode_args(str(path), sample_rate),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        produced = 0
+        try:
+            while True:
+                chunk = proc.stdout.read(block_bytes)
+                if not chunk:
+                    break
+                usable = len(chunk) - len(chunk) % 4
+                produced += usable
+                yield np.frombuffer(chunk[:usable], dtype="<f4").astype(np.float32)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stderr = proc.stderr.read().decode("utf-8", "replace").strip()
+        returncode = proc.wait()
+    if returncode != 0:
+        reason = stderr.splitlines()[-1] if stderr else f"ffmpeg exited with status {returncode}"
+        raise DecodeError(f"{path}: cannot decode audio: {reason[-_STDERR_TAIL:]}")
+    if produced == 0:
+        raise DecodeError(f"{path}: contains no audio stream ffmpeg can decode")
+
+
+def decode_file(path: Path, sample_rate: int) -> np.ndarray:
+    """The whole file as one mono float32 array (for queries and evaluation excerpts)."""
+    blocks = list(iter_pcm_blocks(path, sample_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class AudioTags:
+    title: str
+    artist: str
+    album: str
+    duration_s: float
+
+
+def probe_tags(path: Path) -> AudioTags:
+    """Title, artist, album and duration from the container's tags; the file stem if untagged."""
+    try:
+        result = subprocess.run(
+            [_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+            capture_output=True, check=False, timeout=60, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise DecodeError(f"{path}: ffprobe did not answer within 60 s") from None
+    if result.returncode != 0:
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise DecodeError(f"{path}: not a readable audio file: {reason[-1] if reason else 'ffprobe failed'}")
+    info = json.loads(result.stdout or b"{}")
+    tags: dict[str, str] = {}
+    for holder in [info.get("format", {}), *info.get("streams", [])]:
+        for key, value in (holder.get("tags") or {}).items():
+            tags.setdefault(key.lower(), str(value))
+    if not any(s.get("codec_type") == "audio" for s in info.get("streams", [])):
+        raise DecodeError(f"{path}: has no audio stream")
+    try:
+        duration = float(info.get("format", {}).get("duration", 0.0))
+    except (TypeError, ValueError):
+        duration = 0.0
+    return AudioTags(
+        title=tags.get("title", path.stem),
+        artist=tags.get("artist", tags.get("album_artist", "")),
+        album=tags.get("album", ""),
+        duration_s=duration,
+    )

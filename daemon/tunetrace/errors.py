@@ -1,0 +1,35 @@
+"""The exception tree, in one place.
+
+    TunetraceError
+    ├── ConfigError          bad config file: names the key and the fix; the CLI exits 78 (EX_CONFIG)
+    ├── DecodeError          one input file could not be decoded; other files go on
+    ├── ModelError           encoder weights missing or malformed; says which file to place where
+    └── CatalogError         store unreachable, or a catalog built by another encoder
+        └── CatalogMismatchError
+"""
+
+from __future__ import annotations
+
+
+class TunetraceError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(TunetraceError):
+    """The configuration is invalid; the message names the key and what to do."""
+
+
+class DecodeError(TunetraceError):
+    """An audio input could not be decoded."""
+
+
+class ModelError(TunetraceError):
+    """Encoder weights are missing, unreadable or do not match the expected layout."""
+
+
+class CatalogError(TunetraceError):
+    """The catalog (Milvus) cannot be used."""
+
+
+class CatalogMismatchError(CatalogError):
+    """The catalog was built with a different encoder, dimension, window or hop."""

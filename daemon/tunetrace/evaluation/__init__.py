@@ -1,0 +1,1 @@
+"""Measure recognition quality: seeded excerpts, degradations, and a Markdown/CSV report."""

@@ -1,0 +1,114 @@
+"""One-shot recognition: audio in, the catalog track, its position and a confidence out.
+
+A ``Recognizer`` holds the encoder, the store and the catalog shape, opened once, so that many
+queries in one call are cheap.  Speed changes are handled by also trying the query resampled at
+the configured ratios; the best time-consistent answer wins and reports its ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from tunetrace.config import MatcherConfig
+from tunetrace.encoders.base import Encoder
+from tunetrace.matcher import Candidate, CatalogShape, VotingParams, vote
+from tunetrace.store import CatalogStore, Track
+from tunetrace.windows import frame
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The answer for one query. ``track`` is ``None`` for an honest "no match"."""
+
+    track: Track | None
+    offset_s: float
+    """Where in the track the query starts (seconds)."""
+    confidence: float
+    speed_ratio: float
+    aligned_windows: int
+    query_windows: int
+    best_candidate: Candidate | None
+    """The strongest candidate even when it did not pass the threshold (for diagnostics)."""
+
+    @property
+    def matched(self) -> bool:
+        return self.track is not None
+
+
+def catalog_shape(store: CatalogStore) -> CatalogShape:
+    tracks = store.tracks()
+    return CatalogShape(
+        total_vectors=sum(t.n_vectors for t in tracks),
+        track_vectors={t.track_id: t.n_vectors for t in tracks},
+    )
+
+
+def change_speed(audio: np.ndarray, speed_ratio: float) -> np.ndarray:
+    """Undo (or apply) a playback speed change by resampling: ratio 1.03 shortens audio by 3%."""
+    if abs(speed_ratio - 1.0) < 1e-9:
+        return audio
+    precision = 1000
+    up, down = precision, round(precision * speed_ratio)
+    divisor = gcd(up, down)
+    return resample_poly(audio, up // divisor, down // divisor).astype(np.float32)
+
+
+class Recognizer:
+    def __init__(self, encoder: Encoder, store: CatalogStore, config: MatcherConfig) -> None:
+        self._encoder = encoder
+        self._store = store
+        self._config = config
+        info = encoder.info
+        self._query_spec = info.window_spec.with_hop(config.query_hop_s or info.hop_s / 10)
+        self._params = VotingParams.from_config(config, info.hop_s)
+        self._shape = catalog_shape(store)
+
+    @property
+    def shape(self) -> CatalogShape:
+        return self._shape
+
+    def refresh(self) -> None:
+        """Re-read the catalog's track list (after an ingest by another process)."""
+        self._shape = catalog_shape(self._store)
+
+    def identify(self, audio: np.ndarray) -> Identification:
+        """``audio``: mono float32 at the encoder's sample rate."""
+        best: Candidate | None = None
+        for ratio in self._config.speed_ratios:
+            # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
+            restored = change_speed(audio, 1.0 / ratio)
+            windows, starts = frame(restored, self._query_spec)
+            if windows.shape[0] == 0:
+                continue
+            vectors = self._encoder.embed(windows)
+            hits = self._store.search(vectors, self._config.top_k)
+            times_s = starts / self._query_spec.sample_rate
+            ranked = vote(hits, times_s, self._params, self._shape, max_candidates=1)
+            if ranked and (best is None or ranked[0].confidence > best.confidence):
+                c = ranked[0]
+                best = Candidate(
+                    c.track_id, c.alignment_s, c.confidence, c.aligned_windows, c.query_windows, ratio
+                )
+        return self._decide(best)
+
+    def _decide(self, best: Candidate | None) -> Identification:
+        if best is None:
+            return Identification(None, 0.0, 0.0, 1.0, 0, 0, None)
+        passes = (
+            best.confidence >= self._config.min_confidence
+            and best.aligned_windows >= self._config.min_aligned_windows
+        )
+        track = self._store.get_tracks([best.track_id]).get(best.track_id) if passes else None
+        if track is None:
+            return Identification(
+                None, 0.0, best.confidence, best.speed_ratio, best.aligned_windows,
+                best.query_windows, best,
+            )
+        return Identification(
+            track, max(0.0, best.alignment_s), best.confidence, best.speed_ratio,
+            best.aligned_windows, best.query_windows, best,
+        )

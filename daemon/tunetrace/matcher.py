@@ -1,0 +1,141 @@
+"""Time-consistent voting: turn nearest-neighbour hits into a track, a position and a confidence.
+
+For a true match the matched catalog offset minus the query offset stays constant (the
+*alignment*), while chance neighbours scatter over every alignment.  So each query window votes
+for (track, alignment) with its best hit per track, only windows whose alignment agrees with the
+winner's within a tolerance count, and the count is corrected for how many such agreements a
+track of that length would collect by chance, so long tracks do not win on size alone.
+
+``vote`` is a pure function over a batch of hits, used both by one-shot identification and by
+the live daemon over its sliding horizon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunetrace.config import MatcherConfig
+from tunetrace.store import Hit
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The best time-consistent explanation of a set of query windows."""
+
+    track_id: int
+    alignment_s: float
+    """Catalog offset minus query time: the track position at query time 0."""
+    confidence: float
+    """In [0, 1]: chance-corrected share of query windows agreeing in time, weighted by similarity."""
+    aligned_windows: int
+    """Distinct catalog windows confirmed by a time-consistent hit."""
+    query_windows: int
+    speed_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class VotingParams:
+    catalog_hop_s: float
+    top_k: int
+    offset_tolerance_s: float
+    min_similarity: float
+
+    @classmethod
+    def from_config(cls, config: MatcherConfig, catalog_hop_s: float) -> VotingParams:
+        return cls(catalog_hop_s, config.top_k, config.offset_tolerance_s, config.min_similarity)
+
+
+@dataclass(frozen=True)
+class CatalogShape:
+    """What the chance correction needs to know about the catalog."""
+
+    total_vectors: int
+    track_vectors: Mapping[int, int]
+
+
+def vote(
+    hits: Sequence[Sequence[Hit]],
+    query_times_s: np.ndarray,
+    params: VotingParams,
+    catalog: CatalogShape,
+    max_candidates: int = 3,
+) -> list[Candidate]:
+    """Rank tracks by time-consistent evidence; ``hits[i]`` are the neighbours of window ``i``.
+
+    ``query_times_s[i]`` is window ``i``'s start time on the query's (or stream's) clock.
+    """
+    n_windows = len(hits)
+    if n_windows == 0:
+        return []
+    # Track ids are 63-bit: keep them out of the float array, which holds a dense index instead.
+    track_index: dict[int, int] = {}
+    rows: list[tuple[int, int, float, float, float]] = []  # window, track idx, alignment, sim, time
+    for window, window_hits in enumerate(hits):
+        best_per_track: dict[tuple[int, int], float] = {}
+        for hit in window_hits:
+            if hit.similarity < params.min_similarity:
+                continue
+            alignment = hit.offset_s - float(query_times_s[window])
+            key = (hit.track_id, round(alignment / params.catalog_hop_s))
+            if hit.similarity > best_per_track.get(key, -np.inf):
+                best_per_track[key] = hit.similarity
+                index = track_index.setdefault(hit.track_id, len(track_index))
+                rows.append((window, index, alignment, hit.similarity, float(query_times_s[window])))
+    if not rows:
+        return []
+    data = np.array(rows, dtype=np.float64)
+    span_s = float(np.max(query_times_s) - np.min(query_times_s))
+    candidates = [
+        _best_alignment(data[data[:, 1] == index], track, n_windows, span_s, params, catalog)
+        for track, index in track_index.items()
+    ]
+    candidates.sort(key=lambda c: (c.confidence, c.aligned_windows), reverse=True)
+    return candidates[:max_candidates]
+
+
+def _best_alignment(
+    track_rows: np.ndarray, track_id: int, n_windows: int, span_s: float, params: VotingParams,
+    catalog: CatalogShape,
+) -> Candidate:
+    """Evidence is counted per *catalog* window, so it does not depend on the query hop.
+
+    For each candidate alignment, every catalog window the query spans can be confirmed once, by
+    the most similar query window whose hit agrees in time; confidence is the chance-corrected
+    share of the spanned catalog windows that were confirmed, weighted by similarity.
+    """
+    alignments, similarities = track_rows[:, 2], track_rows[:, 3]
+    catalog_index = np.round((alignments + track_rows[:, 4]) / params.catalog_hop_s).astype(np.int64)
+    possible = span_s / params.catalog_hop_s + 1.0
+    centres = np.unique(np.round(alignments / params.catalog_hop_s)) * params.catalog_hop_s
+    best: tuple[float, float, int] = (-1.0, 0.0, 0)
+    for centre in centres:
+        near = np.abs(alignments - centre) <= params.offset_tolerance_s + 1e-9
+        indices, inverse = np.unique(catalog_index[near], return_inverse=True)
+        per_catalog_window = np.full(indices.size, -np.inf)
+        np.maximum.at(per_catalog_window, inverse, similarities[near])
+        evidence = float(np.clip(per_catalog_window, 0.0, 1.0).sum())
+        if evidence > best[0]:
+            best = (evidence, float(np.median(alignments[near])), int(indices.size))
+    evidence, alignment, confirmed = best
+    chance = min(possible, _chance_agreements(track_id, n_windows, params, catalog))
+    confidence = max(0.0, evidence - chance) / max(1.0, possible - chance)
+    return Candidate(track_id, alignment, float(min(1.0, confidence)), confirmed, n_windows)
+
+
+def _chance_agreements(track_id: int, n_windows: int, params: VotingParams, catalog: CatalogShape) -> float:
+    """Expected windows agreeing with one alignment by chance for a track of this size.
+
+    A random neighbour lands on this track with probability ``track_vectors / total_vectors``; each
+    window draws ``top_k`` of them, and one lands in the tolerance band of a given alignment with
+    probability (band width / track span).  Summed over windows this is what noise alone buys.
+    """
+    track_vectors = catalog.track_vectors.get(track_id, 0)
+    if catalog.total_vectors <= 0 or track_vectors <= 0:
+        return 0.0
+    p_track = min(1.0, params.top_k * track_vectors / catalog.total_vectors)
+    span_s = max(params.catalog_hop_s, track_vectors * params.catalog_hop_s)
+    p_band = min(1.0, (2 * params.offset_tolerance_s + params.catalog_hop_s) / span_s)
+    return n_windows * p_track * p_band

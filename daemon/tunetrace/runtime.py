@@ -1,0 +1,31 @@
+"""Open the encoder and the catalog the way every command needs them: once, with clear errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from tunetrace.config import Config
+from tunetrace.encoders import Encoder, create_encoder
+from tunetrace.store import CatalogStore
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr; under systemd the journal adds its own timestamps."""
+    fmt = "%(levelname)s %(name)s: %(message)s" if "INVOCATION_ID" in os.environ else _LOG_FORMAT
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    for noisy in ("towhee", "pymilvus", "milvus_lite", "faiss"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # Milvus Lite's in-process gRPC server logs a harmless "AllocTimestamp not implemented" trace.
+    logging.getLogger("grpc").setLevel(logging.CRITICAL)
+
+
+def open_encoder(config: Config) -> Encoder:
+    return create_encoder(config.encoder)
+
+
+def open_store(config: Config, encoder: Encoder, *, create: bool) -> CatalogStore:
+    return CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=create)

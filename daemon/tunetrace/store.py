@@ -1,0 +1,335 @@
+"""The catalog in Milvus: the only module that imports pymilvus.
+
+Three collections share a prefix:
+
+* ``<prefix>_vectors``: one row per indexed window: ``track_id``, ``offset_s`` and the embedding.
+* ``<prefix>_tracks``: one row per recording (title, artist, album, duration, source path, content
+  hash, vector count), so every daemon sharing a server sees one catalog; no process-local maps.
+* ``<prefix>_meta``: one row describing how the vectors were made (encoder id, dimension, window,
+  hop, metric, schema version). Opening a catalog with a different encoder is refused.
+
+A track's vectors are written before its track row, so a track row means "complete": an ingest
+interrupted half-way leaves only orphan vectors, which search ignores and re-ingest replaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from tunetrace.config import MilvusConfig
+from tunetrace.encoders.base import EncoderInfo
+from tunetrace.errors import CatalogError, CatalogMismatchError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_MAX_TEXT = 1024
+_PLACEHOLDER_DIM = 2  # Milvus requires a vector field in every collection
+_QUERY_PAGE = 1000
+_SEARCH_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Track:
+    track_id: int
+    title: str
+    artist: str
+    album: str
+    duration_s: float
+    source_path: str
+    content_hash: str
+    n_vectors: int
+    ingested_at: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One nearest-neighbour result for one query window."""
+
+    query_index: int
+    track_id: int
+    offset_s: float
+    similarity: float
+
+
+def track_id_for(content_hash: str) -> int:
+    """A stable 63-bit id derived from the content hash: the same recording gets the same id everywhere."""
+    return int.from_bytes(hashlib.sha256(content_hash.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+def _clip(text: str) -> str:
+    encoded = text.encode("utf-8")[: _MAX_TEXT - 1]
+    return encoded.decode("utf-8", "ignore")
+
+
+class CatalogStore:
+    """A catalog of tracks and window vectors in one Milvus database."""
+
+    def __init__(self, client: MilvusClient, prefix: str, info: EncoderInfo, is_lite: bool) -> None:
+        self._client = client
+        self._info = info
+        self._vectors = f"{prefix}_vectors"
+        self._tracks = f"{prefix}_tracks"
+        self._meta = f"{prefix}_meta"
+        self._is_lite = is_lite
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: MilvusConfig, uri: str, info: EncoderInfo, *, create: bool) -> CatalogStore:
+        """Connect, then check (or, with ``create``, initialise) the catalog's encoder record."""
+        client, is_lite = _connect(config, uri)
+        store = cls(client, config.collection_prefix, info, is_lite)
+        try:
+            store._check_or_create(create=create)
+        except BaseException:
+            client.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> CatalogStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def info(self) -> EncoderInfo:
+        return self._info
+
+    def _check_or_create(self, *, create: bool) -> None:
+        expected = {**asdict(self._info), "schema_version": SCHEMA_VERSION}
+        if self._client.has_collection(self._meta):
+            self._client.load_collection(self._meta)
+            rows = self._client.query(self._meta, filter='key == "catalog"', output_fields=["value"])
+            if rows:
+                recorded = json.loads(rows[0]["value"])
+                if recorded != expected:
+                    raise CatalogMismatchError(_mismatch_message(recorded, expected))
+                self._load()
+                return
+        if not create:
+            raise CatalogError(
+                "the catalog is empty or does not exist yet; run `tunetrace ingest PATH...` first"
+            )
+        self._create_collections()
+        self._client.upsert(
+            self._meta,
+            [{"key": "catalog", "value": json.dumps(expected), "placeholder": [0.0] * _PLACEHOLDER_DIM}],
+        )
+        self._load()
+
+    def _create_collections(self) -> None:
+        if not self._client.has_collection(self._vectors):
+            schema = self._client.create_schema(auto_id=True, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("track_id", DataType.INT64)
+            schema.add_field("offset_s", DataType.FLOAT)
+            schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self._info.dimension)
+            index = self._client.prepare_index_params()
+            if self._is_lite:
+                index.add_index("embedding", index_type="FLAT", metric_type=self._info.metric)
+            else:
+                index.add_index(
+                    "embedding", index_type="HNSW", metric_type=self._info.metric,
+                    params={"M": 16, "efConstruction": 200},
+                )
+            self._client.create_collection(self._vectors, schema=schema, index_params=index)
+        if not self._client.has_collection(self._tracks):
+            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("track_id", DataType.INT64, is_primary=True)
+            for name in ("title", "artist", "album", "source_path", "content_hash"):
+                schema.add_field(name, DataType.VARCHAR, max_length=_MAX_TEXT)
+            schema.add_field("duration_s", DataType.FLOAT)
+            schema.add_field("n_vectors", DataType.INT64)
+            schema.add_field("ingested_at", DataType.DOUBLE)
+            schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=_PLACEHOLDER_DIM)
+            self._create_with_placeholder_index(self._tracks, schema)
+        if not self._client.has_collection(self._meta):
+            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("value", DataType.VARCHAR, max_length=4096)
+            schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=_PLACEHOLDER_DIM)
+            self._create_with_placeholder_index(self._meta, schema)
+
+    def _create_with_placeholder_index(self, name: str, schema: Any) -> None:
+        index = self._client.prepare_index_params()
+        index.add_index("placeholder", index_type="FLAT", metric_type="L2")
+        self._client.create_collection(name, schema=schema, index_params=index)
+
+    def _load(self) -> None:
+        for name in (self._vectors, self._tracks, self._meta):
+            self._client.load_collection(name)
+
+    # -- tracks ----------------------------------------------------------------------------------
+
+    def find_by_hash(self, content_hash: str) -> Track | None:
+        return self.get_tracks([track_id_for(content_hash)]).get(track_id_for(content_hash))
+
+    def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
+        wanted = sorted({int(t) for t in track_ids})
+        if not wanted:
+            return {}
+        rows = self._call(
+            lambda: self._client.query(
+                self._tracks, filter=f"track_id in {wanted}", output_fields=_TRACK_FIELDS
+            )
+        )
+        return {int(r["track_id"]): _track_from_row(r) for r in rows}
+
+    def tracks(self) -> list[Track]:
+        """Every complete track, in title order."""
+        found: list[Track] = []
+        iterator = self._client.query_iterator(
+            self._tracks, batch_size=_QUERY_PAGE, filter="track_id >= 0", output_fields=_TRACK_FIELDS
+        )
+        try:
+            while batch := iterator.next():
+                found.extend(_track_from_row(r) for r in batch)
+        finally:
+            iterator.close()
+        return sorted(found, key=lambda t: (t.title.lower(), t.track_id))
+
+    def add_track(
+        self, track: Track, embeddings: np.ndarray, offsets_s: np.ndarray, insert_batch: int = 5000
+    ) -> None:
+        """Replace any earlier vectors of this track, insert the new ones, then mark it complete."""
+        if embeddings.shape[0] != offsets_s.shape[0]:
+            raise ValueError("one offset per embedding is required")
+        if embeddings.ndim != 2 or embeddings.shape[1] != self._info.dimension:
+            raise ValueError(f"embeddings must have shape (n, {self._info.dimension})")
+        self._delete_vectors(track.track_id)
+        for start in range(0, embeddings.shape[0], insert_batch):
+            stop = start + insert_batch
+            rows = [
+                {"track_id": track.track_id, "offset_s": float(off), "embedding": vec}
+                for vec, off in zip(embeddings[start:stop], offsets_s[start:stop], strict=True)
+            ]
+            self._call(lambda rows=rows: self._client.insert(self._vectors, rows))
+        row = {
+            **{k: _clip(v) if isinstance(v, str) else v for k, v in asdict(track).items()},
+            "placeholder": [0.0] * _PLACEHOLDER_DIM,
+        }
+        self._call(lambda: self._client.upsert(self._tracks, [row]))
+
+    def remove_track(self, track_id: int) -> bool:
+        """Delete a track and its vectors; ``False`` if there was no such track."""
+        existed = bool(self.get_tracks([track_id]))
+        self._call(lambda: self._client.delete(self._tracks, filter=f"track_id == {int(track_id)}"))
+        self._delete_vectors(track_id)
+        return existed
+
+    def _delete_vectors(self, track_id: int) -> None:
+        self._call(lambda: self._client.delete(self._vectors, filter=f"track_id == {int(track_id)}"))
+
+    def vector_count(self) -> int:
+        rows = self._call(lambda: self._client.query(self._vectors, filter="", output_fields=["count(*)"]))
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
+        """The ``top_k`` nearest catalog windows of each query vector, most similar first.
+
+        ``similarity`` is the inner product for IP catalogs and ``-distance`` for L2 ones, so
+        larger is always better.
+        """
+        results: list[list[Hit]] = []
+        params: dict[str, Any] = {"metric_type": self._info.metric}
+        if not self._is_lite:
+            params["params"] = {"ef": max(64, top_k * 2)}
+        for start in range(0, vectors.shape[0], _SEARCH_BATCH):
+            chunk = vectors[start : start + _SEARCH_BATCH].astype(np.float32)
+            raw = self._call(
+                lambda chunk=chunk: self._client.search(
+                    self._vectors, data=list(chunk), limit=top_k,
+                    output_fields=["track_id", "offset_s"], search_params=params,
+                    anns_field="embedding",
+                )
+            )
+            sign = 1.0 if self._info.metric == "IP" else -1.0
+            for i, hits in enumerate(raw):
+                results.append([
+                    Hit(
+                        query_index=start + i,
+                        track_id=int(h["entity"]["track_id"]),
+                        offset_s=float(h["entity"]["offset_s"]),
+                        similarity=sign * float(h["distance"]),
+                    )
+                    for h in hits
+                ])
+        return results
+
+    def _call(self, operation: Any) -> Any:
+        try:
+            return operation()
+        except MilvusException as exc:
+            raise CatalogError(f"Milvus request failed: {exc.message} (code {exc.code})") from exc
+
+
+_TRACK_FIELDS = [
+    "track_id", "title", "artist", "album", "duration_s", "source_path", "content_hash",
+    "n_vectors", "ingested_at",
+]
+
+
+def _track_from_row(row: dict[str, Any]) -> Track:
+    return Track(
+        track_id=int(row["track_id"]), title=str(row["title"]), artist=str(row["artist"]),
+        album=str(row["album"]), duration_s=float(row["duration_s"]),
+        source_path=str(row["source_path"]), content_hash=str(row["content_hash"]),
+        n_vectors=int(row["n_vectors"]), ingested_at=float(row["ingested_at"]),
+    )
+
+
+def _mismatch_message(recorded: dict[str, Any], expected: dict[str, Any]) -> str:
+    differences = ", ".join(
+        f"{key}: catalog has {recorded.get(key)!r}, encoder gives {expected[key]!r}"
+        for key in expected
+        if recorded.get(key) != expected[key]
+    )
+    return (
+        f"this catalog was built with encoder {recorded.get('encoder_id')!r} but the configured "
+        f"encoder is {expected['encoder_id']!r} ({differences}). Either set encoder.name back to "
+        "the catalog's encoder, or point milvus.uri / milvus.collection_prefix at a new catalog "
+        "and re-ingest with `tunetrace ingest`."
+    )
+
+
+def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
+    is_server = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+    kwargs: dict[str, Any] = {"uri": uri, "timeout": config.timeout_s}
+    if is_server:
+        if config.token is not None:
+            kwargs["token"] = config.token.get_secret_value()
+        if config.db_name:
+            kwargs["db_name"] = config.db_name
+        if config.ca_file is not None:
+            kwargs["server_pem_path"] = str(config.ca_file)
+    else:
+        Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        client = MilvusClient(**kwargs)
+    except MilvusException as exc:
+        raise CatalogError(
+            f"cannot connect to Milvus at {uri}: {exc.message}. Check milvus.uri and that the server "
+            "is running (milvus.token if it needs authentication)."
+        ) from exc
+    except Exception as exc:
+        raise CatalogError(f"cannot open Milvus at {uri}: {exc}") from exc
+    log.debug("connected to Milvus at %s in %.2f s", uri, time.monotonic() - started)
+    return client, not is_server
