@@ -23,6 +23,7 @@ from tunetrace.models_fetch import (
     ModelSpec,
     UrllibDownloader,
     add_models_parser,
+    destination,
     expected_sha256_prefix,
     fetch_model,
     run_models,
@@ -188,27 +189,40 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_cli_fetch_writes_into_data_dir(
+def test_cli_fetch_writes_into_configured_data_dir(
     server: tuple[str, type[_Handler]], tiny_model: dict[str, bytes], tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     base_url, handler = server
     handler.files.update(tiny_model)
-    args = _parse(["models", "fetch", "tiny", "--base-url", base_url, "--no-progress"])
-    args.data_dir = tmp_path  # what the CLI sets from the loaded config
-    assert args.handler(args) == 0
-    dest = tmp_path / "models" / "tiny"
+    config = tmp_path / "tunetrace.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'state'}\n", encoding="utf-8")
+    args = _parse(["models", "fetch", "tiny", "-c", str(config), "--base-url", base_url,
+                   "--no-progress"])
+    assert args.func(args) == 0
+    dest = tmp_path / "state" / "models" / "tiny"
     assert capsys.readouterr().out.split() == [str(dest / name) for name in tiny_model]
     assert sorted(p.name for p in dest.iterdir()) == sorted(tiny_model)
 
 
-def test_cli_offline_exits_non_zero_with_instructions(
+def test_cli_destination_follows_encoder_model_path(tmp_path: Path) -> None:
+    config = tmp_path / "tunetrace.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}\nencoder:\n  name: vggish\n  model_path: {tmp_path / 'w'}\n",
+        encoding="utf-8",
+    )
+    assert destination(_parse(["models", "fetch", "vggish", "-c", str(config)])) == tmp_path / "w"
+    override = _parse(["models", "fetch", "vggish", "-c", str(config), "--dest", "/x"])
+    assert destination(override) == Path("/x")
+
+
+def test_cli_offline_exits_unavailable_with_instructions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dest = tmp_path / "weights"
     args = _parse(["models", "fetch", "vggish", "--dest", str(dest),
                    "--base-url", _closed_port_url(), "--no-progress"])
-    assert run_models(args) == 1
+    assert run_models(args) == 69
     err = capsys.readouterr().err
     assert f"place the file at {dest / VGGISH_WEIGHTS}" in err
     for name in (VGGISH_WEIGHTS, VGGISH_PCA_PARAMS):  # the hint lists every file of the model

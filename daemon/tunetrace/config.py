@@ -107,6 +107,97 @@ class IngestConfig(_Section):
     """Rows per Milvus insert (Milvus Lite misbehaves above ~10k)."""
 
 
+# -- live daemon ----------------------------------------------------------------------------------
+
+
+class SourceConfig(_Section):
+    kind: Literal["ffmpeg", "soundcard"] = "ffmpeg"
+    """``ffmpeg``: a URL or file ffmpeg reads (Icecast/Shoutcast, HLS ``.m3u8``, RTSP, a file);
+    ``soundcard``: a capture device through sounddevice/PortAudio."""
+    url: str | None = None
+    """What ffmpeg opens (required for ``kind: ffmpeg``)."""
+    device: str | int | None = None
+    """Sound card name (substring) or index; ``None`` is the system default input."""
+    capture_rate_hz: int | None = Field(default=None, ge=8000, le=192000)
+    """Rate to open the sound card at (``None``: the device default); audio is resampled after."""
+    channels: int = Field(default=1, ge=1, le=32)
+    realtime: bool = True
+    """For files: pace at real time (``False`` reads as fast as possible, for tests and backfills)."""
+    loop: bool = False
+    """For files: start again at the end."""
+    reconnect_initial_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    stall_timeout_s: float = Field(default=15.0, gt=0)
+    """No audio for this long means the source is down (and is restarted)."""
+    silence_threshold_dbfs: float = Field(default=-55.0, le=0)
+    silence_after_s: float = Field(default=5.0, gt=0)
+    """Audio below the threshold for this long is reported as silence."""
+
+    @model_validator(mode="after")
+    def _url_for_ffmpeg(self) -> SourceConfig:
+        if self.kind == "ffmpeg" and not self.url:
+            raise ValueError("source.url is required for kind: ffmpeg (a stream URL or file path)")
+        return self
+
+
+class StationConfig(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    """Slug used in MQTT topics and the play log (lowercase letters, digits, ``-`` and ``_``)."""
+    display_name: str | None = None
+    source: SourceConfig
+
+
+class TrackerConfig(_Section):
+    window_hop_s: float = Field(default=0.5, gt=0)
+    """Hop between live windows embedded per station."""
+    horizon_s: float = Field(default=10.0, gt=0)
+    """Sliding horizon of hits the voting looks at."""
+    start_confidence: float = Field(default=0.3, ge=0, le=1)
+    """Confidence over the horizon needed to start a play."""
+    start_confirmations: int = Field(default=2, ge=1)
+    """Consecutive decisions that must agree before a play starts (no flapping)."""
+    end_after_s: float = Field(default=8.0, gt=0)
+    """A play ends when its evidence has been gone this long."""
+    position_jump_s: float = Field(default=3.0, gt=0)
+    """A position off the clock-advanced one by more than this is a new play."""
+
+
+class MqttConfig(_Section):
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    """Use ``${ENV_NAME}`` to keep it out of the file."""
+    tls: bool = False
+    ca_file: Path | None = None
+    """CA bundle for TLS (``None``: the system trust store)."""
+    client_id: str | None = None
+    topic_prefix: str = Field(default="tunetrace", pattern=r"^[^#+]+$")
+    keepalive_s: int = Field(default=30, ge=5)
+    reconnect_initial_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    outbox_max_events: int = Field(default=10000, ge=10)
+    """Events waiting for the broker (persisted on disk); beyond this the oldest are dropped and counted."""
+    discovery: bool = True
+    """Publish Home Assistant MQTT discovery so stations appear as devices."""
+    discovery_prefix: str = "homeassistant"
+
+
+class PlayLogConfig(_Section):
+    path: Path | None = None
+    """JSON Lines play log (``None``: ``<data_dir>/plays.jsonl``)."""
+    max_bytes: int = Field(default=10_000_000, ge=10_000)
+    backups: int = Field(default=5, ge=0)
+
+
+class ServiceConfig(_Section):
+    shutdown_timeout_s: float = Field(default=5.0, gt=0)
+    health_interval_s: float = Field(default=30.0, gt=0)
+    """How often per-station health is published."""
+    max_pending_windows: int = Field(default=64, ge=1)
+    """Windows queued per station before the oldest are skipped (counted as drops)."""
+
+
 class Config(_Section):
     data_dir: Path = Field(default_factory=default_data_dir)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -114,6 +205,20 @@ class Config(_Section):
     milvus: MilvusConfig = MilvusConfig()
     matcher: MatcherConfig = MatcherConfig()
     ingest: IngestConfig = IngestConfig()
+    stations: tuple[StationConfig, ...] = ()
+    tracker: TrackerConfig = TrackerConfig()
+    mqtt: MqttConfig | None = None
+    """``None``: no MQTT; plays still go to the play log."""
+    playlog: PlayLogConfig = PlayLogConfig()
+    service: ServiceConfig = ServiceConfig()
+
+    @model_validator(mode="after")
+    def _unique_stations(self) -> Config:
+        names = [s.name for s in self.stations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stations: names must be unique; repeated: {', '.join(duplicates)}")
+        return self
 
     def milvus_uri(self) -> str:
         return self.milvus.uri or str(self.data_dir / "catalog.db")

@@ -1,0 +1,60 @@
+"""The records the live daemon produces: plays and the events that start and end them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+from uuid import uuid4
+
+EventKind = Literal["play_started", "play_ended"]
+
+
+@dataclass(frozen=True)
+class Play:
+    """One recording heard on one station, from its start to its end."""
+
+    play_id: str
+    station: str
+    track_id: int
+    title: str
+    artist: str
+    album: str
+    started_at: datetime
+    """UTC wall-clock time the recording started on the station (not when it was confirmed)."""
+    position_start_s: float
+    """Where in the track the station was at ``started_at``."""
+    confidence: float
+    ended_at: datetime | None = None
+    position_end_s: float | None = None
+    speed_ratio: float | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+    def ended(self, at: datetime, position_s: float) -> Play:
+        return replace(self, ended_at=at, position_end_s=position_s)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        data["ended_at"] = self.ended_at.isoformat() if self.ended_at else None
+        data["duration_s"] = None if self.duration_s is None else round(self.duration_s, 3)
+        for key in ("position_start_s", "position_end_s", "confidence"):
+            if data[key] is not None:
+                data[key] = round(data[key], 3)
+        return data
+
+
+@dataclass(frozen=True)
+class PlayEvent:
+    kind: EventKind
+    play: Play
+    event_id: str = field(default_factory=lambda: uuid4().hex)
+    """Unique per event so consumers can drop a redelivered duplicate."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.kind, "event_id": self.event_id, "play": self.play.to_json()}

@@ -1,0 +1,8 @@
+"""Fixtures live in ``tests/fixtures/``, one module per real service or data source."""
+
+pytest_plugins = [
+    "tests.fixtures.audio",
+    "tests.fixtures.milvus",
+    "tests.fixtures.mqtt",
+    "tests.fixtures.streams",
+]
