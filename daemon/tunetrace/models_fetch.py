@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from tunetrace.config import default_data_dir
+from tunetrace.config import default_data_dir, load_config
 from tunetrace.errors import ModelError
 
 Downloader = Callable[[str, BinaryIO], None]
@@ -202,46 +202,66 @@ def _download_failed(url: str, target: Path, exc: BaseException) -> str:
 def add_models_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    """Register ``models fetch NAME`` on the CLI's subparsers; the handler is ``run_models``.
-
-    The destination defaults to ``<data_dir>/models/NAME``; a CLI that loads the config should set
-    ``args.data_dir`` (attribute, e.g. via ``set_defaults``) so that the configured directory wins.
-    """
-    models = subparsers.add_parser("models", help="manage encoder weights")
-    actions = models.add_subparsers(dest="models_command", required=True)
+    """Register ``models fetch NAME`` on the CLI's subparsers; ``args.func`` is ``run_models``."""
+    models = subparsers.add_parser("models", help="download encoder weights")
+    actions = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     fetch = actions.add_parser(
         "fetch", help="download a model's weights (checksum-verified, atomic)",
-        description="Download a model's weights into <data_dir>/models/NAME. Offline, the "
-        "error names each file's URL and where to place it.",
+        description="Download a model's weights into encoder.model_path (when the configured "
+        "encoder is NAME), else <data_dir>/models/NAME. Offline, the error names each file's "
+        "URL and where to place it.",
     )
-    fetch.add_argument("name", choices=sorted(MODELS), help="model to download")
+    fetch.add_argument("name", choices=sorted(MODELS), metavar="NAME", help="model: vggish")
     fetch.add_argument(
-        "--dest", type=Path, default=None,
-        help="directory to write into (default: <data_dir>/models/NAME)",
+        "--config", "-c", type=Path, default=None,
+        help="YAML config whose data_dir / encoder.model_path pick the destination "
+        "(default: $TUNETRACE_CONFIG, else /etc/tunetrace/tunetrace.yaml, else built-in defaults)",
     )
+    fetch.add_argument("--dest", type=Path, default=None, help="write into this directory instead")
     fetch.add_argument("--base-url", default=None, help="download from this mirror instead")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
-    fetch.set_defaults(handler=run_models)
+    models.set_defaults(func=run_models)
     return models
 
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_UNAVAILABLE = 69
+"""``EX_UNAVAILABLE``: the download source could not be reached (offline, HTTP error)."""
+
+
+def destination(args: argparse.Namespace) -> Path:
+    """``--dest``, else the configured ``encoder.model_path`` for this model, else the default.
+
+    The config is read so that fetch writes exactly where the encoder will look.
+    """
+    if args.dest is not None:
+        return Path(args.dest)
+    config = load_config(getattr(args, "config", None))
+    if config.encoder.name == args.name and config.encoder.model_path is not None:
+        return config.encoder.model_path
+    return default_model_dir(args.name, config.data_dir)
+
+
 def run_models(args: argparse.Namespace) -> int:
-    """Run ``models fetch``: prints the written paths; 0 on success, 1 with a message otherwise."""
-    if getattr(args, "models_command", None) != "fetch":
-        print("tunetrace models: expected a subcommand: fetch", file=sys.stderr)
-        return 2
-    data_dir: Path | None = getattr(args, "data_dir", None)
-    dest: Path = args.dest if args.dest is not None else default_model_dir(args.name, data_dir)
+    """Run ``models fetch``: prints the paths written; non-zero with instructions on failure.
+
+    Exit status: 0 done, 69 download failed (offline, HTTP error), 1 checksum mismatch or
+    unknown model.  A bad config raises ``ConfigError`` for the CLI to report.
+    """
+    dest = destination(args)
     try:
         paths = fetch_model(
             args.name, dest, base_url=args.base_url,
             downloader=UrllibDownloader(progress=not args.no_progress),
         )
+    except DownloadError as exc:
+        print(f"tunetrace models fetch: {exc}", file=sys.stderr)
+        print(manual_install_hint(args.name, dest, args.base_url), file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except ModelError as exc:
         print(f"tunetrace models fetch: {exc}", file=sys.stderr)
-        if isinstance(exc, DownloadError):
-            print(manual_install_hint(args.name, dest, args.base_url), file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     for path in paths:
         print(path)
-    return 0
+    return EXIT_OK

@@ -186,8 +186,9 @@ def load_vggish_state(torch_mod: ModuleType, path: Path) -> dict[str, torch.Tens
     if not isinstance(state, dict):
         raise ModelError(f"{path}: expected a state dict, found {type(state).__name__}")
     expected = expected_state_shapes()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    keys = {str(key) for key in state}
+    missing = sorted(set(expected) - keys)
+    unexpected = sorted(keys - set(expected))
     if missing or unexpected:
         raise ModelError(
             f"{path}: not a torchvggish VGGish state dict; missing keys {missing[:5]}, "
