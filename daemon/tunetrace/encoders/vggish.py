@@ -229,8 +229,13 @@ def load_pca_params(torch_mod: ModuleType, path: Path) -> PcaParams:
 
 
 def _missing_file_error(path: Path, model_dir: Path) -> ModelError:
+    """Say which file to place where, and both ways to get it (fetch, or copy by hand)."""
+    what = (
+        "VGGish PCA parameters (needed while encoder.vggish_postprocess is true)"
+        if path.name == VGGISH_PCA_PARAMS else "VGGish weights"
+    )
     return ModelError(
-        f"VGGish weights not found: {path}. Run `tunetrace models fetch vggish`, or on an offline "
+        f"{what} not found: {path}. Run `tunetrace models fetch vggish`, or on an offline "
         f"machine download {file_url(MODELS['vggish'], path.name)} and place it at {path} "
         f"(directory {model_dir}, set by encoder.model_path)"
     )
