@@ -15,7 +15,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     """The HTK mel scale (as used by VGGish)."""
-    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+    mel: np.ndarray = 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+    return mel
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin_hz: float, fmax_hz: float) -> np.ndarray:
@@ -32,7 +33,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin_hz: float, fm
     falling = (upper[None, :] - bin_mel[:, None]) / (upper - centre)[None, :]
     weights = np.maximum(0.0, np.minimum(rising, falling))
     weights[0, :] = 0.0
-    return weights.astype(np.float32)
+    filterbank: np.ndarray = weights.astype(np.float32)
+    return filterbank
 
 
 @dataclass(frozen=True)
@@ -69,4 +71,5 @@ def log_mel(audio: np.ndarray, spec: MelSpec) -> np.ndarray:
     if not spec.magnitude:
         spectrum = spectrum * spectrum
     mel = spectrum @ spec.filterbank
-    return np.log(mel + spec.log_offset).astype(np.float32)
+    result: np.ndarray = np.log(mel + spec.log_offset).astype(np.float32)
+    return result

@@ -54,7 +54,8 @@ def change_speed(audio: np.ndarray, speed_ratio: float) -> np.ndarray:
     precision = 1000
     up, down = precision, round(precision * speed_ratio)
     divisor = gcd(up, down)
-    return resample_poly(audio, up // divisor, down // divisor).astype(np.float32)
+    resampled: np.ndarray = resample_poly(audio, up // divisor, down // divisor).astype(np.float32)
+    return resampled
 
 
 class Recognizer:

@@ -24,7 +24,7 @@ def configure_logging(level: str) -> None:
 
 
 def open_encoder(config: Config) -> Encoder:
-    return create_encoder(config.encoder)
+    return create_encoder(config.encoder, config.data_dir)
 
 
 def open_store(config: Config, encoder: Encoder, *, create: bool) -> CatalogStore:

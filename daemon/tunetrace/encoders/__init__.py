@@ -6,6 +6,8 @@ only when selected.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tunetrace.config import EncoderConfig
 from tunetrace.encoders.base import Encoder, EncoderInfo
 from tunetrace.errors import ConfigError
@@ -13,8 +15,12 @@ from tunetrace.errors import ConfigError
 __all__ = ["Encoder", "EncoderInfo", "create_encoder"]
 
 
-def create_encoder(config: EncoderConfig) -> Encoder:
-    """Build the encoder named in ``config`` (its weights are loaded here, once)."""
+def create_encoder(config: EncoderConfig, data_dir: Path | None = None) -> Encoder:
+    """Build the encoder named in ``config`` (its weights are loaded here, once).
+
+    ``data_dir`` is where downloaded weights live (``<data_dir>/models/<name>``) unless
+    ``encoder.model_path`` says otherwise.
+    """
     if config.name == "spectral":
         from tunetrace.encoders.spectral import SpectralEncoder
 
@@ -22,7 +28,7 @@ def create_encoder(config: EncoderConfig) -> Encoder:
     if config.name == "vggish":
         from tunetrace.encoders.vggish import VGGishEncoder
 
-        return VGGishEncoder.from_config(config)
+        return VGGishEncoder.from_config(config, data_dir=data_dir)
     if config.name == "fingerprint":
         from tunetrace.encoders.fingerprint import FingerprintEncoder
 
