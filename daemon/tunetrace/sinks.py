@@ -1,0 +1,113 @@
+"""Where the live pipeline's decisions go: the ``EventSink`` Protocol and a logging sink.
+
+The recognition pipeline only knows this Protocol; the play log and MQTT publisher implement it,
+and the service fans every call out to all configured sinks (``FanoutSink``).  Keeping the
+interface this small lets tests collect events with a plain in-memory sink instead of a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from tunetrace.events import Play, PlayEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StationHealth:
+    """A station's pipeline state, published periodically and on every change of ``source_up``/``silent``."""
+
+    source_up: bool
+    """The source is delivering audio (not reconnecting, not stalled)."""
+    silent: bool
+    """Audio arrives but has been below the silence threshold for ``silence_after_s``."""
+    dropped_windows: int
+    """Windows skipped since start because recognition fell behind capture."""
+    windows_processed: int
+    """Windows embedded and searched since start."""
+    last_audio_at: datetime | None
+    """UTC wall-clock time the last audio block arrived (``None``: never)."""
+    reconnects: int
+    """Times the source was (re)started after a failure since start."""
+
+
+class EventSink(Protocol):
+    async def publish_event(self, event: PlayEvent) -> None:
+        """``play_started`` / ``play_ended``; an implementation must not lose it (persist or retry)."""
+        ...
+
+    async def publish_now_playing(self, station: str, play: Play | None) -> None:
+        """The station's current play; ``None`` means nothing recognised is playing."""
+        ...
+
+    async def publish_health(self, station: str, health: StationHealth) -> None: ...
+
+    async def close(self) -> None:
+        """Flush what is pending and release resources; called once, at the end of shutdown."""
+        ...
+
+
+class LogSink:
+    """Logs every call: the sink used when MQTT is not configured (the play log still records plays)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or log
+
+    async def publish_event(self, event: PlayEvent) -> None:
+        play = event.play
+        if event.kind == "play_started":
+            self._log.info(
+                "%s: started %r by %r at position %.1f s (confidence %.2f, began %s)",
+                play.station, play.title, play.artist, play.position_start_s, play.confidence,
+                play.started_at.isoformat(timespec="seconds"),
+            )
+        else:
+            self._log.info(
+                "%s: ended %r after %.1f s (position %.1f s)",
+                play.station, play.title, play.duration_s or 0.0, play.position_end_s or 0.0,
+            )
+
+    async def publish_now_playing(self, station: str, play: Play | None) -> None:
+        self._log.debug("%s: now playing %s", station, play.title if play else "nothing")
+
+    async def publish_health(self, station: str, health: StationHealth) -> None:
+        self._log.debug("%s: health %s", station, health)
+
+    async def close(self) -> None:
+        return None
+
+
+class FanoutSink:
+    """Hands every call to each sink in order; one failing sink is logged and does not starve the others."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self._sinks = tuple(sinks)
+
+    async def publish_event(self, event: PlayEvent) -> None:
+        for sink in self._sinks:
+            await _guarded(sink.publish_event(event), sink, "publish_event")
+
+    async def publish_now_playing(self, station: str, play: Play | None) -> None:
+        for sink in self._sinks:
+            await _guarded(sink.publish_now_playing(station, play), sink, "publish_now_playing")
+
+    async def publish_health(self, station: str, health: StationHealth) -> None:
+        for sink in self._sinks:
+            await _guarded(sink.publish_health(station, health), sink, "publish_health")
+
+    async def close(self) -> None:
+        for sink in self._sinks:
+            await _guarded(sink.close(), sink, "close")
+
+
+async def _guarded(call: Awaitable[None], sink: object, what: str) -> None:
+    """Await ``call``; an ordinary exception is logged, cancellation propagates."""
+    try:
+        await call
+    except Exception:
+        log.exception("sink %s failed in %s", type(sink).__name__, what)
