@@ -130,8 +130,15 @@ def test_pair_sampler_shapes_and_determinism() -> None:
 
 def test_pair_sampler_without_degradation_is_the_anchor() -> None:
     """With every augmentation off, the degraded side must be the clean anchor itself."""
-    off = AugmentConfig(noise_probability=0, reverb_probability=0, eq_probability=0, codec_probability=0,
-                        speed_max=0, offset_max_s=0, gain_db=(0.0, 0.0))
+    off = AugmentConfig(
+        noise_probability=0,
+        reverb_probability=0,
+        eq_probability=0,
+        codec_probability=0,
+        speed_max=0,
+        offset_max_s=0,
+        gain_db=(0.0, 0.0),
+    )
     pool = AudioPool(["a/x"], [_music_like(12.0, 10)], [[]])
     batch = augment.PairSampler(pool, off, SR, 1.0, seed=1, n_irs=2).sample(4, np.random.default_rng(0))
     np.testing.assert_allclose(batch.degraded, batch.clean, atol=1e-5)
@@ -161,7 +168,13 @@ def test_shipped_model_identity_and_sidecar() -> None:
     digest = hashlib.sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
     info = encoder.info
     assert info.encoder_id == f"fingerprint-{digest[:12]}"
-    assert (info.sample_rate, info.window_s, info.hop_s, info.dimension, info.metric) == (8000, 1.0, 0.5, 128, "IP")
+    assert (info.sample_rate, info.window_s, info.hop_s, info.dimension, info.metric) == (
+        8000,
+        1.0,
+        0.5,
+        128,
+        "IP",
+    )
     assert SHIPPED_MODEL.stat().st_size <= 10 * 1024 * 1024
 
 
@@ -177,7 +190,7 @@ def test_shipped_model_is_robust_to_mild_noise() -> None:
 
 
 def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="encoder.model_path"):
+    with pytest.raises(ModelError, match=r"encoder\.model_path"):
         create_encoder(EncoderConfig(name="fingerprint", model_path=tmp_path / "nope.onnx"))
 
 

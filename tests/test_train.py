@@ -1,3 +1,4 @@
+# ruff: noqa: PLC0415  (lazy imports on purpose: torch/onnxruntime load only when used)
 """Training recipe: front-end parity, loss, a tiny end-to-end fit with resume, ONNX export."""
 
 from __future__ import annotations
@@ -27,16 +28,26 @@ def _pool(n_tracks: int = 3, seconds: float = 10.0) -> AudioPool:
         t = np.arange(round(seconds * SR)) / SR
         notes = rng.uniform(100, 1500, size=int(seconds * 4))
         f = np.repeat(notes, t.size // notes.size + 1)[: t.size]
-        tracks.append((0.3 * np.sin(2 * np.pi * np.cumsum(f) / SR) + 0.02 * rng.standard_normal(t.size)).astype(
-            np.float32))
+        tracks.append(
+            (0.3 * np.sin(2 * np.pi * np.cumsum(f) / SR) + 0.02 * rng.standard_normal(t.size)).astype(
+                np.float32
+            )
+        )
     return AudioPool([f"s/t{i}" for i in range(n_tracks)], tracks, [[] for _ in tracks])
 
 
 def _config(tmp_path: Path, steps: int = 4) -> TrainConfig:
     return TrainConfig(
-        seed=3, run_dir=tmp_path / "run", threads=1, checkpoint_every_s=3600, log_every_steps=2,
-        val_every_steps=2, val_pairs=8, data=DataConfig(cache_dir=tmp_path / "cache"),
-        augment=AugmentConfig(), model=TINY_MODEL,
+        seed=3,
+        run_dir=tmp_path / "run",
+        threads=1,
+        checkpoint_every_s=3600,
+        log_every_steps=2,
+        val_every_steps=2,
+        val_pairs=8,
+        data=DataConfig(cache_dir=tmp_path / "cache"),
+        augment=AugmentConfig(),
+        model=TINY_MODEL,
         optim=OptimConfig(steps=steps, batch_pairs=8, lr=3e-3, warmup_steps=1),
     )
 

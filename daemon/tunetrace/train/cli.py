@@ -1,0 +1,100 @@
+# ruff: noqa: PLC0415  (lazy imports on purpose: torch/onnxruntime load only when used)
+"""``tunetrace train {prepare,fit,export,quickeval}``: argparse wiring for the training recipe.
+
+torch is imported only by the sub-commands that need it, inside ``run_train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tunetrace.train.config import TrainConfig, load_train_config
+
+SAMPLE_RATE = 8000
+DEFAULT_CONFIG = Path("config/train.yaml")
+
+
+def _parse_codec(text: str) -> tuple[str, int]:
+    codec, _, rate = text.partition(":")
+    return codec, int(rate or "64")
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``train`` and its actions on the main CLI's sub-parsers."""
+    parser = subparsers.add_parser("train", help="train the neural fingerprint (needs the train extra)")
+    configure_parser(parser)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help=f"training YAML (default {DEFAULT_CONFIG})")
+    actions = parser.add_subparsers(dest="train_action")
+    prepare = actions.add_parser("prepare", help="decode the corpora into the 8 kHz .npy cache")
+    prepare.add_argument("--codecs", action="store_true", help="also precompute lossy-codec copies")
+    prepare.add_argument("--no-sources", action="store_true", help="skip decoding (only codecs)")
+    fit = actions.add_parser("fit", help="train; resumes from <run_dir>/checkpoint.pt if present")
+    fit.add_argument("--steps", type=int, default=None, help="override optim.steps")
+    fit.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    export = actions.add_parser("export", help="export the checkpoint to ONNX plus JSON sidecar")
+    export.add_argument("--checkpoint", type=Path, default=None)
+    export.add_argument("--out", type=Path, required=True)
+    quick = actions.add_parser("quickeval", help="retrieval hit rates on the validation catalog")
+    quick.add_argument("--model", type=Path, default=None, help="ONNX file (default: shipped model)")
+    quick.add_argument("--encoder", default="fingerprint", choices=["fingerprint", "spectral"])
+    quick.add_argument("--queries", type=int, default=100, help="snippets per condition")
+    quick.add_argument("--snippet-s", type=float, default=5.0)
+    quick.add_argument("--conditions", default=None, help="comma-separated subset")
+
+
+def _resolve_config(args: argparse.Namespace) -> TrainConfig:
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    return load_train_config(path)
+
+
+def _prepare(config: TrainConfig, args: argparse.Namespace) -> int:
+    from tunetrace.train.data import CodecSpec, SourceSpec, prepare_codec_copies, prepare_source
+
+    cache = config.data.cache_dir
+    train_tracks: list[Path] = []
+    for source in (*config.data.train_sources, *config.data.val_sources):
+        spec = SourceSpec(source.name, source.path)
+        if args.no_sources:
+            tracks = sorted((cache / source.name).glob("*.npy"))
+        else:
+            tracks = prepare_source(spec, cache, SAMPLE_RATE)
+        if source in config.data.train_sources:
+            train_tracks.extend(tracks)
+        logging.info("%s: %d tracks cached", source.name, len(tracks))
+    if args.codecs:
+        for text in config.data.codecs:
+            codec, rate = _parse_codec(text)
+            prepare_codec_copies(train_tracks, cache, SAMPLE_RATE, CodecSpec(codec, rate))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Entry point for ``tunetrace train``; returns the process exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = _resolve_config(args)
+    action = getattr(args, "train_action", None)
+    if action == "prepare":
+        return _prepare(config, args)
+    if action == "fit":
+        from tunetrace.train.loop import fit
+
+        fit(config, steps=args.steps, fresh=args.fresh)
+        return 0
+    if action == "export":
+        from tunetrace.train.export import export_checkpoint
+
+        export_checkpoint(config, args.checkpoint or config.run_dir / "checkpoint.pt", args.out)
+        return 0
+    if action == "quickeval":
+        from tunetrace.train.quickeval import run_quickeval
+
+        return run_quickeval(config, args)
+    logging.error("choose an action: prepare, fit, export or quickeval")
+    return 2

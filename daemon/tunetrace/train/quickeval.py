@@ -1,0 +1,170 @@
+"""A quick retrieval check on the never-trained-on validation catalog (warzone2100).
+
+Every validation track is embedded at the catalog hop; random 5 s snippets (starting anywhere,
+not on the hop grid) are degraded, embedded at half the hop, and identified by brute-force
+nearest neighbours plus the package's own time-consistent ``matcher.vote``. A query counts as a
+hit when the best candidate is the right track and passes the default matcher thresholds.
+Snippets of music not in the catalog measure false positives. This is a development check; the
+full ``tunetrace eval`` (Milvus, real pipeline) is the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunetrace.config import EncoderConfig, MatcherConfig
+from tunetrace.encoders import create_encoder
+from tunetrace.encoders.base import Encoder
+from tunetrace.matcher import CatalogShape, VotingParams, vote
+from tunetrace.store import Hit
+from tunetrace.train.augment import (
+    add_noise,
+    reverb,
+    speed_change,
+    synthetic_ir,
+    telephone,
+    white_noise,
+)
+from tunetrace.train.config import TrainConfig
+from tunetrace.train.data import AudioPool, CodecSpec, codec_roundtrip, load_pool
+from tunetrace.windows import frame
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 8000
+EMBED_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Catalog:
+    vectors: np.ndarray
+    track: np.ndarray
+    offset_s: np.ndarray
+    shape: CatalogShape
+
+
+Degrade = Callable[[np.ndarray, np.random.Generator, AudioPool], np.ndarray]
+
+
+def _other_music(n: int, rng: np.random.Generator, others: AudioPool) -> np.ndarray:
+    track = others.tracks[int(rng.integers(len(others.tracks)))]
+    start = int(rng.integers(0, max(1, track.size - n)))
+    return track[start : start + n]
+
+
+CONDITIONS: dict[str, Degrade] = {
+    "clean": lambda x, rng, o: x,
+    "white_10db": lambda x, rng, o: add_noise(x, white_noise(x.size, rng), 10.0),
+    "white_0db": lambda x, rng, o: add_noise(x, white_noise(x.size, rng), 0.0),
+    "music_5db": lambda x, rng, o: add_noise(x, _other_music(x.size, rng, o), 5.0),
+    "mp3_64k": lambda x, rng, o: codec_roundtrip(x, SAMPLE_RATE, CodecSpec("libmp3lame", 64)),
+    "speed_0.97": lambda x, rng, o: speed_change(x, 0.97),
+    "speed_1.03": lambda x, rng, o: speed_change(x, 1.03),
+    "reverb": lambda x, rng, o: reverb(x, synthetic_ir(0.7, SAMPLE_RATE, rng, 0.8)),
+    "telephone": lambda x, rng, o: telephone(x, SAMPLE_RATE),
+}
+
+
+def embed_all(encoder: Encoder, windows: np.ndarray) -> np.ndarray:
+    parts = [encoder.embed(windows[i : i + EMBED_BATCH]) for i in range(0, len(windows), EMBED_BATCH)]
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.info.dimension), np.float32)
+
+
+def build_catalog(encoder: Encoder, pool: AudioPool) -> Catalog:
+    spec = encoder.info.window_spec
+    vectors, tracks, offsets = [], [], []
+    for index, audio in enumerate(pool.tracks):
+        windows, starts = frame(audio, spec)
+        vectors.append(embed_all(encoder, windows))
+        tracks.append(np.full(len(starts), index))
+        offsets.append(starts / spec.sample_rate)
+    track = np.concatenate(tracks)
+    counts = np.bincount(track, minlength=len(pool.tracks))
+    shape = CatalogShape(int(track.size), {i: int(c) for i, c in enumerate(counts)})
+    return Catalog(np.concatenate(vectors), track, np.concatenate(offsets), shape)
+
+
+def identify(
+    encoder: Encoder, catalog: Catalog, snippet: np.ndarray, matcher: MatcherConfig
+) -> tuple[int, bool]:
+    """(best track or -1, whether the matcher would report it)."""
+    hop_s = encoder.info.hop_s
+    windows, starts = frame(snippet, encoder.info.window_spec.with_hop(matcher.query_hop_s or hop_s / 2))
+    queries = encoder.embed(windows)
+    similarity = queries @ catalog.vectors.T
+    k = min(matcher.top_k, similarity.shape[1])
+    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    hits = [
+        [Hit(i, int(catalog.track[j]), float(catalog.offset_s[j]), float(similarity[i, j])) for j in row]
+        for i, row in enumerate(top)
+    ]
+    candidates = vote(hits, starts / SAMPLE_RATE, VotingParams.from_config(matcher, hop_s), catalog.shape)
+    if not candidates:
+        return -1, False
+    best = candidates[0]
+    accepted = (
+        best.confidence >= matcher.min_confidence and best.aligned_windows >= matcher.min_aligned_windows
+    )
+    return best.track_id, accepted
+
+
+def _snippet(pool: AudioPool, rng: np.random.Generator, n: int) -> tuple[int, np.ndarray]:
+    index = int(rng.integers(len(pool.tracks)))
+    audio = pool.tracks[index]
+    start = int(rng.integers(0, max(1, audio.size - n)))
+    return index, audio[start : start + n]
+
+
+def evaluate(
+    encoder: Encoder,
+    catalog_pool: AudioPool,
+    others: AudioPool,
+    *,
+    queries: int,
+    snippet_s: float,
+    conditions: list[str],
+    seed: int = 7,
+) -> dict[str, dict[str, float]]:
+    matcher = MatcherConfig()
+    started = time.monotonic()
+    catalog = build_catalog(encoder, catalog_pool)
+    log.info("catalog: %d windows in %.1f s", len(catalog.track), time.monotonic() - started)
+    n = round(snippet_s * SAMPLE_RATE)
+    results: dict[str, dict[str, float]] = {}
+    for name in conditions:
+        rng = np.random.default_rng([seed, sum(map(ord, name))])
+        hits = top1 = 0
+        for _ in range(queries):
+            truth, snippet = _snippet(catalog_pool, rng, n)
+            found, accepted = identify(encoder, catalog, CONDITIONS[name](snippet, rng, others), matcher)
+            top1 += found == truth
+            hits += found == truth and accepted
+        results[name] = {"hit_rate": hits / queries, "top1": top1 / queries, "queries": queries}
+        log.info("%s: %s", name, results[name])
+    rng = np.random.default_rng([seed, 1])
+    false_positives = sum(
+        identify(encoder, catalog, _snippet(others, rng, n)[1], matcher)[1] for _ in range(queries)
+    )
+    results["not_in_catalog"] = {"false_positive_rate": false_positives / queries, "queries": queries}
+    return results
+
+
+def run_quickeval(config: TrainConfig, args: argparse.Namespace) -> int:
+    cache = config.data.cache_dir
+    catalog_pool = load_pool(cache, [s.name for s in config.data.val_sources])
+    others = load_pool(cache, [config.data.train_sources[-1].name])
+    model_path: Path | None = args.model
+    encoder = create_encoder(EncoderConfig(name=args.encoder, model_path=model_path, threads=1))
+    conditions = args.conditions.split(",") if args.conditions else list(CONDITIONS)
+    results = evaluate(
+        encoder, catalog_pool, others, queries=args.queries, snippet_s=args.snippet_s, conditions=conditions
+    )
+    print(json.dumps({"encoder": encoder.info.encoder_id, "results": results}, indent=2))
+    return 0
