@@ -33,7 +33,8 @@ Handler = Callable[[argparse.Namespace], int]
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", "-c", type=Path, default=None,
-        help="YAML config (default: $TUNETRACE_CONFIG, else /etc/tunetrace/tunetrace.yaml, else built-in defaults)",
+        help="YAML config (default: $TUNETRACE_CONFIG, else /etc/tunetrace/tunetrace.yaml, "
+        "else built-in defaults)",
     )
 
 

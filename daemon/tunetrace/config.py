@@ -279,10 +279,8 @@ def load_config(path: Path | None = None) -> Config:
     """Load ``path``, else ``$TUNETRACE_CONFIG``, else ``/etc/tunetrace/tunetrace.yaml``, else defaults."""
     if path is None:
         env_path = os.environ.get(ENV_CONFIG)
-        if env_path:
-            path = Path(env_path)
-        else:
-            path = next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+        found = next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+        path = Path(env_path) if env_path else found
     if path is None:
         return Config()
     try:

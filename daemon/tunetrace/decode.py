@@ -25,7 +25,9 @@ _STDERR_TAIL = 400
 def _tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
-        raise DecodeError(f"{name} is not installed or not on PATH; install it (Debian: apt-get install ffmpeg)")
+        raise DecodeError(
+            f"{name} is not installed or not on PATH; install it (Debian: apt-get install ffmpeg)"
+        )
     return found
 
 
@@ -89,7 +91,10 @@ def probe_tags(path: Path) -> AudioTags:
     """Title, artist, album and duration from the container's tags; the file stem if untagged."""
     try:
         result = subprocess.run(
-            [_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+            [
+                _tool("ffprobe"), "-v", "error", "-print_format", "json",
+                "-show_format", "-show_streams", str(path),
+            ],
             capture_output=True, check=False, timeout=60, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:

@@ -180,7 +180,8 @@ def build_pipeline(
     return (
         pipe.input("path")
         .map("path", "embedded", ops.tunetrace.embed_file(
-            encoder=_Shared(encoder), store=_Shared(store), sidecar=sidecar, replace=replace, batch_size=batch_size,
+            encoder=_Shared(encoder), store=_Shared(store), sidecar=sidecar,
+            replace=replace, batch_size=batch_size,
         ))
         .map(("path", "embedded"), "outcome", ops.tunetrace.insert_track(
             store=_Shared(store), insert_batch=config.insert_batch,
