@@ -17,9 +17,11 @@ def configure_logging(level: str) -> None:
     """Log to stderr; under systemd the journal adds its own timestamps."""
     fmt = "%(levelname)s %(name)s: %(message)s" if "INVOCATION_ID" in os.environ else _LOG_FORMAT
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
-    for noisy in ("towhee", "pymilvus", "milvus_lite", "faiss"):
+    for noisy in ("towhee", "milvus_lite", "faiss"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    # Milvus Lite's in-process gRPC server logs a harmless "AllocTimestamp not implemented" trace.
+    # pymilvus warns on every iterator over Milvus Lite ("failed to get mvccTs"), and Lite's
+    # in-process gRPC server logs a harmless "AllocTimestamp not implemented" trace.
+    logging.getLogger("pymilvus").setLevel(max(logging.ERROR, logging.getLevelName(level)))
     logging.getLogger("grpc").setLevel(logging.CRITICAL)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,17 @@ class _Shared:
         return self
 
 
+def _import_towhee() -> Any:
+    """towhee imports ``pkg_resources``, which setuptools deprecates loudly; the pin keeps it working."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import towhee
+
+    return towhee
+
+
 def _register_operators() -> None:
-    from towhee import register
+    register = _import_towhee().register
 
     @register(name="tunetrace/embed_file")
     class EmbedFile:
@@ -171,8 +181,8 @@ def build_pipeline(
 ) -> Any:
     """The towhee pipeline ``path -> FileOutcome``."""
     global _registered  # noqa: PLW0603 - towhee's registry is process-global too
-    from towhee import ops, pipe
-
+    towhee = _import_towhee()
+    ops, pipe = towhee.ops, towhee.pipe
     if not _registered:
         _register_operators()
         _registered = True
