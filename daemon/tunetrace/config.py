@@ -148,13 +148,18 @@ class StationConfig(_Section):
 
 
 class TrackerConfig(_Section):
-    window_hop_s: float = Field(default=0.5, gt=0)
-    """Hop between live windows embedded per station."""
-    horizon_s: float = Field(default=10.0, gt=0)
-    """Sliding horizon of hits the voting looks at."""
-    start_confidence: float = Field(default=0.3, ge=0, le=1)
-    """Confidence over the horizon needed to start a play."""
-    start_confirmations: int = Field(default=2, ge=1)
+    window_hop_s: float = Field(default=0.25, gt=0)
+    """Hop between live windows embedded per station (one decision per window)."""
+    horizon_s: float = Field(default=4.0, gt=0)
+    """Sliding horizon of hits the voting looks at; short enough that a new track dominates it
+    within ~2 s (latency), long enough to hold several time-consistent windows."""
+    start_confidence: float = Field(default=0.5, ge=0, le=1)
+    """Confidence over the horizon needed to start (or switch to) a play."""
+    keep_confidence: float = Field(default=0.2, ge=0, le=1)
+    """Lower confidence that still counts as evidence for the current play (hysteresis)."""
+    min_aligned_windows: int = Field(default=4, ge=1)
+    """Distinct catalog windows that must agree in time before a play can start."""
+    start_confirmations: int = Field(default=3, ge=1)
     """Consecutive decisions that must agree before a play starts (no flapping)."""
     end_after_s: float = Field(default=8.0, gt=0)
     """A play ends when its evidence has been gone this long."""
