@@ -1,0 +1,210 @@
+"""The degradations a broadcast recording meets on its way to the monitor, as small pure functions.
+
+Each function takes mono float32 audio (and its sample rate where it matters) and returns new
+float32 audio; randomness only ever enters through an explicit ``numpy.random.Generator``, so a
+seed reproduces an evaluation exactly.  The MP3 round trip is the one exception to "pure": it runs
+the real encoder (ffmpeg's libmp3lame) through pipes, because a codec's artefacts cannot be
+imitated honestly with a filter.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from math import gcd
+
+import numpy as np
+from scipy.signal import butter, correlate, fftconvolve, resample_poly, sosfiltfilt
+
+from tunetrace.decode import _tool
+from tunetrace.errors import DecodeError
+
+TELEPHONE_LOW_HZ = 300.0
+TELEPHONE_HIGH_HZ = 3400.0
+TELEPHONE_RATE_HZ = 8000
+TELEPHONE_FILTER_ORDER = 6
+"""Butterworth order of each band edge; applied forwards and backwards (zero phase)."""
+MP3_CODEC_RATE_HZ = 22050
+"""Rate the MP3 is encoded at: 64 kbit/s streams are commonly 22.05 kHz, and libmp3lame would
+otherwise pick a rate itself from whatever the evaluation decodes at."""
+MP3_FRAME_SAMPLES = 1152
+MP3_MAX_DELAY_FRAMES = 2
+"""Encoder plus decoder delay is under one frame for LAME; two leaves room for other builds."""
+_FFMPEG_TIMEOUT_S = 60.0
+
+
+def _f32(values: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.asarray(values, dtype=np.float32)
+    return out
+
+
+def rms(audio: np.ndarray) -> float:
+    """Root-mean-square level; a tiny floor keeps silence from dividing by zero."""
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)) + 1e-20))
+
+
+def snr_db(clean: np.ndarray, degraded: np.ndarray) -> float:
+    """Signal-to-noise ratio of ``degraded`` against ``clean`` (the noise is their difference)."""
+    return 20.0 * float(np.log10(rms(clean) / rms(degraded - clean)))
+
+
+def mix_at_snr(audio: np.ndarray, interference: np.ndarray, snr: float) -> np.ndarray:
+    """``audio`` plus ``interference`` scaled so that their power ratio is ``snr`` dB.
+
+    ``interference`` must be at least as long as ``audio``; only its first ``audio.size`` samples
+    are used.  The mix is not renormalised: a monitor sees the sum, louder than either part.
+    """
+    if interference.size < audio.size:
+        raise ValueError(f"interference has {interference.size} samples, the audio {audio.size}")
+    part = interference[: audio.size].astype(np.float64)
+    scale = rms(audio) / max(rms(part), 1e-12) / 10.0 ** (snr / 20.0)
+    return _f32(audio + scale * part)
+
+
+def white_noise(audio: np.ndarray, snr: float, rng: np.random.Generator) -> np.ndarray:
+    """Additive Gaussian white noise at ``snr`` dB below the audio's own level."""
+    return mix_at_snr(audio, rng.standard_normal(audio.size), snr)
+
+
+def _ratio(value: float, precision: int = 1000) -> tuple[int, int]:
+    """``value`` as a reduced fraction ``up/down`` with ``down == precision`` before reduction."""
+    up, down = round(value * precision), precision
+    divisor = gcd(up, down)
+    return up // divisor, down // divisor
+
+
+def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """Polyphase resampling between two integer rates (anti-aliased)."""
+    if from_hz == to_hz:
+        return _f32(audio)
+    divisor = gcd(from_hz, to_hz)
+    return _f32(resample_poly(audio, to_hz // divisor, from_hz // divisor))
+
+
+def speed_change(audio: np.ndarray, speed_ratio: float) -> np.ndarray:
+    """Play ``audio`` ``speed_ratio`` times as fast by resampling, as broadcast playout does.
+
+    Tempo and pitch move together (``1.03``: 3% faster, 3% higher, 3% shorter), so the output has
+    ``len(audio) / speed_ratio`` samples.
+    """
+    if abs(speed_ratio - 1.0) < 1e-9:
+        return _f32(audio)
+    down, up = _ratio(speed_ratio)  # fewer samples out when faster: resample by 1/ratio
+    return _f32(resample_poly(audio, up, down))
+
+
+def synthetic_impulse_response(
+    sample_rate: int, rng: np.random.Generator, rt60_s: float | None = None,
+    rt60_range_s: tuple[float, float] = (0.4, 0.6),
+) -> np.ndarray:
+    """A room: a direct path then exponentially decaying noise, 60 dB down after ``rt60_s``.
+
+    ``rt60_s`` defaults to a draw from ``rt60_range_s``.  The response is cut at ``rt60_s`` (what
+    is left is inaudible) and scaled to unit energy, so reverb changes colour, not loudness.
+    """
+    rt60 = float(rng.uniform(*rt60_range_s)) if rt60_s is None else rt60_s
+    n_samples = max(2, round(rt60 * sample_rate))
+    t_s = np.arange(n_samples) / sample_rate
+    decay = np.exp(-np.log(1000.0) * t_s / rt60)  # amplitude 10**(-60/20) at rt60
+    response = rng.standard_normal(n_samples) * decay * 0.5
+    response[0] = 1.0
+    return _f32(response / np.sqrt(np.sum(response**2)))
+
+
+def reverb(audio: np.ndarray, impulse_response: np.ndarray) -> np.ndarray:
+    """Convolve with ``impulse_response``; the tail past the end is cut, so the length is kept."""
+    return _f32(fftconvolve(audio, impulse_response)[: audio.size])
+
+
+def band_pass(audio: np.ndarray, sample_rate: int, low_hz: float, high_hz: float) -> np.ndarray:
+    """Zero-phase Butterworth band-pass (forwards and backwards: no group delay, so offsets stay)."""
+    nyquist = sample_rate / 2.0
+    if high_hz >= nyquist:
+        sos = butter(TELEPHONE_FILTER_ORDER, low_hz, "highpass", fs=sample_rate, output="sos")
+    else:
+        sos = butter(TELEPHONE_FILTER_ORDER, [low_hz, high_hz], "bandpass", fs=sample_rate, output="sos")
+    return _f32(sosfiltfilt(sos, audio))
+
+
+def telephone(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A narrow-band phone line: 8 kHz sampling and the 300-3400 Hz voice band."""
+    narrow = resample(audio, sample_rate, TELEPHONE_RATE_HZ)
+    narrow = band_pass(narrow, TELEPHONE_RATE_HZ, TELEPHONE_LOW_HZ, TELEPHONE_HIGH_HZ)
+    return resample(narrow, TELEPHONE_RATE_HZ, sample_rate)
+
+
+def _ffmpeg(args: list[str], data: bytes, what: str) -> bytes:
+    try:
+        result = subprocess.run(
+            [_tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", *args],
+            input=data, capture_output=True, check=False, timeout=_FFMPEG_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise DecodeError(f"ffmpeg did not finish the {what} within {_FFMPEG_TIMEOUT_S:.0f} s") from None
+    if result.returncode != 0:
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise DecodeError(f"ffmpeg {what} failed: {reason[-1] if reason else result.returncode}")
+    return result.stdout
+
+
+def mp3_round_trip(
+    audio: np.ndarray, sample_rate: int, bitrate_kbps: int = 64, codec_rate_hz: int = MP3_CODEC_RATE_HZ
+) -> np.ndarray:
+    """Encode to MP3 with libmp3lame and decode again, through pipes (no files, no shell).
+
+    Through a pipe the muxer cannot go back to write LAME's gapless header, so the decoded audio
+    starts with the codec's delay (about 1105 samples at the codec rate); it is found by
+    cross-correlation and removed, so the output lines up with the input.  Its length can still
+    differ by up to one MP3 frame (1152 samples at the codec rate), which callers trim or pad.
+    """
+    pcm = np.ascontiguousarray(audio, dtype="<f4").tobytes()
+    mp3 = _ffmpeg(
+        ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0",
+         "-ar", str(codec_rate_hz), "-c:a", "libmp3lame", "-b:a", f"{bitrate_kbps}k", "-f", "mp3", "pipe:1"],
+        pcm, "MP3 encode",
+    )
+    decoded = _ffmpeg(
+        ["-f", "mp3", "-i", "pipe:0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"],
+        mp3, "MP3 decode",
+    )
+    usable = len(decoded) - len(decoded) % 4
+    out = np.frombuffer(decoded[:usable], dtype="<f4").astype(np.float32)
+    max_lag = -(-MP3_MAX_DELAY_FRAMES * MP3_FRAME_SAMPLES * sample_rate // codec_rate_hz)
+    return out[codec_delay(audio, out, max_lag):]
+
+
+def codec_delay(reference: np.ndarray, delayed: np.ndarray, max_lag: int) -> int:
+    """Samples by which ``delayed`` lags ``reference`` (0..``max_lag``), by cross-correlation."""
+    n = min(reference.size, delayed.size - max_lag)
+    if n <= 0:
+        return 0
+    scores = correlate(delayed[: n + max_lag], reference[:n], mode="valid", method="fft")
+    return int(np.argmax(scores))
+
+
+def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
+    """Trim, or pad with zeros, to exactly ``n_samples``."""
+    if audio.size >= n_samples:
+        return _f32(audio[:n_samples])
+    return _f32(np.concatenate([audio, np.zeros(n_samples - audio.size, np.float32)]))
+
+
+def mp3_round_trip_many(
+    segments: Sequence[np.ndarray], sample_rate: int, bitrate_kbps: int = 64, gap_s: float = 0.5
+) -> list[np.ndarray]:
+    """``mp3_round_trip`` of each segment, as one encode and one decode (two processes, not 2n).
+
+    Segments are laid end to end with ``gap_s`` of silence between them, far more than the codec's
+    frame and bit-reservoir reach, so none leaks into its neighbour; each comes back at its own
+    offset with its input length.
+    """
+    gap = np.zeros(round(gap_s * sample_rate), np.float32)
+    starts: list[int] = []
+    parts: list[np.ndarray] = []
+    position = 0
+    for segment in segments:
+        starts.append(position)
+        parts.extend([segment.astype(np.float32), gap])
+        position += segment.size + gap.size
+    decoded = mp3_round_trip(np.concatenate(parts) if parts else gap, sample_rate, bitrate_kbps)
+    return [fit_length(decoded[s : s + seg.size], seg.size) for s, seg in zip(starts, segments, strict=True)]

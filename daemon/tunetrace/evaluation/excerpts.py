@@ -1,0 +1,139 @@
+"""Seeded evaluation queries: which track, where, how long, under which condition.
+
+The whole plan is drawn before any audio is decoded, from track durations alone, so a run is
+reproducible from its seed, each file is decoded exactly once, and only the cut segments stay in
+memory.  Every (set, condition, length) cell draws from its own generator, seeded by the run seed
+and the cell's name, so adding a condition or a length leaves the other cells' queries unchanged.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tunetrace.evaluation.conditions import Condition
+
+PREROLL_S = 1.0
+"""Audio before the excerpt that is degraded with it and then dropped: reverb tails, codec and
+filter start-up then look as they would in the middle of a broadcast."""
+QUIET_RMS = 10 ** (-50 / 20)
+"""Excerpts quieter than -50 dBFS are redrawn: silence identifies nothing, on air or here."""
+MAX_DRAWS = 20
+
+
+@dataclass(frozen=True)
+class SourceTrack:
+    """One evaluation file, decoded at the encoder's rate."""
+
+    path: Path
+    duration_s: float
+    in_catalog: bool
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """One query: ``length_s`` seconds as heard, starting ``start_s`` into ``source``."""
+
+    query_id: int
+    in_catalog: bool
+    condition: str
+    length_s: float
+    source: int
+    """Index into the run's track list."""
+    start_s: float
+    """Ground truth: the track position at the start of the query (in the original's time)."""
+    source_length_s: float
+    """Audio cut from the source: ``length_s`` times the condition's speed ratio."""
+    interferer: int | None
+    """Track whose music is mixed in (``music`` conditions), never ``source``."""
+    interferer_start_s: float
+    seed: int
+    """Seeds the excerpt's own randomness (noise, impulse response)."""
+
+
+def cell_rng(seed: int, *names: str) -> np.random.Generator:
+    """A generator for one cell of the plan, independent of every other cell."""
+    keys = [zlib.crc32(name.encode()) for name in names]
+    return np.random.default_rng([seed, *keys])
+
+
+def plan_excerpts(
+    tracks: Sequence[SourceTrack],
+    conditions: Sequence[Condition],
+    lengths_s: Sequence[float],
+    per_cell: int,
+    seed: int,
+) -> list[Excerpt]:
+    """``per_cell`` queries for each (catalog/hold-out, condition, length), spread over the tracks.
+
+    Tracks are used in a shuffled round robin, so every track contributes about equally whatever
+    its length; starts are uniform over the positions where the excerpt and its pre-roll fit.
+    Interfering music comes from the hold-out tracks (never the query's own track).
+    """
+    holdout = [i for i, t in enumerate(tracks) if not t.in_catalog]
+    excerpts: list[Excerpt] = []
+    for in_catalog in (True, False):
+        pool = [i for i, t in enumerate(tracks) if t.in_catalog == in_catalog]
+        if not pool:
+            continue
+        for condition in conditions:
+            for length_s in lengths_s:
+                rng = cell_rng(seed, "catalog" if in_catalog else "holdout", condition.name, f"{length_s:g}")
+                order = [int(i) for i in rng.permutation(pool)]
+                for n in range(per_cell):
+                    source = order[n % len(order)]
+                    needed_s = length_s * condition.speed_ratio
+                    start_s = _start(rng, tracks[source].duration_s, needed_s)
+                    if start_s is None:
+                        continue
+                    interferer, interferer_start_s = None, 0.0
+                    if condition.needs_interferer:
+                        others = [i for i in holdout if i != source]
+                        if not others:
+                            raise ValueError(f"{condition.name} needs a second hold-out track to mix in")
+                        interferer = int(rng.choice(others))
+                        interferer_start_s = _start(rng, tracks[interferer].duration_s, length_s) or 0.0
+                    excerpts.append(Excerpt(
+                        query_id=len(excerpts), in_catalog=in_catalog, condition=condition.name,
+                        length_s=length_s, source=source, start_s=start_s, source_length_s=needed_s,
+                        interferer=interferer, interferer_start_s=interferer_start_s,
+                        seed=int(rng.integers(2**31)),
+                    ))
+    return excerpts
+
+
+def _start(rng: np.random.Generator, duration_s: float, needed_s: float) -> float | None:
+    """A start leaving room for the pre-roll before and the excerpt after; ``None`` if none fits."""
+    latest_s = duration_s - needed_s - 0.05
+    if latest_s < PREROLL_S:
+        return None
+    return round(float(rng.uniform(PREROLL_S, latest_s)), 3)
+
+
+def redraw_quiet(excerpt: Excerpt, track: np.ndarray, sample_rate: int, seed: int) -> Excerpt:
+    """Move an excerpt that landed on near-silence to a new start in the same track (seeded)."""
+    rng = cell_rng(seed, "redraw", str(excerpt.query_id))
+    current = excerpt
+    for _ in range(MAX_DRAWS):
+        segment = cut(track, sample_rate, current.start_s, current.source_length_s)
+        if float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) >= QUIET_RMS:
+            break
+        start_s = _start(rng, track.size / sample_rate, current.source_length_s)
+        if start_s is None:
+            break
+        current = replace(current, start_s=start_s)
+    return current
+
+
+def cut(audio: np.ndarray, sample_rate: int, start_s: float, length_s: float) -> np.ndarray:
+    """``length_s`` seconds from ``start_s`` (zero-padded past the end)."""
+    first = round(start_s * sample_rate)
+    n = round(length_s * sample_rate)
+    segment = audio[first : first + n]
+    if segment.size < n:
+        segment = np.concatenate([segment, np.zeros(n - segment.size, np.float32)])
+    return segment
