@@ -1,0 +1,337 @@
+"""Continuous recognition for one station: source -> ring -> windows -> embed -> search -> vote -> tracker.
+
+``LiveMatcher`` is the synchronous core (run in an executor, never on the event loop): it embeds a
+batch of windows, searches the catalog, and votes over the sliding horizon once per window, so a
+batch of many windows (a fast backfill, or catching up) yields exactly the decisions real-time
+processing would have made.  Silent windows are not embedded: they vote for nothing, which is
+what lets a play end in silence.
+
+``Station`` is the asynchronous shell: a capture task writes the ring buffer (never blocking), a
+recognition task reads windows, hands them to the matcher in the shared executor, feeds the
+decisions to the ``PlayTracker`` and turns its events into ``Play`` records for the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from uuid import uuid4
+
+import numpy as np
+
+from tunetrace.config import MatcherConfig, StationConfig, TrackerConfig
+from tunetrace.encoders.base import Encoder
+from tunetrace.events import Play, PlayEvent
+from tunetrace.matcher import CatalogShape, VotingParams, vote
+from tunetrace.ringbuffer import RingBuffer, WindowBatch
+from tunetrace.sinks import EventSink, StationHealth
+from tunetrace.sources.base import AudioBlock, AudioSource, RunnerParams, SourceRunner
+from tunetrace.store import Hit, Track
+from tunetrace.tracker import (
+    Evidence,
+    Observation,
+    PlayEnded,
+    PlayStarted,
+    PlayTracker,
+    TrackerEvent,
+    TrackerParams,
+)
+from tunetrace.windows import WindowSpec
+
+log = logging.getLogger(__name__)
+
+_MAX_CANDIDATES = 3
+_TICK_S = 1.0
+"""How often a station with no new audio re-checks its tracker (a source outage ends plays)."""
+
+
+class Catalog(Protocol):
+    """What the live pipeline needs from ``CatalogStore``."""
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]: ...
+
+    def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]: ...
+
+
+@dataclass(frozen=True)
+class LiveParams:
+    sample_rate: int
+    window_s: float
+    horizon_s: float
+    top_k: int
+    silence_threshold_dbfs: float
+    voting: VotingParams
+
+
+class LiveMatcher:
+    """Sliding-horizon voting over a stream of windows; not thread-safe (one per station)."""
+
+    def __init__(self, encoder: Encoder, catalog: Catalog, shape: CatalogShape, params: LiveParams) -> None:
+        self._encoder = encoder
+        self._catalog = catalog
+        self._shape = shape
+        self._params = params
+        self._history: deque[tuple[float, list[Hit]]] = deque()
+        self._silence_rms = 10.0 ** (params.silence_threshold_dbfs / 20.0)
+
+    def process(self, batch: WindowBatch) -> list[Observation]:
+        """One observation per window, in stream order (blocking: call from an executor)."""
+        if len(batch) == 0:
+            return []
+        rms = np.sqrt(np.mean(np.square(batch.windows, dtype=np.float64), axis=1))
+        audible = np.flatnonzero(rms >= self._silence_rms)
+        hits: list[list[Hit]] = [[] for _ in range(len(batch))]
+        if audible.size:
+            vectors = self._encoder.embed(batch.windows[audible])
+            found = self._catalog.search(vectors, self._params.top_k)
+            for row, window_hits in zip(audible, found, strict=True):
+                hits[int(row)] = window_hits
+        rate = self._params.sample_rate
+        observations = []
+        for start_sample, window_hits in zip(batch.start_samples, hits, strict=True):
+            start_s = float(start_sample) / rate
+            self._history.append((start_s, window_hits))
+            oldest_s = start_s + self._params.window_s - self._params.horizon_s
+            while self._history and self._history[0][0] < oldest_s:
+                self._history.popleft()
+            observations.append(Observation(start_s + self._params.window_s, self._decide()))
+        return observations
+
+    def _decide(self) -> tuple[Evidence, ...]:
+        times = np.array([t for t, _ in self._history])
+        window_hits = [h for _, h in self._history]
+        ranked = vote(window_hits, times, self._params.voting, self._shape, max_candidates=_MAX_CANDIDATES)
+        return tuple(self._evidence(c.track_id, c.alignment_s, c.confidence, c.aligned_windows, c.speed_ratio)
+                     for c in ranked)
+
+    def _evidence(
+        self, track_id: int, alignment_s: float, confidence: float, aligned: int, speed_ratio: float,
+    ) -> Evidence:
+        """Where in the horizon the candidate's time-consistent windows begin and end."""
+        tolerance = self._params.voting.offset_tolerance_s
+        supporting = [
+            t for t, window_hits in self._history
+            if any(h.track_id == track_id and abs(h.offset_s - t - alignment_s) <= tolerance
+                   and h.similarity >= self._params.voting.min_similarity for h in window_hits)
+        ]
+        first = supporting[0] if supporting else self._history[-1][0]
+        last = supporting[-1] if supporting else self._history[-1][0]
+        return Evidence(
+            track_id, alignment_s, confidence, aligned, first_aligned_s=first,
+            last_aligned_s=last + self._params.window_s / 2, speed_ratio=speed_ratio,
+        )
+
+
+class StreamClock:
+    """Maps stream time to UTC wall time using the newest block's arrival stamp."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self._rate = sample_rate
+        self._anchor_s = 0.0
+        self._anchor_at: datetime | None = None
+        self._anchor_monotonic = 0.0
+
+    def update(self, block: AudioBlock) -> None:
+        self._anchor_s = block.start_sample / self._rate
+        self._anchor_at = block.captured_at
+        self._anchor_monotonic = time.monotonic() - block.samples.size / self._rate
+
+    def wall(self, stream_s: float) -> datetime:
+        anchor = self._anchor_at or datetime.now(UTC)
+        return anchor + timedelta(seconds=stream_s - self._anchor_s)
+
+    def now_s(self) -> float:
+        """Stream time now, extrapolated from the newest block (used while a source is down)."""
+        return self._anchor_s + (time.monotonic() - self._anchor_monotonic)
+
+
+@dataclass
+class StationStats:
+    windows_processed: int = 0
+    last_progress_monotonic: float = 0.0
+    """Last time the recognition task finished a batch or idled legitimately (watchdog input)."""
+
+
+class Station:
+    """One station's pipeline; ``run()`` until cancelled, then ``finish()`` ends its open play."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        source: AudioSource,
+        runner_params: RunnerParams,
+        matcher: LiveMatcher,
+        catalog: Catalog,
+        tracker_config: TrackerConfig,
+        sink: EventSink,
+        executor: Executor,
+        *,
+        sample_rate: int,
+        window_s: float,
+        ring_capacity_s: float,
+        max_pending_windows: int,
+        batch_windows: int,
+        health_interval_s: float,
+        until_eof: bool = False,
+    ) -> None:
+        self.name = config.name
+        self._health_changed = asyncio.Event()
+        self._runner = SourceRunner(
+            source, runner_params, on_change=self._health_changed.set, until_eof=until_eof,
+        )
+        self._realtime = source.realtime
+        self._matcher = matcher
+        self._catalog = catalog
+        self._tracker = PlayTracker(TrackerParams.from_config(tracker_config))
+        self._sink = sink
+        self._executor = executor
+        self._rate = sample_rate
+        spec_hop = tracker_config.window_hop_s
+        self._ring = RingBuffer(
+            max(round(ring_capacity_s * sample_rate), round((window_s + 2 * spec_hop) * sample_rate)),
+            WindowSpec(sample_rate, window_s, spec_hop), max_pending_windows,
+        )
+        self._batch_windows = batch_windows
+        self._health_interval_s = health_interval_s
+        self._clock = StreamClock(sample_rate)
+        self._data = asyncio.Event()
+        self._open: Play | None = None
+        self._tracks: dict[int, Track] = {}
+        self.stats = StationStats(last_progress_monotonic=time.monotonic())
+        self._last_stream_s = 0.0
+        self._capture_done = False
+
+    def health(self) -> StationHealth:
+        state = self._runner.state
+        return StationHealth(
+            source_up=state.up, silent=state.silent, dropped_windows=self._ring.dropped_windows,
+            windows_processed=self.stats.windows_processed, last_audio_at=state.last_audio_at,
+            reconnects=state.reconnects,
+        )
+
+    async def run(self) -> None:
+        """Capture, recognition and health for this station, until cancelled or the source ends."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._capture(), name=f"{self.name}-capture")
+            recognise = group.create_task(self._recognise(), name=f"{self.name}-recognise")
+            health = group.create_task(self._health(), name=f"{self.name}-health")
+            await recognise
+            health.cancel()
+
+    def progressing(self, stall_s: float) -> bool:
+        """For the watchdog: windows were processed, or the source is legitimately (re)connecting."""
+        now = time.monotonic()
+        return (now - self.stats.last_progress_monotonic < stall_s
+                or (not self._runner.state.up and now - self._runner.state.progress_monotonic < stall_s))
+
+    async def _capture(self) -> None:
+        try:
+            async for block in self._runner.blocks():
+                self._clock.update(block)
+                self._ring.write(block.start_sample, block.samples)
+                self._data.set()
+        finally:
+            self._capture_done = True
+            self._data.set()
+
+    async def _recognise(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout(_TICK_S):
+                    await self._data.wait()
+            except TimeoutError:
+                pass
+            self._data.clear()
+            batch = self._ring.read(self._batch_windows)
+            if len(batch) == 0:
+                self.stats.last_progress_monotonic = time.monotonic() if self._runner.state.up else (
+                    self.stats.last_progress_monotonic
+                )
+                if self._capture_done:
+                    return
+                if not self._runner.state.up and self._realtime:
+                    await self._apply(self._tracker.observe(Observation(self._clock.now_s())))
+                continue
+            observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
+            self.stats.windows_processed += len(batch)
+            self.stats.last_progress_monotonic = time.monotonic()
+            for observation in observations:
+                self._last_stream_s = observation.stream_s
+                await self._apply(self._tracker.observe(observation))
+            if self._ring.pending_windows():
+                self._data.set()
+
+    async def _health(self) -> None:
+        while True:
+            await self._sink.publish_health(self.name, self.health())
+            try:
+                async with asyncio.timeout(self._health_interval_s):
+                    await self._health_changed.wait()
+            except TimeoutError:
+                pass
+            self._health_changed.clear()
+
+    async def finish(self) -> None:
+        """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
+        await self._apply(self._tracker.close(self._last_stream_s))
+
+    async def _apply(self, events: list[TrackerEvent]) -> None:
+        for event in events:
+            if isinstance(event, PlayEnded):
+                await self._ended(event)
+            else:
+                await self._started(event)
+        if events and self._open is None:
+            await self._sink.publish_now_playing(self.name, None)
+
+    async def _started(self, event: PlayStarted) -> None:
+        track = await self._track(event.play.track_id)
+        play = Play(
+            play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
+            title=track.title if track else "", artist=track.artist if track else "",
+            album=track.album if track else "", started_at=self._clock.wall(event.play.started_s),
+            position_start_s=event.position_start_s, confidence=event.play.confidence,
+            speed_ratio=event.play.speed_ratio,
+        )
+        self._open = play
+        log.info("%s: now playing %r (position %.1f s)", self.name, play.title, play.position_start_s)
+        await self._sink.publish_event(PlayEvent("play_started", play))
+        await self._sink.publish_now_playing(self.name, play)
+
+    async def _ended(self, event: PlayEnded) -> None:
+        if self._open is None:
+            return
+        play = replace(self._open, confidence=max(self._open.confidence, event.play.confidence)).ended(
+            self._clock.wall(event.ended_s), event.position_end_s,
+        )
+        self._open = None
+        log.info("%s: ended %r after %.1f s", self.name, play.title, play.duration_s or 0.0)
+        await self._sink.publish_event(PlayEvent("play_ended", play))
+
+    async def _track(self, track_id: int) -> Track | None:
+        if track_id not in self._tracks:
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._executor, self._catalog.get_tracks, [track_id])
+            if track_id in found:
+                self._tracks[track_id] = found[track_id]
+        return self._tracks.get(track_id)
+
+
+def live_params(
+    encoder: Encoder, matcher: MatcherConfig, tracker: TrackerConfig, silence_threshold_dbfs: float,
+) -> LiveParams:
+    info = encoder.info
+    return LiveParams(
+        sample_rate=info.sample_rate, window_s=info.window_s,
+        horizon_s=max(tracker.horizon_s, info.window_s + tracker.window_hop_s),
+        top_k=matcher.top_k, silence_threshold_dbfs=silence_threshold_dbfs,
+        voting=VotingParams.from_config(matcher, info.hop_s),
+    )

@@ -1,0 +1,237 @@
+"""What every audio source delivers, and the loop that keeps a source alive.
+
+A source (``AudioSource``) runs one *session*: it yields mono float32 blocks at the encoder's rate
+until the stream ends (EOF) or fails (``SourceError``).  ``SourceRunner`` turns sessions into one
+endless stream of ``AudioBlock`` values stamped with their absolute sample index on the station's
+clock: it restarts failed or stalled sessions with capped, jittered exponential backoff, detects
+silence, and keeps a ``SourceState`` the service reads for health and the watchdog.
+
+Time is data: for real-time sources the stream clock follows the wall clock across reconnects
+(an outage of 20 s advances the sample index by 20 s of samples), so "no evidence for 8 s" in the
+tracker means 8 s on the air, not 8 s of received audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+
+from tunetrace.errors import TunetraceError
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(TunetraceError):
+    """One source session failed (connection refused, decoder exited, device vanished)."""
+
+
+@dataclass(frozen=True)
+class AudioBlock:
+    start_sample: int
+    """Absolute index of ``samples[0]`` on the station's stream clock."""
+    samples: np.ndarray
+    """Mono float32 at the encoder's sample rate."""
+    captured_at: datetime
+    """UTC wall-clock time of ``samples[0]`` (arrival time minus the block's duration)."""
+
+
+class AudioSource(Protocol):
+    @property
+    def description(self) -> str:
+        """Where the audio comes from, safe to log (no credentials)."""
+        ...
+
+    @property
+    def realtime(self) -> bool:
+        """True when audio arrives at the pace it is played (streams, sound cards, paced files)."""
+        ...
+
+    def session(self) -> AsyncIterator[np.ndarray]:
+        """One connection: mono float32 blocks until EOF; raises ``SourceError`` on failure."""
+        ...
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    initial_s: float
+    max_s: float
+    jitter: float = 0.5
+    """The delay is drawn uniformly from ``[(1 - jitter) * d, d]`` so restarted peers spread out."""
+
+
+class Backoff:
+    """Capped, jittered exponential backoff; ``reset()`` after a session that delivered audio."""
+
+    def __init__(self, policy: BackoffPolicy, rng: random.Random | None = None) -> None:
+        self._policy = policy
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._attempt = 0
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    def next_delay_s(self) -> float:
+        ceiling = min(self._policy.max_s, self._policy.initial_s * 2.0 ** min(self._attempt, 30))
+        self._attempt += 1
+        return self._rng.uniform((1.0 - self._policy.jitter) * ceiling, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+@dataclass(frozen=True)
+class RunnerParams:
+    sample_rate: int
+    backoff: BackoffPolicy
+    stall_timeout_s: float
+    """No block for this long ends the session as failed (a hung decoder or a dead TCP peer)."""
+    silence_threshold_dbfs: float
+    silence_after_s: float
+
+
+class SourceState:
+    """What the service reads about a source; written only by its ``SourceRunner``."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.silent = False
+        self.reconnects = 0
+        self.last_audio_at: datetime | None = None
+        self.progress_monotonic = time.monotonic()
+        """Last time the runner made progress: a block arrived or a (re)connect was attempted."""
+        self.last_error: str | None = None
+
+
+def block_dbfs(samples: np.ndarray) -> float:
+    """RMS level of a block in dB relative to full scale (-inf for digital silence)."""
+    if samples.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
+
+
+class SourceRunner:
+    """Runs sessions of one source forever, yielding stamped blocks; cancel the iterator to stop."""
+
+    def __init__(
+        self,
+        source: AudioSource,
+        params: RunnerParams,
+        state: SourceState | None = None,
+        *,
+        on_change: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        until_eof: bool = False,
+    ) -> None:
+        self._source = source
+        self._params = params
+        self.state = state or SourceState()
+        self._on_change = on_change or (lambda: None)
+        self._backoff = Backoff(params.backoff, rng)
+        self._wall_clock = wall_clock
+        self._until_eof = until_eof
+        """Stop at the first clean end of stream instead of reconnecting (files, backfills, tests)."""
+        self._next_sample = 0
+        self._silent_samples = 0
+
+    async def blocks(self) -> AsyncIterator[AudioBlock]:
+        rate = self._params.sample_rate
+        session_ended_at: float | None = None
+        while True:
+            self.state.progress_monotonic = time.monotonic()
+            if session_ended_at is not None and self._source.realtime:
+                # Keep the stream clock on the wall clock across the outage.
+                self._next_sample += round((time.monotonic() - session_ended_at) * rate)
+            delivered = False
+            clean_eof = False
+            try:
+                async for samples in self._session_with_stall_timeout():
+                    if samples.size == 0:
+                        continue
+                    if not delivered:
+                        delivered = True
+                        self._backoff.reset()
+                        self._set_up(up=True, error=None)
+                    block = self._stamp(samples)
+                    self._update_silence(samples)
+                    yield block
+                clean_eof = True
+            except SourceError as exc:
+                self.state.last_error = str(exc)
+                log.warning("%s: %s", self._source.description, exc)
+            session_ended_at = time.monotonic()
+            self._set_up(up=False, error=self.state.last_error)
+            if clean_eof and self._until_eof:
+                return
+            if clean_eof:
+                log.info("%s: stream ended; reconnecting", self._source.description)
+            delay_s = self._backoff.next_delay_s()
+            self.state.reconnects += 1
+            log.info("%s: reconnect %d in %.1f s", self._source.description, self.state.reconnects, delay_s)
+            await self._sleep_with_progress(delay_s)
+
+    async def _session_with_stall_timeout(self) -> AsyncIterator[np.ndarray]:
+        iterator = aiter(self._source.session())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._params.stall_timeout_s):
+                        samples = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise SourceError(
+                        f"no audio for {self._params.stall_timeout_s:.0f} s (stall timeout)"
+                    ) from None
+                yield samples
+        finally:
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _sleep_with_progress(self, delay_s: float) -> None:
+        """Backoff is legitimate progress: keep the watchdog's view fresh while waiting."""
+        deadline = time.monotonic() + delay_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            self.state.progress_monotonic = time.monotonic()
+            await asyncio.sleep(min(remaining, 1.0))
+
+    def _stamp(self, samples: np.ndarray) -> AudioBlock:
+        now = self._wall_clock()
+        duration = timedelta(seconds=samples.size / self._params.sample_rate)
+        block = AudioBlock(self._next_sample, samples, now - duration)
+        self._next_sample += samples.size
+        self.state.last_audio_at = now
+        self.state.progress_monotonic = time.monotonic()
+        return block
+
+    def _update_silence(self, samples: np.ndarray) -> None:
+        if block_dbfs(samples) < self._params.silence_threshold_dbfs:
+            self._silent_samples += samples.size
+        else:
+            self._silent_samples = 0
+        silent = self._silent_samples >= self._params.silence_after_s * self._params.sample_rate
+        if silent != self.state.silent:
+            self.state.silent = silent
+            log.info("%s: %s", self._source.description, "silence" if silent else "audio again")
+            self._on_change()
+
+    def _set_up(self, *, up: bool, error: str | None) -> None:
+        self.state.last_error = error
+        if up != self.state.up:
+            self.state.up = up
+            if not up:
+                self._silent_samples = 0
+                self.state.silent = False
+            self._on_change()
