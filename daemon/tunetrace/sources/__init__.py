@@ -23,12 +23,12 @@ __all__ = [
 def create_source(config: SourceConfig, sample_rate: int) -> AudioSource:
     """The source a station's config describes (sounddevice is imported only for ``soundcard``)."""
     if config.kind == "soundcard":
-        from tunetrace.sources.soundcard import SoundcardSource  # noqa: PLC0415 - optional PortAudio
+        from tunetrace.sources.soundcard import SoundcardSource
 
         return SoundcardSource(
             config.device, sample_rate, capture_rate_hz=config.capture_rate_hz, channels=config.channels,
         )
-    from tunetrace.sources.ffmpeg import FfmpegSource  # noqa: PLC0415 - symmetric with the above
+    from tunetrace.sources.ffmpeg import FfmpegSource
 
     assert config.url is not None  # enforced by SourceConfig's validator
     return FfmpegSource(config.url, sample_rate, realtime=config.realtime, loop=config.loop)
