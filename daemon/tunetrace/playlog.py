@@ -1,0 +1,144 @@
+"""The local play log: every play event as one JSON line, so the record exists without any broker.
+
+Each ``play_started`` / ``play_ended`` event becomes one line ``{"logged_at": ..., "event": ...,
+"event_id": ..., "play": {...}}`` (the same ``PlayEvent.to_json()`` payload MQTT carries, see
+``docs/mqtt.md``), written, flushed and fsync'd before ``publish_event`` returns, so a power cut
+loses at most the line being written.  A line cut short by a crash is closed with a newline when
+the log is next opened, so the following record still starts on its own line.
+
+Rotation by size, like ``logging.handlers.RotatingFileHandler`` but durable: when the next line
+would take the file past ``max_bytes``, ``plays.jsonl`` becomes ``plays.jsonl.1`` (older backups
+shift up, the one past ``backups`` is deleted; ``backups=0`` starts the file afresh) and the
+directory is fsync'd so the renames survive a crash.
+
+File I/O runs in a worker thread; an ``asyncio.Lock`` keeps lines in call order.  Now-playing and
+health updates are not logged here (they are state, not records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from tunetrace.config import PlayLogConfig
+from tunetrace.events import Play, PlayEvent
+from tunetrace.sinks import StationHealth
+
+log = logging.getLogger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PlayLog:
+    """An ``EventSink`` that appends play events to a size-rotated JSON Lines file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        backups: int,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if max_bytes < 1 or backups < 0:
+            raise ValueError("max_bytes must be positive and backups non-negative")
+        self._path = path
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._file: BinaryIO | None = None
+
+    @classmethod
+    def from_config(cls, config: PlayLogConfig, data_dir: Path) -> PlayLog:
+        """``config.path``, or ``<data_dir>/plays.jsonl`` when the config does not name one."""
+        path = config.path or data_dir / "plays.jsonl"
+        return cls(path, max_bytes=config.max_bytes, backups=config.backups)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def publish_event(self, event: PlayEvent) -> None:
+        record = {"logged_at": self._clock().isoformat(), **event.to_json()}
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        async with self._lock:
+            await asyncio.to_thread(self._write_line, line)
+
+    async def publish_now_playing(self, station: str, play: Play | None) -> None:
+        return None
+
+    async def publish_health(self, station: str, health: StationHealth) -> None:
+        return None
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._close_file)
+
+    # -- worker-thread side -----------------------------------------------------------------------
+
+    def _write_line(self, line: bytes) -> None:
+        handle = self._open()
+        size = handle.tell()
+        if size > 0 and size + len(line) > self._max_bytes:
+            self._rotate()
+            handle = self._open()
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self._path.exists()
+            handle = self._path.open("ab")
+            if created:
+                _fsync_directory(self._path.parent)
+            if handle.tell() > 0 and not self._ends_with_newline():
+                log.warning("play log %s ended in a partial line (crash?); closing it", self._path)
+                handle.write(b"\n")
+            self._file = handle
+        return self._file
+
+    def _ends_with_newline(self) -> bool:
+        with self._path.open("rb") as reader:
+            reader.seek(-1, os.SEEK_END)
+            return reader.read(1) == b"\n"
+
+    def _rotate(self) -> None:
+        self._close_file()
+        if self._backups == 0:
+            self._path.unlink(missing_ok=True)
+        else:
+            self._backup(self._backups).unlink(missing_ok=True)
+            for index in range(self._backups - 1, 0, -1):
+                if self._backup(index).exists():
+                    self._backup(index).replace(self._backup(index + 1))
+            self._path.replace(self._backup(1))
+        _fsync_directory(self._path.parent)
+        log.info("play log %s rotated (%d backup(s) kept)", self._path, self._backups)
+
+    def _backup(self, index: int) -> Path:
+        return self._path.with_name(f"{self._path.name}.{index}")
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames and unlinks in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

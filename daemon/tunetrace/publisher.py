@@ -1,0 +1,507 @@
+"""MQTT publishing of now-playing, play events, health and Home Assistant discovery.
+
+The only module that imports aiomqtt.  Topics and payloads are documented in ``docs/mqtt.md``
+and pinned by the JSON Schemas in ``tunetrace/schemas/``.
+
+Lifecycle (for the service)::
+
+    publisher = MqttPublisher(config.mqtt, data_dir / "mqtt-outbox.sqlite3", ["radio-one", ...])
+    await publisher.start()          # opens the outbox, connects in the background, returns at once
+    await publisher.publish_event(event)              # EventSink methods, never wait on the network
+    await publisher.publish_now_playing("radio-one", play_or_none)
+    await publisher.publish_health("radio-one", health)
+    await publisher.close(deadline_s=5.0)   # flush within the deadline, retained "offline", DISCONNECT
+
+Delivery guarantees:
+
+- ``publish_event`` appends the event to a durable on-disk ``Outbox`` (fsync'd) and wakes the
+  sender; it returns without touching the network.  The sender publishes outbox messages one at a
+  time, in order, with QoS 1 and removes each only after its PUBACK, so events produced while the
+  broker is unreachable (or before a crash or restart) are delivered after reconnecting: at least
+  once, in order; consumers drop the rare duplicate by ``event_id``.  The outbox is bounded
+  (``MqttConfig.outbox_max_events``): beyond it the oldest events are dropped and counted.
+- Now-playing and health are *state*: retained, only the latest value per topic matters, so they
+  are kept in memory and (re)published on every connect instead of queued.
+- ``<prefix>/status`` is ``online`` (retained) after every connect and ``offline`` (retained) at a
+  clean close; the broker publishes ``offline`` as the last will when the process dies.
+
+One long-lived task owns the connection and reconnects with capped, jittered exponential backoff;
+a refused login is logged as an error naming the config keys to check and retried like any other
+failure.  The password is handed to the MQTT client only and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+from tunetrace import __version__
+from tunetrace.config import MqttConfig
+from tunetrace.errors import ConfigError
+from tunetrace.events import Play, PlayEvent
+from tunetrace.outbox import Outbox
+from tunetrace.sinks import StationHealth
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+_OPERATION_TIMEOUT_S = 10.0
+"""How long one publish may wait for its PUBACK before the connection is considered broken."""
+_STABLE_CONNECTION_S = 10.0
+"""A connection that lasted this long resets the backoff; a flapping one keeps backing off."""
+_GOODBYE_S = 1.0
+"""Part of the close deadline kept for publishing ``offline`` and disconnecting."""
+_OUTBOX_BATCH = 32
+"""Outbox messages read per disk access; retained state is refreshed between batches."""
+_AUTH_REFUSED_CODES = frozenset({4, 5, 134, 135})
+"""CONNACK codes meaning bad credentials (MQTT 3.1.1: 4, 5; MQTT 5: 134, 135)."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- topics and payloads ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic the daemon publishes, derived from ``topic_prefix`` and ``discovery_prefix``."""
+
+    prefix: str
+    discovery_prefix: str = "homeassistant"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    def now_playing(self, station: str) -> str:
+        return f"{self.prefix}/{station}/now_playing"
+
+    def events(self, station: str) -> str:
+        return f"{self.prefix}/{station}/events"
+
+    def health(self, station: str) -> str:
+        return f"{self.prefix}/{station}/health"
+
+    @property
+    def node_id(self) -> str:
+        """Home Assistant node id: the prefix with characters HA rejects replaced by ``_``."""
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.prefix)
+
+    def discovery(self, object_id: str) -> str:
+        return f"{self.discovery_prefix}/sensor/{self.node_id}/{object_id}/config"
+
+
+def now_playing_payload(station: str, play: Play | None, updated_at: datetime) -> dict[str, Any]:
+    """Retained now-playing state; ``playing: false`` with null fields is the explicit "nothing"."""
+    return {
+        "station": station,
+        "playing": play is not None,
+        "title": play.title if play else None,
+        "artist": play.artist if play else None,
+        "album": play.album if play else None,
+        "confidence": round(play.confidence, 3) if play else None,
+        "play": play.to_json() if play else None,
+        "updated_at": updated_at.isoformat(),
+    }
+
+
+def health_state(health: StationHealth) -> str:
+    """One word for dashboards: ``down`` beats ``silent`` beats ``ok``."""
+    if not health.source_up:
+        return "down"
+    return "silent" if health.silent else "ok"
+
+
+def health_payload(station: str, health: StationHealth, updated_at: datetime) -> dict[str, Any]:
+    return {
+        "station": station,
+        "state": health_state(health),
+        "source_up": health.source_up,
+        "silent": health.silent,
+        "dropped_windows": health.dropped_windows,
+        "windows_processed": health.windows_processed,
+        "last_audio_at": health.last_audio_at.isoformat() if health.last_audio_at else None,
+        "reconnects": health.reconnects,
+        "updated_at": updated_at.isoformat(),
+    }
+
+
+@dataclass(frozen=True)
+class _SensorSpec:
+    key: str
+    name: str
+    icon: str
+    value_template: str
+    unit: str | None = None
+
+
+_NOW_PLAYING_SENSORS = (
+    _SensorSpec("title", "Title", "mdi:music", "{{ value_json.title if value_json.playing else None }}"),
+    _SensorSpec("artist", "Artist", "mdi:account-music",
+                "{{ value_json.artist if value_json.playing else None }}"),
+    _SensorSpec("confidence", "Confidence", "mdi:percent",
+                "{{ (value_json.confidence * 100) | round(1) if value_json.playing else None }}", unit="%"),
+)
+_HEALTH_SENSOR = _SensorSpec("source", "Source", "mdi:radio-tower", "{{ value_json.state }}")
+
+
+def discovery_configs(
+    topics: Topics, station_names: Sequence[str], display_names: Mapping[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Home Assistant MQTT discovery: one device per station with title/artist/confidence/source sensors.
+
+    Returns ``{config topic: config payload}``; all are published retained.  A template that
+    renders ``None`` makes HA show the sensor as "unknown" while nothing is playing.
+    """
+    display_names = display_names or {}
+    configs: dict[str, dict[str, Any]] = {}
+    for station in station_names:
+        device = {
+            "identifiers": [f"{topics.node_id}_{station}"],
+            "name": display_names.get(station, station),
+            "manufacturer": "tunetrace",
+            "model": "tunetrace station monitor",
+            "sw_version": __version__,
+        }
+        sensors = [(spec, topics.now_playing(station)) for spec in _NOW_PLAYING_SENSORS]
+        sensors.append((_HEALTH_SENSOR, topics.health(station)))
+        for spec, state_topic in sensors:
+            object_id = f"{station}_{spec.key}"
+            config: dict[str, Any] = {
+                "name": spec.name,
+                "unique_id": f"{topics.node_id}_{object_id}",
+                "state_topic": state_topic,
+                "value_template": spec.value_template,
+                "json_attributes_topic": state_topic,
+                "availability_topic": topics.status,
+                "payload_available": ONLINE.decode(),
+                "payload_not_available": OFFLINE.decode(),
+                "icon": spec.icon,
+                "device": device,
+                "origin": {"name": "tunetrace", "sw_version": __version__},
+            }
+            if spec.unit:
+                config["unit_of_measurement"] = spec.unit
+                config["state_class"] = "measurement"
+            configs[topics.discovery(object_id)] = config
+    return configs
+
+
+def _encode(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# -- reconnect policy ------------------------------------------------------------------------------
+
+
+class Backoff:
+    """Capped exponential backoff with "equal jitter": a delay in [cap/2, cap], cap doubling per failure.
+
+    The jitter spreads reconnects of many daemons after a broker restart; the floor keeps a
+    failing broker from being hammered.
+    """
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self._initial_s = initial_s
+        self._max_s = max(max_s, initial_s)
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._failures = 0
+
+    def next_delay_s(self) -> float:
+        cap_s = min(self._max_s, self._initial_s * 2 ** min(self._failures, 32))
+        self._failures += 1
+        return self._rng.uniform(cap_s / 2, cap_s)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+# -- the publisher ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    connected: bool
+    connects: int
+    """Successful connections since start (1 + reconnects)."""
+    delivered_events: int
+    """Events acknowledged by the broker since start."""
+    pending_events: int
+    """Events waiting in the outbox."""
+    dropped_events: int
+    """Events the outbox discarded when full (over the outbox file's lifetime)."""
+
+
+class MqttPublisher:
+    """``EventSink`` publishing to an MQTT broker; see the module docstring for the lifecycle."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        outbox_path: Path,
+        station_names: Sequence[str],
+        *,
+        display_names: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._outbox_path = outbox_path
+        self._clock = clock
+        self._rng = rng
+        self._topics = Topics(config.topic_prefix, config.discovery_prefix)
+        self._outbox: Outbox | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._append_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._abandon_flush = False
+        self._connects = 0
+        self._delivered = 0
+        # Retained state, latest value per topic, republished in this order on every connect.
+        self._retained: dict[str, bytes] = {}
+        self._dirty: dict[str, None] = {}
+        if config.discovery:
+            for topic, payload in discovery_configs(self._topics, station_names, display_names).items():
+                self._set_retained(topic, _encode(payload))
+        for station in station_names:
+            self._set_retained(self._topics.now_playing(station),
+                               _encode(now_playing_payload(station, None, clock())))
+
+    @property
+    def topics(self) -> Topics:
+        return self._topics
+
+    async def start(self) -> None:
+        """Open the outbox and start the connection task; returns without waiting for the broker."""
+        if self._task is not None:
+            raise RuntimeError("MqttPublisher.start() called twice")
+        self._tls_context = await asyncio.to_thread(self._make_tls_context)
+        self._outbox = await asyncio.to_thread(Outbox, self._outbox_path, self._config.outbox_max_events)
+        self._task = asyncio.create_task(self._run(), name="mqtt-publisher")
+        self._task.add_done_callback(_log_crash)
+
+    async def wait_connected(self) -> None:
+        """Return once connected and ``online`` is published (wrap in ``asyncio.timeout``)."""
+        await self._connected.wait()
+
+    def stats(self) -> PublisherStats:
+        outbox = self._outbox.stats() if self._outbox else None
+        return PublisherStats(
+            connected=self._connected.is_set(),
+            connects=self._connects,
+            delivered_events=self._delivered,
+            pending_events=outbox.pending if outbox else 0,
+            dropped_events=outbox.dropped_total if outbox else 0,
+        )
+
+    # -- EventSink ---------------------------------------------------------------------------------
+
+    async def publish_event(self, event: PlayEvent) -> None:
+        """Persist the event in the outbox (fsync'd) and wake the sender; no network wait."""
+        outbox = self._require_outbox()
+        topic = self._topics.events(event.play.station)
+        async with self._append_lock:  # FIFO: keeps the outbox in call order
+            await asyncio.to_thread(outbox.append, topic, _encode(event.to_json()), event.event_id)
+        self._wake.set()
+
+    async def publish_now_playing(self, station: str, play: Play | None) -> None:
+        payload = now_playing_payload(station, play, self._clock())
+        self._set_retained(self._topics.now_playing(station), _encode(payload))
+        self._wake.set()
+
+    async def publish_health(self, station: str, health: StationHealth) -> None:
+        payload = health_payload(station, health, self._clock())
+        self._set_retained(self._topics.health(station), _encode(payload))
+        self._wake.set()
+
+    async def close(self, deadline_s: float = 5.0) -> None:
+        """Deliver what can be delivered within ``deadline_s``, publish ``offline``, disconnect.
+
+        Events still undelivered stay in the outbox for the next start.  Not connected at the
+        time of the call: returns at once (nothing can be flushed).
+        """
+        task = self._task
+        if task is not None and not task.done():
+            self._closing.set()
+            self._wake.set()
+            flush_s = max(deadline_s - _GOODBYE_S, deadline_s / 2)
+            try:
+                done, _ = await asyncio.wait({task}, timeout=flush_s)
+                if not done:
+                    self._abandon_flush = True
+                    self._wake.set()
+                    done, _ = await asyncio.wait({task}, timeout=deadline_s - flush_s)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if self._outbox is not None:
+            pending = len(self._outbox)
+            if pending:
+                log.warning("%d MQTT event(s) not delivered yet; kept in %s for the next start",
+                            pending, self._outbox.path)
+            await asyncio.to_thread(self._outbox.close)
+            self._outbox = None
+
+    # -- connection task ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = Backoff(self._config.reconnect_initial_s, self._config.reconnect_max_s, self._rng)
+        while not self._closing.is_set():
+            connected_at: float | None = None
+            try:
+                async with self._client() as client:
+                    connected_at = time.monotonic()
+                    self._connects += 1
+                    self._dirty = dict.fromkeys(self._retained)
+                    await self._serve(client)
+                return  # closing: served until the end
+            except aiomqtt.MqttError as exc:
+                error: Exception = exc
+            except (OSError, ValueError, RuntimeError) as exc:
+                # aiomqtt/paho raise these for broken sockets or inconsistent state; treat them as
+                # a lost connection rather than killing the publisher.
+                log.exception("MQTT connection failed unexpectedly")
+                error = exc
+            finally:
+                self._connected.clear()
+            if self._closing.is_set():
+                return
+            if connected_at is not None and time.monotonic() - connected_at >= _STABLE_CONNECTION_S:
+                backoff.reset()
+            delay_s = backoff.next_delay_s()
+            self._log_failure(error, delay_s, was_connected=connected_at is not None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay_s)
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self._config
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password is not None else None,
+            identifier=cfg.client_id,
+            will=aiomqtt.Will(self._topics.status, OFFLINE, qos=1, retain=True),
+            keepalive=cfg.keepalive_s,
+            tls_context=self._tls_context,
+            timeout=_OPERATION_TIMEOUT_S,
+        )
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Publish until closing; a dropped connection surfaces as ``MqttError`` from the watcher."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                watcher = tasks.create_task(_wait_disconnected(client), name="mqtt-connection-watch")
+                await client.publish(self._topics.status, ONLINE, qos=1, retain=True)
+                self._connected.set()
+                log.info("MQTT connected to %s:%d as %s (TLS %s)", self._config.host, self._config.port,
+                         self._config.username or "anonymous", "on" if self._tls_context else "off")
+                await self._pump(client)
+                self._connected.clear()
+                await client.publish(self._topics.status, OFFLINE, qos=1, retain=True)
+                watcher.cancel()
+        except* Exception as group:
+            # One connection, one cause: re-raise the first failure plainly for ``_run``.
+            raise group.exceptions[0] from None
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._wake.clear()
+            await self._publish_retained(client)
+            await self._drain_outbox(client)
+            if self._closing.is_set():
+                return
+            await self._wake.wait()
+
+    async def _publish_retained(self, client: aiomqtt.Client) -> None:
+        while self._dirty and not self._flush_abandoned():
+            topic = next(iter(self._dirty))
+            payload = self._retained[topic]
+            await client.publish(topic, payload, qos=1, retain=True)
+            if self._retained[topic] is payload:  # not replaced while we were publishing
+                self._dirty.pop(topic, None)
+
+    async def _drain_outbox(self, client: aiomqtt.Client) -> None:
+        outbox = self._require_outbox()
+        while not self._flush_abandoned():
+            batch = await asyncio.to_thread(outbox.peek, _OUTBOX_BATCH)
+            if not batch:
+                return
+            for message in batch:
+                if self._flush_abandoned():
+                    return
+                await client.publish(message.topic, message.payload, qos=1)  # returns after PUBACK
+                await asyncio.to_thread(outbox.ack, message.seq)
+                self._delivered += 1
+            await self._publish_retained(client)
+
+    def _log_failure(self, error: Exception, delay_s: float, *, was_connected: bool) -> None:
+        where = f"{self._config.host}:{self._config.port}"
+        code = getattr(getattr(error, "rc", None), "value", getattr(error, "rc", None))
+        if isinstance(error, MqttConnectError) and code in _AUTH_REFUSED_CODES:
+            log.error(
+                "MQTT broker %s refused the login as %r: %s; check mqtt.username and mqtt.password "
+                "(retrying in %.1f s)", where, self._config.username, error, delay_s,
+            )
+        elif was_connected:
+            log.warning("MQTT connection to %s lost: %s (reconnecting in %.1f s)", where, error, delay_s)
+        else:
+            log.warning("MQTT broker %s unreachable: %s (retrying in %.1f s)", where, error, delay_s)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _flush_abandoned(self) -> bool:
+        """``close()`` ran out of flush time: stop publishing, say ``offline`` and disconnect."""
+        return self._abandon_flush
+
+    def _set_retained(self, topic: str, payload: bytes) -> None:
+        self._retained[topic] = payload
+        self._dirty[topic] = None
+
+    def _require_outbox(self) -> Outbox:
+        if self._outbox is None:
+            raise RuntimeError("MqttPublisher is not running: call start() first (or it was closed)")
+        return self._outbox
+
+    def _make_tls_context(self) -> ssl.SSLContext | None:
+        if not self._config.tls:
+            return None
+        ca_file = self._config.ca_file
+        try:
+            return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"mqtt.ca_file: cannot load CA bundle {ca_file}: {exc}") from None
+
+
+async def _wait_disconnected(client: aiomqtt.Client) -> None:
+    """Raise ``MqttError`` as soon as the connection drops (nothing is subscribed, so no messages)."""
+    async for _ in client.messages:
+        pass
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("MQTT publisher task stopped", exc_info=task.exception())
