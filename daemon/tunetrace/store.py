@@ -37,6 +37,10 @@ _MAX_TEXT = 1024
 _PLACEHOLDER_DIM = 2  # Milvus requires a vector field in every collection
 _QUERY_PAGE = 1000
 _SEARCH_BATCH = 256
+# A server's default ("Bounded") lets reads lag writes by seconds: a catalog just created would not
+# be found on reopen, a re-ingest would not see the track it just added, and a delete could miss
+# rows it should replace. Strong makes every read see every earlier write.
+_CONSISTENCY = "Strong"
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,9 @@ class CatalogStore:
                     "embedding", index_type="HNSW", metric_type=self._info.metric,
                     params={"M": 16, "efConstruction": 200},
                 )
-            self._client.create_collection(self._vectors, schema=schema, index_params=index)
+            self._client.create_collection(
+                self._vectors, schema=schema, index_params=index, consistency_level=_CONSISTENCY
+            )
         if not self._client.has_collection(self._tracks):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("track_id", DataType.INT64, is_primary=True)
@@ -168,7 +174,9 @@ class CatalogStore:
     def _create_with_placeholder_index(self, name: str, schema: Any) -> None:
         index = self._client.prepare_index_params()
         index.add_index("placeholder", index_type="FLAT", metric_type="L2")
-        self._client.create_collection(name, schema=schema, index_params=index)
+        self._client.create_collection(
+            name, schema=schema, index_params=index, consistency_level=_CONSISTENCY
+        )
 
     def _load(self) -> None:
         for name in (self._vectors, self._tracks, self._meta):
