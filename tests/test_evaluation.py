@@ -1,0 +1,279 @@
+"""``tunetrace eval``: the degradations do what they claim, plans are seeded, the report is sane."""
+
+from __future__ import annotations
+
+import csv
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import welch
+
+from tunetrace.cli import main
+from tunetrace.evaluation import degrade
+from tunetrace.evaluation.conditions import CONDITIONS, parse_conditions
+from tunetrace.evaluation.excerpts import (
+    PREROLL_S,
+    QUIET_RMS,
+    Excerpt,
+    SourceTrack,
+    cut,
+    plan_excerpts,
+    redraw_quiet,
+)
+from tunetrace.evaluation.report import CSV_COLUMNS
+
+SAMPLE_RATE = 8000
+
+
+def synthetic_music(seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A seeded melody of harmonic notes with attacks and a little noise: music-like, distinct per seed."""
+    rng = np.random.default_rng(seed)
+    note_s = 0.25
+    n_note = round(note_s * sample_rate)
+    t = np.arange(n_note) / sample_rate
+    envelope = np.exp(-t * 6.0) * np.minimum(1.0, t / 0.01)
+    notes = []
+    for _ in range(int(np.ceil(seconds / note_s))):
+        f0 = 110.0 * 2 ** (int(rng.integers(0, 36)) / 12)
+        tone = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6) if f0 * h < sample_rate / 2)
+        notes.append(envelope * tone)
+    audio = np.concatenate(notes)[: round(seconds * sample_rate)]
+    audio = audio + 0.02 * rng.standard_normal(audio.size)
+    return (0.3 * audio / np.max(np.abs(audio))).astype(np.float32)
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def band_power(audio: np.ndarray, sample_rate: int, low_hz: float, high_hz: float) -> float:
+    freqs, psd = welch(audio, fs=sample_rate, nperseg=1024)
+    return float(psd[(freqs >= low_hz) & (freqs <= high_hz)].mean())
+
+
+@pytest.fixture
+def music() -> np.ndarray:
+    return synthetic_music(6.0, seed=7)
+
+
+# -- degradations ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("snr", [10.0, 0.0, 5.0])
+def test_white_noise_is_added_at_the_requested_snr(music: np.ndarray, snr: float) -> None:
+    noisy = degrade.white_noise(music, snr, np.random.default_rng(1))
+    assert noisy.dtype == np.float32 and noisy.shape == music.shape
+    assert degrade.snr_db(music, noisy) == pytest.approx(snr, abs=0.5)
+
+
+def test_other_music_is_mixed_at_the_requested_snr(music: np.ndarray) -> None:
+    other = synthetic_music(8.0, seed=8)
+    mixed = degrade.mix_at_snr(music, other, 5.0)
+    assert degrade.snr_db(music, mixed) == pytest.approx(5.0, abs=0.5)
+    with pytest.raises(ValueError, match="interference"):
+        degrade.mix_at_snr(music, other[:100], 5.0)
+
+
+@pytest.mark.parametrize("ratio", [1.03, 0.97])
+def test_speed_change_shortens_or_lengthens_by_the_ratio(music: np.ndarray, ratio: float) -> None:
+    changed = degrade.speed_change(music, ratio)
+    assert abs(changed.size - music.size / ratio) <= 1
+
+
+def test_speed_change_moves_pitch_by_the_ratio() -> None:
+    t = np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE
+    tone = np.sin(2 * np.pi * 1000.0 * t).astype(np.float32)
+    faster = degrade.speed_change(tone, 1.03)
+    spectrum = np.abs(np.fft.rfft(faster * np.hanning(faster.size)))
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE / faster.size
+    assert peak_hz == pytest.approx(1030.0, abs=2.0)
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 16000])
+def test_telephone_band_removes_energy_outside_300_to_3400_hz(sample_rate: int) -> None:
+    noise = np.random.default_rng(2).standard_normal(sample_rate * 4).astype(np.float32)
+    phone = degrade.telephone(noise, sample_rate)
+    assert phone.size == noise.size
+    passband = band_power(phone, sample_rate, 600.0, 3000.0) / band_power(noise, sample_rate, 600.0, 3000.0)
+    assert passband > 0.7
+    below = band_power(phone, sample_rate, 20.0, 200.0) / band_power(noise, sample_rate, 20.0, 200.0)
+    above = band_power(phone, sample_rate, 3700.0, sample_rate / 2) / band_power(
+        noise, sample_rate, 3700.0, sample_rate / 2
+    )
+    assert 10 * np.log10(below) < -20.0
+    assert 10 * np.log10(above) < -20.0
+
+
+def test_mp3_round_trip_keeps_length_within_a_frame_and_stays_aligned(music: np.ndarray) -> None:
+    decoded = degrade.mp3_round_trip(music, SAMPLE_RATE, bitrate_kbps=64)
+    frame = int(np.ceil(degrade.MP3_FRAME_SAMPLES * SAMPLE_RATE / degrade.MP3_CODEC_RATE_HZ))
+    assert abs(decoded.size - music.size) <= frame
+    n = min(decoded.size, music.size)
+    assert np.corrcoef(decoded[:n], music[:n])[0, 1] > 0.95
+    assert not np.allclose(decoded[:n], music[:n], atol=1e-4)  # the codec did change it
+
+
+def test_mp3_round_trip_of_many_segments_matches_each_input() -> None:
+    segments = [synthetic_music(s, seed=round(10 * s)) for s in (1.0, 3.0, 2.0)]
+    decoded = degrade.mp3_round_trip_many(segments, SAMPLE_RATE)
+    assert [d.size for d in decoded] == [s.size for s in segments]
+    for original, copy in zip(segments, decoded, strict=True):
+        assert np.corrcoef(original, copy)[0, 1] > 0.95
+
+
+def test_reverb_preserves_length_and_spreads_an_impulse_in_time() -> None:
+    rng = np.random.default_rng(3)
+    response = degrade.synthetic_impulse_response(SAMPLE_RATE, rng)
+    assert 0.4 * SAMPLE_RATE <= response.size <= 0.6 * SAMPLE_RATE
+    assert np.sum(response.astype(np.float64) ** 2) == pytest.approx(1.0, rel=1e-4)
+    click = np.zeros(SAMPLE_RATE * 2, np.float32)
+    click[SAMPLE_RATE // 2] = 1.0
+    wet = degrade.reverb(click, response)
+    assert wet.size == click.size
+    energy = wet.astype(np.float64) ** 2
+    late = energy[SAMPLE_RATE // 2 + round(0.02 * SAMPLE_RATE):].sum() / energy.sum()
+    assert late > 0.3  # a dry click has none of its energy after 20 ms
+    # and it decays: the last 100 ms of the tail hold far less than the first
+    start, tail_n = SAMPLE_RATE // 2 + 1, round(0.1 * SAMPLE_RATE)
+    end = SAMPLE_RATE // 2 + response.size
+    assert energy[end - tail_n : end].sum() < 0.01 * energy[start : start + tail_n].sum()
+
+
+def test_impulse_response_is_reproducible_from_the_generator() -> None:
+    a = degrade.synthetic_impulse_response(SAMPLE_RATE, np.random.default_rng(5))
+    b = degrade.synthetic_impulse_response(SAMPLE_RATE, np.random.default_rng(5))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(CONDITIONS))
+def test_every_condition_renders_exactly_the_excerpt_length(name: str) -> None:
+    condition = CONDITIONS[name]
+    preroll = round(PREROLL_S * SAMPLE_RATE)
+    n = 3 * SAMPLE_RATE
+    segment = synthetic_music(PREROLL_S + 3.0 * condition.speed_ratio, seed=11)
+    prepared = condition.prepare([segment], SAMPLE_RATE)[0]
+    other = synthetic_music(3.0, seed=12)
+    out = condition.render(prepared, preroll, n, SAMPLE_RATE, np.random.default_rng(0), other)
+    assert out.dtype == np.float32 and out.size == n
+    assert np.isfinite(out).all() and degrade.rms(out) > 1e-3
+
+
+def test_unknown_conditions_are_rejected_with_the_valid_names() -> None:
+    assert [c.name for c in parse_conditions("clean, telephone")] == ["clean", "telephone"]
+    assert len(parse_conditions("all")) == len(CONDITIONS)
+    with pytest.raises(ValueError, match="choose from clean"):
+        parse_conditions("clean,vinyl")
+
+
+# -- excerpt plans ---------------------------------------------------------------------------------
+
+
+def _tracks() -> list[SourceTrack]:
+    return [
+        *(SourceTrack(Path(f"c{i}.ogg"), 60.0 + 10 * i, True) for i in range(3)),
+        *(SourceTrack(Path(f"h{i}.ogg"), 45.0 + 5 * i, False) for i in range(3)),
+    ]
+
+
+def test_excerpt_plan_is_reproducible_from_its_seed() -> None:
+    conditions = parse_conditions("clean,music_5db,speed_up_3pct")
+    first = plan_excerpts(_tracks(), conditions, (1.0, 5.0), 4, seed=42)
+    again = plan_excerpts(_tracks(), conditions, (1.0, 5.0), 4, seed=42)
+    other = plan_excerpts(_tracks(), conditions, (1.0, 5.0), 4, seed=43)
+    assert first == again
+    assert [e.start_s for e in first] != [e.start_s for e in other]
+    assert len(first) == 2 * 3 * 2 * 4  # sets x conditions x lengths x per cell
+
+
+def test_excerpts_fit_their_tracks_and_interferers_are_other_holdout_tracks() -> None:
+    tracks = _tracks()
+    plan = plan_excerpts(tracks, list(CONDITIONS.values()), (1.0, 10.0), 5, seed=1)
+    for e in plan:
+        assert e.start_s >= PREROLL_S
+        assert e.start_s + e.source_length_s <= tracks[e.source].duration_s
+        assert e.in_catalog == tracks[e.source].in_catalog
+        assert e.source_length_s == pytest.approx(e.length_s * CONDITIONS[e.condition].speed_ratio)
+        if e.condition == "music_5db":
+            assert e.interferer is not None and e.interferer != e.source
+            assert not tracks[e.interferer].in_catalog
+        else:
+            assert e.interferer is None
+
+
+def test_adding_a_condition_leaves_the_other_cells_unchanged() -> None:
+    small = plan_excerpts(_tracks(), parse_conditions("clean"), (3.0,), 4, seed=9)
+    large = plan_excerpts(_tracks(), parse_conditions("noise_0db,clean,telephone"), (1.0, 3.0), 4, seed=9)
+
+    def key(plan: list[Excerpt]) -> list[tuple[bool, int, float]]:
+        return [(e.in_catalog, e.source, e.start_s) for e in plan
+                if e.condition == "clean" and e.length_s == 3]
+
+    assert key(small) == key(large)
+
+
+def test_quiet_excerpts_are_moved_to_audible_music() -> None:
+    audio = np.concatenate([np.zeros(SAMPLE_RATE * 20, np.float32), synthetic_music(20.0, seed=3)])
+    track = SourceTrack(Path("quiet-start.wav"), 40.0, True)
+    plan = plan_excerpts([track], parse_conditions("clean"), (3.0,), 10, seed=4)
+    moved = [redraw_quiet(e, audio, SAMPLE_RATE, seed=4) for e in plan]
+    assert any(e.start_s + 3.0 < 20.0 for e in plan)  # some landed on the silent half
+    for m in moved:
+        assert degrade.rms(cut(audio, SAMPLE_RATE, m.start_s, 3.0)) >= QUIET_RMS
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
+    catalog, holdout, out = tmp_path / "catalog", tmp_path / "holdout", tmp_path / "report"
+    catalog.mkdir()
+    holdout.mkdir()
+    for i in range(3):
+        write_wav(catalog / f"song{i}.wav", synthetic_music(25.0, seed=100 + i))
+    for i in range(3):
+        write_wav(holdout / f"other{i}.wav", synthetic_music(20.0, seed=200 + i))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nlog_level: WARNING\n", encoding="utf-8")
+    args = [
+        "eval", "-c", str(config), "--catalog", str(catalog), "--holdout", str(holdout),
+        "--excerpts", "3", "--lengths", "3,5", "--conditions", "clean,noise_10db",
+        "--seed", "3", "--out", str(out), "--quiet",
+    ]
+    assert main(args) == 0
+
+    with (out / "results.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 2 * 2 * 2 * 3  # sets x conditions x lengths x per cell
+    catalog_rows = [r for r in rows if r["set"] == "catalog"]
+    holdout_rows = [r for r in rows if r["set"] == "holdout"]
+    hits = sum(int(r["right_offset"]) for r in catalog_rows if r["condition"] == "clean")
+    assert hits >= 5  # of 6 clean catalog excerpts
+    assert all(r["truth_track_id"] for r in catalog_rows)
+    assert not any(r["truth_track_id"] for r in holdout_rows)
+    assert sum(1 for r in holdout_rows if r["answer_track_id"]) <= 2
+    assert all(0 < float(r["latency_s"]) < 10 for r in rows)
+    for r in catalog_rows:
+        if r["right_offset"] == "1":
+            assert abs(float(r["offset_error_s"])) <= 0.5
+
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "min_confidence **0.25**" in report
+    for heading in ("## Hit rate", "## Right track", "## Wrong track", "## False positives",
+                    "## Offset accuracy", "## Latency", "## Threshold trade-off"):
+        assert heading in report
+
+    # A second run reuses the catalog (idempotent ingest) and reproduces the same queries.
+    again = tmp_path / "again"
+    assert main([*args[:-3], "--out", str(again), "--quiet"]) == 0
+    assert "0 added, 3 already present" in (again / "report.md").read_text(encoding="utf-8")
+    with (again / "results.csv").open(newline="", encoding="utf-8") as handle:
+        rows_again = list(csv.DictReader(handle))
+    assert [r["truth_offset_s"] for r in rows_again] == [r["truth_offset_s"] for r in rows]
