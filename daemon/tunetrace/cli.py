@@ -30,9 +30,10 @@ EXIT_CONFIG = 78
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
+def _add_config_option(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--config`` on a command; ``nested`` actions accept it too without overwriting the parent's."""
     parser.add_argument(
-        "--config", "-c", type=Path, default=None,
+        "--config", "-c", type=Path, default=argparse.SUPPRESS if nested else None,
         help="YAML config (default: $TUNETRACE_CONFIG, else /etc/tunetrace/tunetrace.yaml, "
         "else built-in defaults)",
     )
@@ -241,10 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_sub = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     for name, text in (("list", "list tracks"), ("stats", "catalog size and encoder")):
         q = catalog_sub.add_parser(name, help=text)
-        _add_config_option(q)
+        _add_config_option(q, nested=True)
         q.add_argument("--json", action="store_true")
     q = catalog_sub.add_parser("remove", help="remove a track and its vectors")
-    _add_config_option(q)
+    _add_config_option(q, nested=True)
     q.add_argument("track_id", type=int, metavar="TRACK_ID")
     p.set_defaults(func=_cmd_catalog)
 
@@ -257,51 +258,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: Any) -> None:
-    """Commands that live in their own modules (evaluation, training, models, the daemon)."""
+    """Commands that live beside their implementation (each imports its heavy libraries lazily)."""
     from tunetrace.evaluation.cli import add_eval_parser
+    from tunetrace.models_fetch import add_models_parser
+    from tunetrace.service_cli import add_serve_parser
+    from tunetrace.train.cli import add_train_parser
 
-    add_eval_parser(sub)
-    try:
-        from tunetrace.train.cli import add_train_parser
-    except ImportError:
-        pass
-    else:
-        add_train_parser(sub)
-    try:
-        from tunetrace.models_fetch import add_models_parser
-    except ImportError:
-        pass
-    else:
-        add_models_parser(sub)
-    try:
-        from tunetrace.service_cli import add_serve_parser
-    except ImportError:
-        pass
-    else:
-        add_serve_parser(sub)
+    for add_parser in (add_eval_parser, add_train_parser, add_models_parser, add_serve_parser):
+        add_parser(sub)
+
+
+_ERROR_EXITS: dict[type[TunetraceError], tuple[str, int]] = {
+    ConfigError: ("config error", EXIT_CONFIG),
+    ModelError: ("model error", EXIT_CONFIG),
+    CatalogError: ("catalog error", EXIT_UNAVAILABLE),
+}
+
+
+def _exit_for(exc: TunetraceError) -> tuple[str, int]:
+    """The label and exit status of the closest known base class (subclasses included)."""
+    for kind, outcome in _ERROR_EXITS.items():
+        if isinstance(exc, kind):
+            return outcome
+    return ("error", EXIT_PARTIAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "config", None) is None and hasattr(args, "config"):
-        # Sub-sub-commands re-declare --config; keep whichever level set it.
-        pass
     handler: Handler = args.func
     try:
         return handler(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ModelError as exc:
-        print(f"model error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except CatalogError as exc:
-        print(f"catalog error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
     except TunetraceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+        label, code = _ERROR_EXITS.get(type(exc), _exit_for(exc))
+        print(f"{label}: {exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
