@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -180,11 +180,13 @@ class Station:
         batch_windows: int,
         health_interval_s: float,
         until_eof: bool = False,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.name = config.name
         self._health_changed = asyncio.Event()
         self._runner = SourceRunner(
             source, runner_params, on_change=self._health_changed.set, until_eof=until_eof,
+            wall_clock=wall_clock,
         )
         self._realtime = source.realtime
         self._matcher = matcher
@@ -224,6 +226,11 @@ class Station:
             health = group.create_task(self._health(), name=f"{self.name}-health")
             await recognise
             health.cancel()
+
+    @property
+    def stream_s(self) -> float:
+        """Stream time of the newest decision (end of the newest processed window)."""
+        return self._last_stream_s
 
     def progressing(self, stall_s: float) -> bool:
         """For the watchdog: windows were processed, or the source is legitimately (re)connecting."""

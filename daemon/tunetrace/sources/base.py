@@ -144,6 +144,7 @@ class SourceRunner:
         """Stop at the first clean end of stream instead of reconnecting (files, backfills, tests)."""
         self._next_sample = 0
         self._silent_samples = 0
+        self._origin: datetime | None = None
 
     async def blocks(self) -> AsyncIterator[AudioBlock]:
         rate = self._params.sample_rate
@@ -209,8 +210,15 @@ class SourceRunner:
 
     def _stamp(self, samples: np.ndarray) -> AudioBlock:
         now = self._wall_clock()
-        duration = timedelta(seconds=samples.size / self._params.sample_rate)
-        block = AudioBlock(self._next_sample, samples, now - duration)
+        rate = self._params.sample_rate
+        if self._source.realtime:
+            captured_at = now - timedelta(seconds=samples.size / rate)
+        else:
+            # A file read as fast as possible: its own timeline, anchored where reading began.
+            if self._origin is None:
+                self._origin = now - timedelta(seconds=self._next_sample / rate)
+            captured_at = self._origin + timedelta(seconds=self._next_sample / rate)
+        block = AudioBlock(self._next_sample, samples, captured_at)
         self._next_sample += samples.size
         self.state.last_audio_at = now
         self.state.progress_monotonic = time.monotonic()

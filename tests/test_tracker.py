@@ -1,0 +1,233 @@
+"""The play tracker as a pure state machine: stream times in, plays out, no services, no clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tunetrace.config import TrackerConfig
+from tunetrace.tracker import (
+    Evidence,
+    Observation,
+    PlayEnded,
+    PlayStarted,
+    PlayTracker,
+    TrackerEvent,
+    TrackerParams,
+)
+
+HOP_S = 0.25
+PARAMS = TrackerParams.from_config(TrackerConfig())
+A, B = 101, 202
+
+
+def playing(track_id: int, stream_s: float, alignment_s: float, *, since_s: float,
+            confidence: float = 0.9, windows: int = 8) -> Evidence:
+    """What voting reports while ``track_id`` has been audible since ``since_s`` (first window start)."""
+    return Evidence(track_id, alignment_s, confidence, windows, first_aligned_s=max(since_s, stream_s - 4.0),
+                    last_aligned_s=stream_s - 0.5)
+
+
+def run(tracker: PlayTracker, start_s: float, end_s: float, candidates_at) -> list[tuple[float, TrackerEvent]]:
+    """Feed one observation per hop from ``start_s`` to ``end_s``; ``candidates_at(t)`` gives the evidence."""
+    events = []
+    steps = round((end_s - start_s) / HOP_S)
+    for step in range(steps):
+        t = start_s + step * HOP_S
+        for event in tracker.observe(Observation(t, tuple(candidates_at(t)))):
+            events.append((t, event))
+    return events
+
+
+def kinds(events: list[tuple[float, TrackerEvent]]) -> list[str]:
+    return [f"{'start' if isinstance(e, PlayStarted) else 'end'}:{e.play.track_id}" for _, e in events]
+
+
+def test_a_confirmed_track_starts_once_back_dated_to_its_first_window() -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        # Track A starts at stream 10 s at position 30 s (alignment 20); voting needs ~1.5 s to see it.
+        return [playing(A, t, 20.0, since_s=10.0)] if t >= 11.5 else []
+
+    events = run(tracker, 0.0, 40.0, evidence)
+
+    assert kinds(events) == [f"start:{A}"]
+    decided_s, started = events[0]
+    assert isinstance(started, PlayStarted)
+    assert started.play.started_s == pytest.approx(10.0)
+    assert started.position_start_s == pytest.approx(30.0)
+    assert decided_s == pytest.approx(11.5 + (PARAMS.start_confirmations - 1) * HOP_S)
+
+
+def test_start_needs_consecutive_confirmations_at_one_alignment() -> None:
+    tracker = PlayTracker(PARAMS)
+    # Chance matches: a strong-looking candidate whose alignment wanders never confirms.
+    rng = random.Random(3)
+
+    def wandering(t: float) -> list[Evidence]:
+        return [playing(rng.choice([A, B]), t, rng.uniform(-100, 100), since_s=t - 2)]
+
+    assert run(tracker, 0.0, 120.0, wandering) == []
+
+
+def test_unknown_music_with_weak_scattered_evidence_never_plays() -> None:
+    tracker = PlayTracker(PARAMS)
+    rng = random.Random(7)
+
+    def unknown(t: float) -> list[Evidence]:
+        # What unknown music looks like to the voting: low confidence, few aligned windows.
+        return [Evidence(rng.choice([A, B]), rng.uniform(0, 300), rng.uniform(0.05, 0.45), rng.randint(1, 3),
+                         t - 2, t - 1)]
+
+    assert run(tracker, 0.0, 600.0, unknown) == []
+
+
+def test_play_ends_after_its_evidence_has_been_gone_for_end_after_s() -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        return [playing(A, t, 0.0, since_s=0.0)] if 1.5 <= t < 30.0 else []
+
+    events = run(tracker, 0.0, 60.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}"]
+    decided_s, ended = events[1]
+    assert isinstance(ended, PlayEnded)
+    last_support = 30.0 - HOP_S - 0.5
+    assert ended.ended_s == pytest.approx(last_support)
+    assert ended.position_end_s == pytest.approx(last_support)
+    assert decided_s == pytest.approx(last_support + PARAMS.end_after_s, abs=HOP_S)
+
+
+def test_brief_dropouts_and_low_confidence_passages_do_not_flap() -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        if t < 2.0:
+            return []
+        if 20.0 <= t < 24.0:  # a quiet bridge: confidence sags below the start threshold
+            return [playing(A, t, 5.0, since_s=2.0, confidence=0.25)]
+        if 40.0 <= t < 45.0:  # a 5 s dropout (talk-over), shorter than end_after_s
+            return []
+        return [playing(A, t, 5.0, since_s=2.0)]
+
+    assert kinds(run(tracker, 0.0, 90.0, evidence)) == [f"start:{A}"]
+
+
+def test_track_change_publishes_exactly_one_end_and_one_start() -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        out = []
+        if 1.5 <= t < 33.0:  # A from 0 s to 30 s; its evidence lingers in the horizon
+            out.append(playing(A, min(t, 30.5), 0.0, since_s=0.0, confidence=max(0.2, 0.9 - max(0.0, t - 30) * 0.3)))
+        if t >= 31.5:  # B from 30 s at position 0
+            out.append(playing(B, t, -30.0, since_s=30.0, confidence=min(0.9, 0.3 + (t - 31.0) * 0.3)))
+        return sorted(out, key=lambda e: -e.confidence)
+
+    events = run(tracker, 0.0, 60.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{B}"]
+    (_, started_a), (t_end, ended_a), (t_start, started_b) = events
+    assert t_end == t_start, "the end and the start are decided together"
+    assert isinstance(ended_a, PlayEnded) and isinstance(started_b, PlayStarted)
+    assert ended_a.ended_s <= started_b.play.started_s
+    assert started_b.play.started_s == pytest.approx(30.0)
+    assert started_b.position_start_s == pytest.approx(0.0)
+
+
+def test_a_position_jump_in_the_same_track_is_a_new_play() -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        if t < 1.5:
+            return []
+        if t < 40.0:
+            return [playing(A, t, 0.0, since_s=0.0)]
+        # At 40 s the station jumps back to the track's 10 s mark (alignment -30).
+        return [playing(A, t, -30.0, since_s=40.0)]
+
+    events = run(tracker, 0.0, 70.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{A}"]
+    second = events[2][1]
+    assert isinstance(second, PlayStarted)
+    assert second.play.started_s == pytest.approx(40.0)
+    assert second.position_start_s == pytest.approx(10.0)
+
+
+def test_slow_drift_within_the_jump_tolerance_stays_one_play() -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        return [playing(A, t, 0.02 * t, since_s=0.0)] if t >= 1.5 else []  # 2% speed-up: 2.4 s over 2 min
+
+    assert kinds(run(tracker, 0.0, 120.0, evidence)) == [f"start:{A}"]
+
+
+def test_start_is_never_back_dated_before_position_zero_or_the_previous_end() -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        # A's first supporting window appears to start at 5 s, but position 0 is at stream 8 s.
+        return [Evidence(A, -8.0, 0.9, 8, first_aligned_s=5.0, last_aligned_s=t - 0.5)] if t >= 10 else []
+
+    events = run(tracker, 0.0, 20.0, evidence)
+    started = events[0][1]
+    assert isinstance(started, PlayStarted)
+    assert started.play.started_s == pytest.approx(8.0)
+    assert started.position_start_s == pytest.approx(0.0)
+
+
+def test_close_ends_the_open_play_at_its_last_evidence() -> None:
+    tracker = PlayTracker(PARAMS)
+    run(tracker, 0.0, 20.0, lambda t: [playing(A, t, 0.0, since_s=0.0)] if t >= 1.5 else [])
+
+    events = tracker.close(20.0)
+
+    assert [type(e) for e in events] == [PlayEnded]
+    assert events[0].ended_s == pytest.approx(20.0 - HOP_S - 0.5)
+    assert tracker.current is None
+    assert tracker.close(21.0) == []
+
+
+def test_stream_time_never_runs_backwards() -> None:
+    tracker = PlayTracker(PARAMS)
+    run(tracker, 0.0, 10.0, lambda t: [playing(A, t, 0.0, since_s=0.0)] if t >= 1.5 else [])
+    # A late observation stamped in the past must not re-open or end anything on its own.
+    assert tracker.observe(Observation(2.0, ())) == []
+    assert tracker.current is not None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_schedules_yield_one_play_per_segment_in_order(seed: int) -> None:
+    """Property: for any schedule of clean catalog segments separated by gaps longer than
+    ``end_after_s`` or by direct changes, the plays are exactly the segments, in order."""
+    rng = random.Random(seed)
+    schedule: list[tuple[float, float, int, float]] = []  # start, end, track, alignment
+    t = 2.0
+    for _ in range(8):
+        length = rng.uniform(20, 60)
+        track = rng.randint(1, 5)
+        if schedule and schedule[-1][2] == track:
+            track += 10
+        alignment = rng.uniform(0, 100) - t
+        schedule.append((t, t + length, track, alignment))
+        t += length + (rng.choice([0.0, PARAMS.end_after_s + rng.uniform(1, 10)]))
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(now: float) -> list[Evidence]:
+        for start, end, track, alignment in schedule:
+            if start + 1.5 <= now < end + 0.5:
+                return [Evidence(track, alignment, 0.9, 8, max(start, now - 4), min(now, end + 0.5) - 0.5)]
+        return []
+
+    events = run(tracker, 0.0, t + 20.0, evidence)
+    starts = [e for _, e in events if isinstance(e, PlayStarted)]
+    ends = [e for _, e in events if isinstance(e, PlayEnded)]
+    assert [s.play.track_id for s in starts] == [s[2] for s in schedule]
+    assert len(ends) == len(starts)
+    for started, (start, _end, _track, _alignment) in zip(starts, schedule, strict=True):
+        assert started.play.started_s == pytest.approx(start)
