@@ -1,0 +1,336 @@
+"""Live-recognition benchmark: a synthetic broadcast with a known schedule through the real pipeline.
+
+``python -m tunetrace.bench_live --config CFG --minutes 30`` builds a "radio stream" from the
+catalog's own files: excerpts of catalog tracks (random positions and lengths), silence gaps,
+real music that is not in the catalog (``--unknown``) and noise bursts, optionally buried in white
+noise at ``--snr-db``.  The stream is written to a WAV file and read by the real ``FfmpegSource``
+as fast as possible through the same ``Station`` (ring buffer, embed, search, vote, tracker) the
+daemon runs, so every figure is measured on the stream clock, independent of machine speed:
+
+* now-playing latency: stream time of the ``play_started`` decision minus the true track start;
+* false plays (a play with no overlapping true segment of that track) and flapping (a true
+  segment reported as more than one play);
+* per-second precision/recall of the play log against the true schedule;
+* CPU: process CPU seconds per second of audio (the share of one core a station needs) and the
+  stations one core sustains at that rate; RSS after loading and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.io import wavfile
+
+from tunetrace.config import Config, SourceConfig, StationConfig, load_config
+from tunetrace.decode import decode_file
+from tunetrace.events import Play, PlayEvent
+from tunetrace.recognition import Station
+from tunetrace.sinks import StationHealth
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
+"""Wall-clock origin of the simulated stream: play times map back to stream seconds exactly."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    kind: str
+    """``track`` (in the catalog), ``unknown`` (music not in it), ``silence`` or ``noise``."""
+    start_s: float
+    end_s: float
+    track_id: int | None = None
+    position_s: float = 0.0
+    """For ``track``: where in the track the segment begins."""
+    label: str = ""
+
+
+@dataclass
+class CollectingSink:
+    """An ``EventSink`` that keeps every event with the stream time it was decided at."""
+
+    station: Station | None = None
+    events: list[tuple[float, PlayEvent]] = field(default_factory=list)
+
+    async def publish_event(self, event: PlayEvent) -> None:
+        self.events.append((self.station.stream_s if self.station else 0.0, event))
+
+    async def publish_now_playing(self, station: str, play: Play | None) -> None:
+        return None
+
+    async def publish_health(self, station: str, health: StationHealth) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def make_schedule(
+    catalog: list[tuple[int, Path, float]], unknown: list[Path], duration_s: float, rng: random.Random,
+) -> list[Segment]:
+    """A plausible broadcast: mostly catalog music, with gaps, unknown music and noise between."""
+    segments: list[Segment] = []
+    now = 0.0
+    previous_track: int | None = None
+    while now < duration_s:
+        roll = rng.random()
+        if roll < 0.65 or not unknown:
+            choices = [c for c in catalog if c[0] != previous_track] or catalog
+            track_id, path, length_s = rng.choice(choices)
+            take = min(rng.uniform(25.0, 70.0), length_s - 1.0)
+            position = rng.uniform(0.0, max(0.0, length_s - take - 1.0))
+            segments.append(Segment("track", now, now + take, track_id, position, path.name))
+            previous_track = track_id
+        elif roll < 0.8:
+            path = rng.choice(unknown)
+            segments.append(Segment("unknown", now, now + rng.uniform(15.0, 40.0), None, 0.0, path.name))
+            previous_track = None
+        elif roll < 0.9:
+            segments.append(Segment("noise", now, now + rng.uniform(4.0, 10.0)))
+            previous_track = None
+        else:
+            segments.append(Segment("silence", now, now + rng.uniform(2.0, 6.0)))
+            previous_track = None
+        now = segments[-1].end_s
+        if rng.random() < 0.3:  # a short gap between items, as stations often have
+            segments.append(Segment("silence", now, now + rng.uniform(0.5, 2.5)))
+            now = segments[-1].end_s
+    return segments
+
+
+def render(
+    segments: list[Segment], sources: dict[str, Path], sample_rate: int, snr_db: float | None,
+    rng: random.Random,
+) -> np.ndarray:
+    """The schedule as audio; decoded files are cached so a long stream stays cheap to build."""
+    decoded: dict[str, np.ndarray] = {}
+    noise_rng = np.random.default_rng(rng.randrange(2**32))
+    parts = []
+    for segment in segments:
+        n = round((segment.end_s - segment.start_s) * sample_rate)
+        if segment.kind in ("track", "unknown"):
+            if segment.label not in decoded:
+                decoded[segment.label] = decode_file(sources[segment.label], sample_rate)
+            audio = decoded[segment.label]
+            first = round(segment.position_s * sample_rate) if segment.kind == "track" else 0
+            if segment.kind == "unknown":
+                first = min(max(0, audio.size - n), round(30 * sample_rate))
+            piece = audio[first : first + n]
+            piece = np.pad(piece, (0, n - piece.size))
+            parts.append(0.8 * piece / max(1e-6, float(np.max(np.abs(piece)))))
+        elif segment.kind == "noise":
+            parts.append((0.1 * noise_rng.standard_normal(n)).astype(np.float32))
+        else:
+            parts.append(np.zeros(n, np.float32))
+    stream = np.concatenate(parts).astype(np.float32)
+    if snr_db is not None:
+        music = np.concatenate([p for p, s in zip(parts, segments, strict=True) if s.kind == "track"])
+        signal_power = float(np.mean(np.square(music))) if music.size else 1e-4
+        noise_power = signal_power / 10 ** (snr_db / 10)
+        stream = stream + (np.sqrt(noise_power) * noise_rng.standard_normal(stream.size)).astype(np.float32)
+    return np.clip(stream, -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PlayRecord:
+    track_id: int
+    start_s: float
+    end_s: float
+    decided_s: float
+    position_start_s: float
+
+
+def plays_from_events(events: list[tuple[float, PlayEvent]]) -> list[PlayRecord]:
+    decided: dict[str, float] = {}
+    plays = []
+    for stream_s, event in events:
+        if event.kind == "play_started":
+            decided[event.play.play_id] = stream_s
+        elif event.play.ended_at is not None:
+            plays.append(PlayRecord(
+                event.play.track_id, (event.play.started_at - EPOCH).total_seconds(),
+                (event.play.ended_at - EPOCH).total_seconds(), decided[event.play.play_id],
+                event.play.position_start_s,
+            ))
+    return sorted(plays, key=lambda p: p.start_s)
+
+
+def score(segments: list[Segment], plays: list[PlayRecord], duration_s: float) -> dict[str, Any]:
+    tracks = [s for s in segments if s.kind == "track"]
+
+    def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+        return max(0.0, min(a1, b1) - max(a0, b0))
+
+    latencies, position_errors, missed, flapping = [], [], 0, 0
+    for segment in tracks:
+        matching = [p for p in plays if p.track_id == segment.track_id
+                    and overlap(p.start_s, p.end_s, segment.start_s, segment.end_s) > 0]
+        if not matching:
+            missed += 1
+            continue
+        flapping += len(matching) - 1
+        first = matching[0]
+        latencies.append(first.decided_s - segment.start_s)
+        expected_position = segment.position_s + (first.start_s - segment.start_s)
+        position_errors.append(abs(first.position_start_s - expected_position))
+    false_plays = [
+        asdict(p) for p in plays
+        if not any(s.track_id == p.track_id and overlap(p.start_s, p.end_s, s.start_s, s.end_s) > 0
+                   for s in tracks)
+    ]
+    seconds = np.arange(int(duration_s)) + 0.5
+    truth = np.full(seconds.size, -1, np.int64)
+    predicted = np.full(seconds.size, -1, np.int64)
+    ids: dict[int, int] = {}
+    for segment in tracks:
+        truth[(seconds >= segment.start_s) & (seconds < segment.end_s)] = ids.setdefault(
+            segment.track_id or 0, len(ids))
+    for play in plays:
+        during = (seconds >= play.start_s) & (seconds < play.end_s)
+        predicted[during] = ids.setdefault(play.track_id, len(ids))
+    correct = int(np.sum((predicted >= 0) & (predicted == truth)))
+    return {
+        "catalog_segments": len(tracks),
+        "reported_segments": len(tracks) - missed,
+        "missed_segments": missed,
+        "false_plays": len(false_plays),
+        "false_play_details": false_plays,
+        "flapping": flapping,
+        "latency_median_s": round(statistics.median(latencies), 2) if latencies else None,
+        "latency_p95_s": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
+        "latency_max_s": round(max(latencies), 2) if latencies else None,
+        "position_error_median_s": round(statistics.median(position_errors), 2) if position_errors else None,
+        "per_second_precision": round(correct / max(1, int(np.sum(predicted >= 0))), 4),
+        "per_second_recall": round(correct / max(1, int(np.sum(truth >= 0))), 4),
+    }
+
+
+def rss_mib() -> float:
+    """Resident set size now (Linux ``/proc``), falling back to the peak from ``getrusage``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+StationEvents = list[tuple[float, PlayEvent]]
+
+
+async def run_stream(config: Config, wav: Path, stations: int = 1) -> tuple[list[StationEvents], float]:
+    """Run ``stations`` copies of the stream through the pipeline; events per station, wall seconds."""
+    from tunetrace.service import build_station, open_model
+
+    model, closer = await asyncio.to_thread(open_model, config)
+    sinks = []
+    executor = ThreadPoolExecutor(max_workers=max(1, min(4, stations)))
+    built = []
+    for index in range(stations):
+        sink = CollectingSink()
+        station_config = StationConfig(
+            name=f"bench{index}", source=SourceConfig(kind="ffmpeg", url=str(wav), realtime=False),
+        )
+        station = build_station(
+            station_config, config, model, sink, executor, until_eof=True, wall_clock=lambda: EPOCH,
+        )
+        sink.station = station
+        sinks.append(sink)
+        built.append(station)
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for station in built:
+            group.create_task(station.run())
+    for station in built:
+        await station.finish()
+    wall_s = time.perf_counter() - started
+    executor.shutdown()
+    closer.close()
+    return [s.events for s in sinks], wall_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tunetrace.bench_live", description=(__doc__ or "").split("\n\n")[0],
+    )
+    parser.add_argument("--config", "-c", type=Path, required=True,
+                        help="config whose catalog holds the tracks (their source files must be readable)")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--unknown", type=Path, nargs="*", default=[],
+                        help="music files NOT in the catalog, played between catalog tracks")
+    parser.add_argument("--snr-db", type=float, default=None, help="add white noise at this SNR (dB)")
+    parser.add_argument("--stations", type=int, default=1, help="run this many copies at once (CPU scaling)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("grpc", "pymilvus", "milvus_lite"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    config = load_config(args.config)
+    rng = random.Random(args.seed)  # noqa: S311 - a reproducible schedule, not a secret
+
+    from tunetrace.runtime import open_encoder, open_store
+
+    encoder = open_encoder(config)
+    with open_store(config, encoder, create=False) as store:
+        catalog = [(t.track_id, Path(t.source_path), t.duration_s) for t in store.tracks()
+                   if Path(t.source_path).is_file() and t.duration_s > 30]
+    if not catalog:
+        print("the catalog has no tracks whose source files are readable here", file=sys.stderr)
+        return 1
+    duration_s = args.minutes * 60
+    segments = make_schedule(catalog, list(args.unknown), duration_s, rng)
+    sources = {p.name: p for _, p, _ in catalog} | {p.name: p for p in args.unknown}
+    rate = encoder.info.sample_rate
+    with tempfile.TemporaryDirectory(prefix="tunetrace-bench-") as folder:
+        wav = Path(folder) / "stream.wav"
+        audio = render(segments, sources, rate, args.snr_db, rng)
+        wavfile.write(wav, rate, audio)
+        stream_s = audio.size / rate
+        rss_start = rss_mib()
+        cpu_start = time.process_time()
+        station_events, wall_s = asyncio.run(run_stream(config, wav, args.stations))
+        cpu_s = time.process_time() - cpu_start
+        rss_end = rss_mib()
+    plays = plays_from_events(station_events[0])
+    result = {
+        "stream_s": round(stream_s, 1),
+        "stations": args.stations,
+        "snr_db": args.snr_db,
+        "seed": args.seed,
+        "catalog_tracks": len(catalog),
+        "unknown_files": len(args.unknown),
+        **score(segments, plays, stream_s),
+        "wall_s": round(wall_s, 1),
+        "cpu_s": round(cpu_s, 1),
+        "cpu_core_share_per_station": round(cpu_s / (stream_s * args.stations), 4),
+        "stations_per_core": round(stream_s * args.stations / cpu_s, 1) if cpu_s > 0 else None,
+        "rss_start_mib": round(rss_start, 1),
+        "rss_end_mib": round(rss_end, 1),
+        "plays": len(plays),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
