@@ -1,0 +1,227 @@
+"""The catalog store's contract, against Milvus Lite and (marked ``milvus_server``) the real server.
+
+Every test runs on both back ends through the ``backend`` fixture, so Lite-only behaviour (its
+hits keyed by the primary key's name, FLAT index) and server-only behaviour (HNSW, consistency)
+cannot drift apart unnoticed.  Vectors here are random unit vectors: the store must return exactly
+what was put in, whatever an encoder would make.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from tests.fixtures.milvus import MilvusServer, unique_prefix
+from tunetrace.config import MilvusConfig
+from tunetrace.encoders.base import EncoderInfo
+from tunetrace.encoders.spectral import SpectralEncoder
+from tunetrace.errors import CatalogError, CatalogMismatchError
+from tunetrace.store import CatalogStore, Track, track_id_for
+
+INFO = SpectralEncoder().info
+
+
+@dataclass(frozen=True)
+class Backend:
+    uri: str
+    config: MilvusConfig
+
+    def open(self, *, create: bool, info: EncoderInfo = INFO) -> CatalogStore:
+        return CatalogStore.open(self.config, self.uri, info, create=create)
+
+    def sibling(self, hint: str) -> Backend:
+        """Another catalog in the same database (creating one on a server costs ~10 s: share them)."""
+        return Backend(self.uri, MilvusConfig(collection_prefix=unique_prefix(hint), timeout_s=60))
+
+
+@pytest.fixture(scope="module", params=["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Backend:
+    """One database per back end for this module; tests get their own catalogs (prefixes) in it."""
+    config = MilvusConfig(collection_prefix=unique_prefix("shared"), timeout_s=60)
+    if request.param == "server":
+        server: MilvusServer = request.getfixturevalue("milvus_server")
+        return Backend(server.uri, config)
+    return Backend(str(tmp_path_factory.mktemp("lite") / "catalog.db"), config)
+
+
+@pytest.fixture
+def backend(database: Backend, request: pytest.FixtureRequest) -> Backend:
+    """A catalog no other test has touched (not created yet)."""
+    return database.sibling(request.node.name)
+
+
+@pytest.fixture
+def store(database: Backend) -> Iterator[CatalogStore]:
+    """The module's shared catalog: tests add tracks of their own and compare counts before/after."""
+    with database.open(create=True) as opened:
+        yield opened
+
+
+def unit_vectors(count: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, INFO.dimension)).astype(np.float32)
+    normalised: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return normalised
+
+
+def make_track(name: str, n_vectors: int, artist: str = "") -> Track:
+    digest = f"hash-of-{name}"
+    return Track(
+        track_id=track_id_for(digest), title=name, artist=artist, album="", duration_s=n_vectors * INFO.hop_s,
+        source_path=f"/music/{name}.flac", content_hash=digest, n_vectors=n_vectors, ingested_at=1.7e9,
+    )
+
+
+def add(store: CatalogStore, track: Track, vectors: np.ndarray) -> None:
+    offsets_s = np.arange(vectors.shape[0]) * INFO.hop_s
+    store.add_track(track, vectors, offsets_s)
+
+
+def test_a_new_catalog_is_empty_and_reopens(backend: Backend) -> None:
+    with backend.open(create=True) as store:
+        assert store.tracks() == []
+        assert store.vector_count() == 0
+    with backend.open(create=False) as reopened:
+        assert reopened.info == INFO
+        assert reopened.tracks() == []
+
+
+def test_opening_a_missing_catalog_without_create_says_to_ingest(backend: Backend) -> None:
+    with pytest.raises(CatalogError, match=r"run `tunetrace ingest PATH\.\.\.` first"):
+        backend.open(create=False)
+
+
+MISMATCHES: list[dict[str, object]] = [
+    {"encoder_id": "fingerprint-0123abcd", "dimension": 64},
+    {"hop_s": 0.25},
+    {"metric": "L2"},
+]
+
+
+def test_a_catalog_built_with_another_encoder_is_refused_with_what_to_do(backend: Backend) -> None:
+    with backend.open(create=True) as store:
+        add(store, make_track("a", 4), unit_vectors(4, 1))
+    for change in MISMATCHES:
+        other = dataclasses.replace(INFO, **change)  # type: ignore[arg-type]
+        with pytest.raises(CatalogMismatchError) as raised:
+            backend.open(create=False, info=other)
+        message = str(raised.value)
+        assert f"built with encoder {INFO.encoder_id!r}" in message
+        for key, value in change.items():
+            assert f"{key}: catalog has {getattr(INFO, key)!r}, encoder gives {value!r}" in message
+        assert "set encoder.name back" in message
+        assert "re-ingest with `tunetrace ingest`" in message
+        # create=True must not paper over the mismatch either.
+        with pytest.raises(CatalogMismatchError):
+            backend.open(create=True, info=other)
+    # Refusing must not damage the catalog: the right encoder still opens it.
+    with backend.open(create=False) as reopened:
+        assert [t.title for t in reopened.tracks()] == ["a"]
+
+
+def test_each_vector_finds_its_own_track_and_offset(store: CatalogStore) -> None:
+    first, second = make_track("first", 40), make_track("second", 30)
+    first_vectors, second_vectors = unit_vectors(40, 101), unit_vectors(30, 102)
+    add(store, first, first_vectors)
+    add(store, second, second_vectors)
+
+    queries = np.vstack([first_vectors[[0, 17, 39]], second_vectors[[5]]])
+    results = store.search(queries, top_k=3)
+
+    assert len(results) == 4
+    expected = [(first, 0.0), (first, 8.5), (first, 19.5), (second, 2.5)]
+    for index, (hits, (track, offset_s)) in enumerate(zip(results, expected, strict=True)):
+        assert len(hits) == 3
+        assert {h.query_index for h in hits} == {index}
+        assert hits[0].track_id == track.track_id
+        assert hits[0].offset_s == pytest.approx(offset_s)
+        assert hits[0].similarity == pytest.approx(1.0, abs=1e-4)
+        similarities = [h.similarity for h in hits]
+        assert similarities == sorted(similarities, reverse=True)
+        assert hits[1].similarity < 0.6  # random 128-d unit vectors are nearly orthogonal
+
+
+def test_search_batches_beyond_one_request(store: CatalogStore) -> None:
+    track = make_track("long", 600)
+    vectors = unit_vectors(600, 103)
+    add(store, track, vectors)
+    results = store.search(vectors, top_k=1)
+    assert len(results) == 600
+    assert [r[0].query_index for r in results] == list(range(600))
+    assert {r[0].track_id for r in results} == {track.track_id}
+    found_offsets = np.array([r[0].offset_s for r in results])
+    assert np.allclose(found_offsets, np.arange(600) * INFO.hop_s)
+
+
+def test_track_rows_round_trip_and_list_in_title_order(store: CatalogStore) -> None:
+    tracks = [make_track("Zebra", 3, "Z"), make_track("alpha", 2, "A"), make_track("Mango", 5)]
+    for seed, track in enumerate(tracks, start=104):
+        add(store, track, unit_vectors(track.n_vectors, seed))
+
+    ours = {t.track_id for t in tracks}
+    assert [t.title for t in store.tracks() if t.track_id in ours] == ["alpha", "Mango", "Zebra"]
+    by_id = store.get_tracks([t.track_id for t in tracks] + [12345])
+    assert set(by_id) == ours
+    for track in tracks:
+        assert by_id[track.track_id] == track
+    assert store.find_by_hash("hash-of-Mango") == tracks[2]
+    assert store.find_by_hash("hash-of-nothing") is None
+    assert store.get_tracks([]) == {}
+
+
+def test_adding_a_track_again_replaces_its_vectors(store: CatalogStore) -> None:
+    before = store.vector_count()
+    track = make_track("again", 20)
+    add(store, track, unit_vectors(20, 107))
+    add(store, dataclasses.replace(track, artist="second take"), unit_vectors(20, 108))
+    assert store.vector_count() == before + 20
+    assert store.get_tracks([track.track_id])[track.track_id].artist == "second take"
+    old = store.search(unit_vectors(20, 107), top_k=5)
+    assert track.track_id not in {h.track_id for window in old for h in window if h.similarity > 0.99}
+    new = store.search(unit_vectors(20, 108)[:1], top_k=1)[0]
+    assert new[0].track_id == track.track_id
+    assert new[0].similarity == pytest.approx(1.0, abs=1e-4)
+
+
+def test_removing_a_track_deletes_its_row_and_vectors(store: CatalogStore) -> None:
+    before = store.vector_count()
+    keep, drop = make_track("keep", 10), make_track("drop", 12)
+    add(store, keep, unit_vectors(10, 109))
+    add(store, drop, unit_vectors(12, 110))
+    assert store.vector_count() == before + 22
+
+    assert store.remove_track(drop.track_id) is True
+    assert store.remove_track(drop.track_id) is False
+    assert store.get_tracks([keep.track_id, drop.track_id]).keys() == {keep.track_id}
+    assert store.vector_count() == before + 10
+    hits = store.search(unit_vectors(12, 110), top_k=10)
+    assert drop.track_id not in {h.track_id for window in hits for h in window}
+
+
+def test_embeddings_of_the_wrong_shape_are_rejected(store: CatalogStore) -> None:
+    track = make_track("bad", 3)
+    with pytest.raises(ValueError, match=r"shape \(n, 128\)"):
+        store.add_track(track, np.zeros((3, 64), np.float32), np.arange(3.0))
+    with pytest.raises(ValueError, match="one offset per embedding"):
+        store.add_track(track, unit_vectors(3, 111), np.arange(2.0))
+    assert store.get_tracks([track.track_id]) == {}
+
+
+def test_catalogs_with_different_prefixes_are_independent(backend: Backend, store: CatalogStore) -> None:
+    add(store, make_track("only-in-shared", 5), unit_vectors(5, 112))
+    with backend.open(create=True) as fresh:
+        assert fresh.tracks() == []
+        assert fresh.vector_count() == 0
+        add(fresh, make_track("only-in-fresh", 3), unit_vectors(3, 113))
+        assert [t.title for t in fresh.tracks()] == ["only-in-fresh"]
+    assert "only-in-fresh" not in {t.title for t in store.tracks()}
+
+
+def test_long_text_fields_are_clipped_not_refused(store: CatalogStore) -> None:
+    track = dataclasses.replace(make_track("x", 2), title="é" * 2000)
+    add(store, track, unit_vectors(2, 114))
+    stored = store.get_tracks([track.track_id])[track.track_id]
+    assert stored.title == "é" * 511  # 1023 bytes of UTF-8, cut at a character boundary
