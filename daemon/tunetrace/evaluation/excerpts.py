@@ -23,6 +23,8 @@ filter start-up then look as they would in the middle of a broadcast."""
 QUIET_RMS = 10 ** (-50 / 20)
 """Excerpts quieter than -50 dBFS are redrawn: silence identifies nothing, on air or here."""
 MAX_DRAWS = 20
+_END_MARGIN_S = 0.05
+"""Kept clear of the end: probed durations and decoded lengths can differ by a few milliseconds."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def plan_excerpts(
     """``per_cell`` queries for each (catalog/hold-out, condition, length), spread over the tracks.
 
     Tracks are used in a shuffled round robin, so every track contributes about equally whatever
-    its length; starts are uniform over the positions where the excerpt and its pre-roll fit.
+    its length (tracks too short for the excerpt and its pre-roll sit that cell out); starts are
+    uniform over the positions where the excerpt fits.
     Interfering music comes from the hold-out tracks (never the query's own track).
     """
     holdout = [i for i, t in enumerate(tracks) if not t.in_catalog]
@@ -83,13 +86,12 @@ def plan_excerpts(
         for condition in conditions:
             for length_s in lengths_s:
                 rng = cell_rng(seed, "catalog" if in_catalog else "holdout", condition.name, f"{length_s:g}")
-                order = [int(i) for i in rng.permutation(pool)]
-                for n in range(per_cell):
+                needed_s = length_s * condition.speed_ratio
+                order = [int(i) for i in rng.permutation(pool) if _start_fits(tracks[i], needed_s)]
+                for n in range(per_cell if order else 0):
                     source = order[n % len(order)]
-                    needed_s = length_s * condition.speed_ratio
                     start_s = _start(rng, tracks[source].duration_s, needed_s)
-                    if start_s is None:
-                        continue
+                    assert start_s is not None
                     interferer, interferer_start_s = None, 0.0
                     if condition.needs_interferer:
                         others = [i for i in holdout if i != source]
@@ -106,12 +108,21 @@ def plan_excerpts(
     return excerpts
 
 
+def _start_fits(track: SourceTrack, needed_s: float) -> bool:
+    """Whether the track is long enough for the pre-roll and an excerpt of ``needed_s``."""
+    return track.duration_s - needed_s - _END_MARGIN_S >= PREROLL_S
+
+
 def _start(rng: np.random.Generator, duration_s: float, needed_s: float) -> float | None:
     """A start leaving room for the pre-roll before and the excerpt after; ``None`` if none fits."""
-    latest_s = duration_s - needed_s - 0.05
+    latest_s = duration_s - needed_s - _END_MARGIN_S
     if latest_s < PREROLL_S:
         return None
     return round(float(rng.uniform(PREROLL_S, latest_s)), 3)
+
+
+def is_quiet(audio: np.ndarray) -> bool:
+    return audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < QUIET_RMS
 
 
 def redraw_quiet(excerpt: Excerpt, track: np.ndarray, sample_rate: int, seed: int) -> Excerpt:
@@ -119,8 +130,7 @@ def redraw_quiet(excerpt: Excerpt, track: np.ndarray, sample_rate: int, seed: in
     rng = cell_rng(seed, "redraw", str(excerpt.query_id))
     current = excerpt
     for _ in range(MAX_DRAWS):
-        segment = cut(track, sample_rate, current.start_s, current.source_length_s)
-        if float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) >= QUIET_RMS:
+        if not is_quiet(cut(track, sample_rate, current.start_s, current.source_length_s)):
             break
         start_s = _start(rng, track.size / sample_rate, current.source_length_s)
         if start_s is None:

@@ -33,6 +33,7 @@ from tunetrace.evaluation.excerpts import (
     Excerpt,
     SourceTrack,
     cut,
+    is_quiet,
     plan_excerpts,
     redraw_quiet,
 )
@@ -180,6 +181,7 @@ class _Segments:
     excerpts: dict[int, Excerpt] = field(default_factory=dict)
     source: dict[int, np.ndarray] = field(default_factory=dict)
     interference: dict[int, np.ndarray] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
 
 
 def _cut_segments(
@@ -197,8 +199,12 @@ def _cut_segments(
     preroll = round(PREROLL_S * sample_rate)
     for index in _bar(needed, desc="decode", show=show):
         audio = decode_file(tracks[index].path, sample_rate)
+        quiet = 0
         for excerpt in by_source.get(index, []):
             moved = redraw_quiet(excerpt, audio, sample_rate, seed)
+            if is_quiet(cut(audio, sample_rate, moved.start_s, moved.source_length_s)):
+                quiet += 1  # the live daemon reports silence as silence; it never asks the catalog
+                continue
             segments.excerpts[moved.query_id] = moved
             first = round(moved.start_s * sample_rate) - preroll
             segments.source[moved.query_id] = cut(
@@ -207,6 +213,10 @@ def _cut_segments(
         for excerpt in by_interferer.get(index, []):
             segments.interference[excerpt.query_id] = cut(
                 audio, sample_rate, excerpt.interferer_start_s, excerpt.length_s
+            )
+        if quiet:
+            segments.dropped.append(
+                f"{tracks[index].path}: {quiet} excerpt(s) dropped, no audible audio (below -50 dBFS) found"
             )
     return segments
 
@@ -275,10 +285,11 @@ def run_evaluation(config: Config, options: EvalOptions) -> EvalRun:
         tracks, truth = _source_tracks(catalog_files, holdout_files, store, excluded)
         plan = plan_excerpts(tracks, options.conditions, options.lengths_s, options.per_cell, options.seed)
         segments = _cut_segments(tracks, plan, sample_rate, options.seed, options.progress)
+        excluded.extend(segments.dropped)
         recognizer = Recognizer(encoder, store, config.matcher)
         results: list[QueryResult] = []
         warm = 0
-        bar = _bar(total=len(plan), desc="identify", show=options.progress)
+        bar = _bar(total=len(segments.excerpts), desc="identify", show=options.progress)
         for excerpt, audio in _queries(options.conditions, segments, sample_rate):
             while warm < WARMUP_QUERIES:
                 recognizer.identify(audio)
