@@ -1,0 +1,98 @@
+"""What only a Milvus *server* brings: sharing one catalog between processes, and being unreachable.
+
+The store's contract itself runs on the server too (``tests/test_store.py``, ``server`` params);
+here the whole path goes through the server: real clips ingested by ``tunetrace ingest`` and
+identified by ``tunetrace identify`` in separate client connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.audio import Clip, cut_clip
+from tests.fixtures.milvus import MilvusServer, unique_prefix, write_config
+from tunetrace.cli import main
+from tunetrace.config import MilvusConfig, load_config
+from tunetrace.encoders.spectral import SpectralEncoder
+from tunetrace.errors import CatalogError
+from tunetrace.identify import Recognizer
+from tunetrace.store import CatalogStore
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI reconfigures the root logger for the process; put pytest's handlers back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_an_unreachable_server_is_reported_with_its_address_and_the_key_to_check() -> None:
+    config = MilvusConfig(timeout_s=2)
+    with pytest.raises(CatalogError) as raised:
+        CatalogStore.open(config, "http://127.0.0.1:9", SpectralEncoder().info, create=False)
+    message = str(raised.value)
+    assert "cannot connect to Milvus at http://127.0.0.1:9" in message
+    assert "Check milvus.uri" in message
+
+
+def test_the_cli_reports_an_unreachable_server_with_exit_69(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = write_config(tmp_path, uri="http://127.0.0.1:9")
+    config_path.write_text(config_path.read_text() + "  timeout_s: 2\n")
+    wav = tmp_path / "q.wav"
+    wav.write_bytes(b"")
+    assert main(["identify", "-c", str(config_path), str(wav)]) == 69
+    assert "catalog error: cannot connect to Milvus at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.milvus_server
+def test_clips_ingested_by_one_client_are_identified_by_another(
+    milvus_server: MilvusServer, real_clips: list[Clip], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = unique_prefix("cli")
+    config_path = write_config(tmp_path, uri=milvus_server.uri, prefix=prefix)
+
+    assert main(["ingest", "-q", "-c", str(config_path), *(str(c.path) for c in real_clips)]) == 0
+    assert "added 3, skipped 0" in capsys.readouterr().out
+
+    clip = real_clips[1]
+    excerpt = cut_clip(clip.path, tmp_path / "excerpt.wav", 12.0, 10.0)
+    assert main(["identify", "--json", "-c", str(config_path), str(excerpt.path)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["match"] is True
+    assert record["title"] == clip.path.stem
+    assert record["offset_s"] == pytest.approx(12.0, abs=0.5)
+
+    # A second ingest from a fresh client sees what the first one wrote: nothing is re-added.
+    assert main(["ingest", "-q", "-c", str(config_path), *(str(c.path) for c in real_clips)]) == 0
+    assert "added 0, skipped 3" in capsys.readouterr().out
+
+
+@pytest.mark.milvus_server
+def test_a_track_added_by_another_client_is_seen_after_refresh(
+    milvus_server: MilvusServer, synthetic_wavs: list[Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    prefix = unique_prefix("share")
+    config_path = write_config(tmp_path, uri=milvus_server.uri, prefix=prefix)
+    assert main(["ingest", "-q", "-c", str(config_path), str(synthetic_wavs[0])]) == 0
+    config = load_config(config_path)
+    encoder = SpectralEncoder()
+    with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as daemon_side:
+        recognizer = Recognizer(encoder, daemon_side, config.matcher)
+        assert len(recognizer.shape.track_vectors) == 1
+
+        assert main(["ingest", "-q", "-c", str(config_path), str(synthetic_wavs[1])]) == 0
+        assert "added 1" in capsys.readouterr().out
+        recognizer.refresh()
+        assert len(recognizer.shape.track_vectors) == 2
+        assert sorted(t.title for t in daemon_side.tracks()) == ["melody-1", "melody-2"]
