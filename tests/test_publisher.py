@@ -147,6 +147,11 @@ async def running(publisher: MqttPublisher, *, connected: bool = True) -> AsyncI
         await publisher.close(deadline_s=2.0)
 
 
+async def settled(publisher: MqttPublisher) -> None:
+    """Wait until the broker acknowledged every event and the latest value of every retained topic."""
+    await until(lambda: publisher.stats().pending_events == 0 and publisher.stats().pending_state == 0)
+
+
 async def retained(broker: Mosquitto, topic: str) -> Received:
     """What a newly connecting client gets for ``topic`` (must be retained)."""
     async with subscribed(broker, topic) as late:
@@ -173,6 +178,7 @@ def test_now_playing_is_retained_and_nothing_playing_is_an_explicit_payload(
     async def scenario() -> None:
         publisher = MqttPublisher(config_for(mosquitto, prefix), tmp_path / "outbox.db", ["radio-one"])
         async with running(publisher), subscribed(mosquitto, topics.now_playing("radio-one")) as live:
+            await settled(publisher)
             initial = await retained(mosquitto, topics.now_playing("radio-one"))
             assert initial.retain and initial.json()["playing"] is False
             validator.validate(initial.json())
@@ -208,8 +214,8 @@ def test_play_events_are_qos1_not_retained_and_match_the_schema(mosquitto: Mosqu
             for event in events:
                 await publisher.publish_event(event)
             await sub.wait_for(lambda r: len(r) >= 2)
+            await until(lambda: publisher.stats().delivered_events == 2)
             assert publisher.stats().pending_events == 0
-            assert publisher.stats().delivered_events == 2
         for message, event in zip(sub.received, events, strict=True):
             assert message.topic == f"{prefix}/radio-one/events"
             assert message.qos == 1 and not message.retain

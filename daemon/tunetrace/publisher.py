@@ -248,6 +248,8 @@ class PublisherStats:
     """Events waiting in the outbox."""
     dropped_events: int
     """Events the outbox discarded when full (over the outbox file's lifetime)."""
+    pending_state: int
+    """Retained topics (now-playing, health, discovery) whose latest value the broker has not yet acked."""
 
 
 class MqttPublisher:
@@ -313,6 +315,7 @@ class MqttPublisher:
             delivered_events=self._delivered,
             pending_events=outbox.pending if outbox else 0,
             dropped_events=outbox.dropped_total if outbox else 0,
+            pending_state=len(self._dirty),
         )
 
     # -- EventSink ---------------------------------------------------------------------------------
