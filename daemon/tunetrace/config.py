@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -249,14 +249,26 @@ def _expand_env(value: Any, path: str) -> Any:
     return value
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside ``X``, ``X | None`` or ``tuple[X, ...]``: where to look up valid keys."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _section_model(argument)
+        if found is not None:
+            return found
+    return None
+
+
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     location = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         section: Any = model
         for part in error["loc"][:-1]:
+            if isinstance(part, int):  # an index into a list of sections (stations.0.source)
+                continue
             fields = getattr(section, "model_fields", {})
-            annotation = fields[part].annotation if part in fields else None
-            section = annotation if isinstance(annotation, type) else None
+            section = _section_model(fields[part].annotation) if part in fields else None
         valid = sorted(getattr(section, "model_fields", {}))
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"{location}: unknown key{hint}"
