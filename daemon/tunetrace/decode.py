@@ -40,12 +40,19 @@ def ffmpeg_decode_args(source: str, sample_rate: int, extra_input_args: tuple[st
     ]
 
 
-def iter_pcm_blocks(path: Path, sample_rate: int, block_s: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
-    """Yield consecutive blocks of decoded audio; raise ``DecodeError`` naming the file on failure."""
+def _check_file(path: Path) -> None:
+    """Say plainly what ffmpeg would report as "Invalid argument" for these."""
+    if path.is_dir():
+        raise DecodeError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DecodeError(f"{path}: the file is empty (0 bytes)")
+
+
+def iter_pcm_blocks(path: Path, sample_rate: int, block_s: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Yield consecutive blocks of decoded audio; raise ``DecodeError`` naming the file on failure."""
+    _check_file(path)
     block_bytes = int(block_s * sample_rate) * 4
     with subprocess.Popen(
         ffmpeg_decode_args(str(path), sample_rate),
@@ -89,6 +96,7 @@ class AudioTags:
 
 def probe_tags(path: Path) -> AudioTags:
     """Title, artist, album and duration from the container's tags; the file stem if untagged."""
+    _check_file(path)
     try:
         result = subprocess.run(
             [
