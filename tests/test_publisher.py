@@ -572,6 +572,32 @@ def test_close_without_a_broker_returns_promptly_and_keeps_events(tmp_path: Path
         assert len(outbox) == 1
 
 
+def test_close_gives_up_on_a_hung_broker_within_its_deadline(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    prefix = unique_prefix()
+
+    async def scenario() -> float:
+        publisher = MqttPublisher(config_for(mosquitto, prefix), tmp_path / "outbox.db", ["radio-one"])
+        await publisher.start()
+        async with asyncio.timeout(WAIT_S):
+            await publisher.wait_connected()
+        await settled(publisher)
+        mosquitto.pause()
+        try:
+            for index in range(3):
+                await publisher.publish_event(make_event(index=index))
+            started = time.monotonic()
+            await publisher.close(deadline_s=1.0)
+            return time.monotonic() - started
+        finally:
+            mosquitto.resume()
+
+    assert run(scenario()) < 1.0 + 1.0 + 0.5  # deadline + goodbye grace + scheduling slack
+    from tunetrace.outbox import Outbox
+
+    with Outbox(tmp_path / "outbox.db", max_events=10) as outbox:
+        assert len(outbox) == 3  # kept for the next start
+
+
 def test_publish_before_start_is_an_error(tmp_path: Path) -> None:
     publisher = MqttPublisher(MqttConfig(), tmp_path / "o.db", ["radio-one"])
     with pytest.raises(RuntimeError, match="start"):

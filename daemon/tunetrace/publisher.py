@@ -10,7 +10,7 @@ Lifecycle (for the service)::
     await publisher.publish_event(event)              # EventSink methods, never wait on the network
     await publisher.publish_now_playing("radio-one", play_or_none)
     await publisher.publish_health("radio-one", health)
-    await publisher.close(deadline_s=5.0)   # flush within the deadline, retained "offline", DISCONNECT
+    await publisher.close(deadline_s=3.0)   # flush within the deadline, retained "offline", DISCONNECT
 
 Delivery guarantees:
 
@@ -338,11 +338,12 @@ class MqttPublisher:
         self._set_retained(self._topics.health(station), _encode(payload))
         self._wake.set()
 
-    async def close(self, deadline_s: float = 5.0) -> None:
+    async def close(self, deadline_s: float = 3.0) -> None:
         """Deliver what can be delivered within ``deadline_s``, publish ``offline``, disconnect.
 
-        Events still undelivered stay in the outbox for the next start.  Not connected at the
-        time of the call: returns at once (nothing can be flushed).
+        Events still undelivered stay in the outbox for the next start.  While the broker is
+        unreachable this returns as soon as the current connection attempt ends (at once while
+        waiting out a backoff delay), at the latest after ``deadline_s`` plus a second.
         """
         task = self._task
         if task is not None and not task.done():
@@ -352,14 +353,15 @@ class MqttPublisher:
             try:
                 done, _ = await asyncio.wait({task}, timeout=flush_s)
                 if not done:
+                    # Stop flushing; the task still publishes ``offline`` and disconnects.
                     self._abandon_flush = True
                     self._wake.set()
-                    done, _ = await asyncio.wait({task}, timeout=deadline_s - flush_s)
+                    await asyncio.wait({task}, timeout=deadline_s - flush_s)
             finally:
                 if not task.done():
+                    # The broker is not answering at all: give up on a clean goodbye.
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await asyncio.wait({task}, timeout=_GOODBYE_S)
         if self._outbox is not None:
             pending = len(self._outbox)
             if pending:
@@ -381,12 +383,7 @@ class MqttPublisher:
                     self._dirty = dict.fromkeys(self._retained)
                     await self._serve(client)
                 return  # closing: served until the end
-            except aiomqtt.MqttError as exc:
-                error: Exception = exc
-            except (OSError, ValueError, RuntimeError) as exc:
-                # aiomqtt/paho raise these for broken sockets or inconsistent state; treat them as
-                # a lost connection rather than killing the publisher.
-                log.exception("MQTT connection failed unexpectedly")
+            except Exception as exc:  # an always-on sender retries whatever broke
                 error = exc
             finally:
                 self._connected.clear()
@@ -464,7 +461,10 @@ class MqttPublisher:
     def _log_failure(self, error: Exception, delay_s: float, *, was_connected: bool) -> None:
         where = f"{self._config.host}:{self._config.port}"
         code = getattr(getattr(error, "rc", None), "value", getattr(error, "rc", None))
-        if isinstance(error, MqttConnectError) and code in _AUTH_REFUSED_CODES:
+        if not isinstance(error, aiomqtt.MqttError):
+            # Not the broker's doing (a full disk under the outbox, a bug): keep the traceback.
+            log.error("MQTT publisher failed: %s (retrying in %.1f s)", error, delay_s, exc_info=error)
+        elif isinstance(error, MqttConnectError) and code in _AUTH_REFUSED_CODES:
             log.error(
                 "MQTT broker %s refused the login as %r: %s; check mqtt.username and mqtt.password "
                 "(retrying in %.1f s)", where, self._config.username, error, delay_s,
