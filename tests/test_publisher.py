@@ -472,12 +472,16 @@ def test_events_during_a_broker_outage_arrive_once_in_order(
         publisher = MqttPublisher(config_for(mosquitto, prefix), tmp_path / "outbox.db", ["radio-one"])
         producing = asyncio.Event()
         producing.set()
+        paused = asyncio.Event()
         stop = asyncio.Event()
 
         async def produce() -> None:
             index = 0
             while not stop.is_set():
-                await producing.wait()
+                if not producing.is_set():
+                    paused.set()
+                    await producing.wait()
+                    paused.clear()
                 event = make_event("radio-one", index, "play_started" if index % 2 == 0 else "play_ended")
                 await publisher.publish_event(event)
                 sent.append(event.event_id)
@@ -487,9 +491,14 @@ def test_events_during_a_broker_outage_arrive_once_in_order(
         async with subscribed(mosquitto, f"{prefix}/+/events", persistent=True) as sub, running(publisher):
             producer = asyncio.create_task(produce())
             await asyncio.sleep(0.5)
-            # Stop the broker between two events (none in flight), so "exactly once" is exact.
+            # Stop the broker between two events with nothing in flight on either leg (a message
+            # whose PUBACK the broker never read is redelivered by QoS 1 design), so that
+            # "exactly once" tests the outbox and not that race.
             producing.clear()
+            await asyncio.wait_for(paused.wait(), WAIT_S)
             await sub.wait_for(lambda r: len(r) >= len(sent))
+            await settled(publisher)
+            await asyncio.sleep(0.2)  # the subscriber's last PUBACK reaches the broker
             before_outage = len(sent)
             await asyncio.to_thread(mosquitto.stop)
             producing.set()
