@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stations", type=int, default=1, help="run this many copies at once (CPU scaling)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--keep-wav", type=Path, default=None, help="also save the rendered stream here")
+    parser.add_argument("--show", action="store_true", help="print the true schedule and the plays")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("grpc", "pymilvus", "milvus_lite"):
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         wav = Path(folder) / "stream.wav"
         audio = render(segments, sources, rate, args.snr_db, rng)
         wavfile.write(wav, rate, audio)
+        if args.keep_wav:
+            wavfile.write(args.keep_wav, rate, audio)
         stream_s = audio.size / rate
         rss_start = rss_mib()
         cpu_start = time.process_time()
@@ -309,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         cpu_s = time.process_time() - cpu_start
         rss_end = rss_mib()
     plays = plays_from_events(station_events[0])
+    if args.show:
+        for segment in segments:
+            print(f"truth {segment.start_s:7.1f}-{segment.end_s:7.1f} {segment.kind:8} {segment.label} "
+                  f"track={segment.track_id} position={segment.position_s:.1f}")
+        for play in plays:
+            print(f"play  {play.start_s:7.1f}-{play.end_s:7.1f} track={play.track_id} "
+                  f"position={play.position_start_s:.1f} decided={play.decided_s:.1f}")
     result = {
         "stream_s": round(stream_s, 1),
         "stations": args.stations,

@@ -29,7 +29,7 @@ import numpy as np
 from tunetrace.config import MatcherConfig, StationConfig, TrackerConfig
 from tunetrace.encoders.base import Encoder
 from tunetrace.events import Play, PlayEvent
-from tunetrace.matcher import CatalogShape, VotingParams, vote
+from tunetrace.matcher import Candidate, CatalogShape, VotingParams, vote
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sinks import EventSink, StationHealth
 from tunetrace.sources.base import AudioBlock, AudioSource, RunnerParams, SourceRunner
@@ -48,6 +48,9 @@ from tunetrace.windows import WindowSpec
 log = logging.getLogger(__name__)
 
 _MAX_CANDIDATES = 3
+_ALIGNMENTS_PER_TRACK = 3
+_DISTINCT_ALIGNMENT_S = 1.0
+"""Alignments of one track closer than this are the same position (within voting tolerance)."""
 _TICK_S = 1.0
 """How often a station with no new audio re-checks its tracker (a source outage ends plays)."""
 
@@ -108,25 +111,53 @@ class LiveMatcher:
         times = np.array([t for t, _ in self._history])
         window_hits = [h for _, h in self._history]
         ranked = vote(window_hits, times, self._params.voting, self._shape, max_candidates=_MAX_CANDIDATES)
-        return tuple(self._evidence(c.track_id, c.alignment_s, c.confidence, c.aligned_windows, c.speed_ratio)
-                     for c in ranked)
+        evidence: list[Evidence] = []
+        for candidate in ranked:
+            evidence.extend(self._alignments(candidate))
+        return tuple(evidence)
 
-    def _evidence(
-        self, track_id: int, alignment_s: float, confidence: float, aligned: int, speed_ratio: float,
-    ) -> Evidence:
-        """Where in the horizon the candidate's time-consistent windows begin and end."""
-        tolerance = self._params.voting.offset_tolerance_s
-        supporting = [
-            t for t, window_hits in self._history
-            if any(h.track_id == track_id and abs(h.offset_s - t - alignment_s) <= tolerance
-                   and h.similarity >= self._params.voting.min_similarity for h in window_hits)
+    def _alignments(self, candidate: Candidate) -> list[Evidence]:
+        """The candidate's alignment plus the track's other well-supported alignments.
+
+        Music repeats itself (choruses, loops), so one track can match the horizon at several
+        positions; reporting them lets the tracker keep a play whose position is still supported
+        instead of mistaking the repeat for a jump.  Each alignment gets the candidate's confidence
+        scaled by its share of supporting windows, and where in the horizon that support lies.
+        """
+        voting = self._params.voting
+        rows = [
+            (t, h.offset_s - t) for t, window_hits in self._history for h in window_hits
+            if h.track_id == candidate.track_id and h.similarity >= voting.min_similarity
         ]
-        first = supporting[0] if supporting else self._history[-1][0]
-        last = supporting[-1] if supporting else self._history[-1][0]
-        return Evidence(
-            track_id, alignment_s, confidence, aligned, first_aligned_s=first,
-            last_aligned_s=last + self._params.window_s / 2, speed_ratio=speed_ratio,
+        if not rows:
+            return []
+        data = np.array(rows, dtype=np.float64)
+        times, alignments = data[:, 0], data[:, 1]
+        centres = [candidate.alignment_s]
+        centres += sorted(
+            set((np.round(alignments / voting.catalog_hop_s) * voting.catalog_hop_s).tolist()),
+            key=lambda c: -np.unique(times[np.abs(alignments - c) <= voting.offset_tolerance_s]).size,
         )
+        chosen: list[tuple[float, np.ndarray]] = []
+        for centre in centres:
+            if len(chosen) == _ALIGNMENTS_PER_TRACK:
+                break
+            if any(abs(centre - other) <= _DISTINCT_ALIGNMENT_S for other, _ in chosen):
+                continue
+            supporting = np.unique(times[np.abs(alignments - centre) <= voting.offset_tolerance_s])
+            if supporting.size:
+                chosen.append((centre, supporting))
+        main = max(1, chosen[0][1].size) if chosen else 1
+        half_window = self._params.window_s / 2
+        return [
+            Evidence(
+                candidate.track_id, centre, candidate.confidence * min(1.0, supporting.size / main),
+                candidate.aligned_windows if i == 0 else int(supporting.size),
+                first_aligned_s=float(supporting[0]), last_aligned_s=float(supporting[-1]) + half_window,
+                speed_ratio=candidate.speed_ratio,
+            )
+            for i, (centre, supporting) in enumerate(chosen)
+        ]
 
 
 class StreamClock:
@@ -204,6 +235,8 @@ class Station:
         self._health_interval_s = health_interval_s
         self._clock = StreamClock(sample_rate)
         self._data = asyncio.Event()
+        self._room = asyncio.Event()
+        self._max_pending = max_pending_windows
         self._open: Play | None = None
         self._tracks: dict[int, Track] = {}
         self.stats = StationStats(last_progress_monotonic=time.monotonic())
@@ -239,11 +272,16 @@ class Station:
                 or (not self._runner.state.up and now - self._runner.state.progress_monotonic < stall_s))
 
     async def _capture(self) -> None:
+        """Write blocks into the ring. Live audio never waits (the reader skips when behind); a file
+        read as fast as possible is the exception: it waits for room so that no window is lost."""
         try:
             async for block in self._runner.blocks():
                 self._clock.update(block)
                 self._ring.write(block.start_sample, block.samples)
                 self._data.set()
+                while not self._realtime and self._ring.pending_windows() >= self._max_pending // 2:
+                    self._room.clear()
+                    await self._room.wait()
         finally:
             self._capture_done = True
             self._data.set()
@@ -258,6 +296,7 @@ class Station:
                 pass
             self._data.clear()
             batch = self._ring.read(self._batch_windows)
+            self._room.set()
             if len(batch) == 0:
                 self.stats.last_progress_monotonic = time.monotonic() if self._runner.state.up else (
                     self.stats.last_progress_monotonic

@@ -12,7 +12,9 @@ Rules, each there to prevent a specific failure:
 * **Keep** while the current track at its alignment keeps ``keep_confidence`` (lower than the start
   threshold: hysteresis, so a quiet passage does not end and restart the play: no flapping).
 * **Change** only when another track (or the same track at another alignment: a position jump)
-  wins the confirmations; that emits exactly one end and one start.
+  wins the confirmations; that emits exactly one end and one start.  Music repeats itself, so a
+  same-track alignment that was heard *alongside* the current one (a loop or chorus matching at
+  two positions) corrects the play's position instead of starting a new play.
 * **End** when the current play has had no supporting window for ``end_after_s`` (silence, talk,
   other music); it is back-dated to the last supporting window.
 * ``started_s`` is back-dated to the earliest window that supported the new track, never before
@@ -24,6 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tunetrace.config import TrackerConfig
+
+REALIGN_OVERLAP_S = 2.0
+"""A same-track alignment whose support overlaps the current one's by this much is a correction
+of an ambiguous (repeated) position, not a jump: a real jump starts where the old position ends."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +133,8 @@ class PlayTracker:
         now = max(observation.stream_s, self._last_stream_s)
         self._last_stream_s = now
         events: list[TrackerEvent] = []
-        if self._current is not None:
-            self._refresh_support(observation.candidates)
-        challenger = self._challenger(observation.candidates)
+        supported = self._current is not None and self._refresh_support(observation.candidates)
+        challenger = self._challenger(observation.candidates, current_supported=supported)
         if challenger is None:
             self._pending = None
         elif self._pending is not None and self._agrees(self._pending.evidence, challenger):
@@ -154,7 +159,8 @@ class PlayTracker:
             return []
         return [self._end(min(stream_s, self._current.last_support_s))]
 
-    def _refresh_support(self, candidates: tuple[Evidence, ...]) -> None:
+    def _refresh_support(self, candidates: tuple[Evidence, ...]) -> bool:
+        """Extend the current play's support from any candidate at its track and alignment."""
         current = self._current
         assert current is not None
         for evidence in candidates:
@@ -168,10 +174,15 @@ class PlayTracker:
                     last_support_s=max(current.last_support_s, evidence.last_aligned_s),
                     confidence=max(current.confidence, evidence.confidence),
                 )
-                return
+                return True
+        return False
 
-    def _challenger(self, candidates: tuple[Evidence, ...]) -> Evidence | None:
-        """The best candidate if it is strong enough to start a play and is not the current play."""
+    def _challenger(self, candidates: tuple[Evidence, ...], *, current_supported: bool) -> Evidence | None:
+        """The best candidate if it is strong enough to start a play and is not the current play.
+
+        The current track at another alignment only challenges once the current alignment has lost
+        its support: music repeats, and a chorus matching an earlier chorus is not a jump.
+        """
         if not candidates:
             return None
         best = candidates[0]
@@ -180,10 +191,15 @@ class PlayTracker:
         if best.aligned_windows < self._params.min_aligned_windows:
             return None
         current = self._current
-        if current is not None and best.track_id == current.track_id and (
-            abs(best.alignment_s - current.alignment_s) <= self._params.position_jump_s
-        ):
-            return None
+        if current is not None and best.track_id == current.track_id:
+            near = abs(best.alignment_s - current.alignment_s) <= self._params.position_jump_s
+            if current_supported or near:
+                return None
+            if current.last_support_s - best.first_aligned_s >= REALIGN_OVERLAP_S:
+                # The new position was heard alongside the old one: an ambiguous repeat resolving,
+                # not a jump. The play continues at the better-supported position.
+                self._current = replace(current, alignment_s=best.alignment_s)
+                return None
         return best
 
     def _agrees(self, a: Evidence, b: Evidence) -> bool:
