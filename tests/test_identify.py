@@ -1,0 +1,167 @@
+"""Identification of real music: the right track, its position within half a second, or no match.
+
+The fast tests use three 40 s clips of warzone2100 tracks (``clip_catalog``); the ``slow`` ones
+ingest all 30 full tracks (about 100 minutes of audio) and query 20 excerpts at seeded random
+positions.  Music that was never ingested comes from a different game (wesnoth), so "no match"
+is tested on real music of a similar kind, not on noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.audio import Clip, cut_clip
+from tests.fixtures.milvus import BuiltCatalog
+from tunetrace.config import MatcherConfig
+from tunetrace.decode import decode_file, probe_tags
+from tunetrace.encoders.spectral import SpectralEncoder
+from tunetrace.identify import Identification, Recognizer, change_speed
+from tunetrace.store import CatalogStore
+
+ENCODER = SpectralEncoder()
+RATE = ENCODER.info.sample_rate
+EXCERPT_S = 10.0
+OFFSET_TOLERANCE_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def clip_store(clip_catalog: BuiltCatalog) -> Iterator[CatalogStore]:
+    with clip_catalog.open() as store:
+        yield store
+
+
+def recognizer(store: CatalogStore, **matcher: object) -> Recognizer:
+    return Recognizer(ENCODER, store, MatcherConfig.model_validate(matcher))
+
+
+def assert_identified(result: Identification, source: Path, catalog: BuiltCatalog, offset_s: float) -> None:
+    expected = catalog.tracks[source]
+    assert result.track is not None, f"{source.name} at {offset_s:.2f} s: no match ({result})"
+    assert result.track.track_id == expected.track_id, f"{source.name}: got {result.track.title}"
+    assert result.offset_s == pytest.approx(offset_s, abs=OFFSET_TOLERANCE_S)
+    assert result.confidence >= MatcherConfig().min_confidence
+
+
+@pytest.mark.parametrize("start_s", [0.0, 21.8, 29.99])
+def test_clean_excerpts_are_identified_at_their_position(
+    clip_store: CatalogStore, clip_catalog: BuiltCatalog, real_clips: list[Clip], start_s: float
+) -> None:
+    engine = recognizer(clip_store)
+    for clip in real_clips:
+        audio = decode_file(clip.path, RATE)
+        excerpt = audio[round(start_s * RATE) : round((start_s + EXCERPT_S) * RATE)]
+        assert_identified(engine.identify(excerpt), clip.path, clip_catalog, start_s)
+
+
+def test_an_excerpt_recoded_to_mp3_is_identified(
+    clip_store: CatalogStore, clip_catalog: BuiltCatalog, real_clips: list[Clip], tmp_path: Path
+) -> None:
+    clip = real_clips[2]
+    excerpt = cut_clip(clip.path, tmp_path / "excerpt.mp3", 13.4, EXCERPT_S, 44100, ["-b:a", "96k"])
+    result = recognizer(clip_store).identify(decode_file(excerpt.path, RATE))
+    assert_identified(result, clip.path, clip_catalog, 13.4)
+
+
+def test_music_that_was_never_ingested_gives_no_match(
+    clip_store: CatalogStore, holdout_clips: list[Clip]
+) -> None:
+    engine = recognizer(clip_store)
+    for clip in holdout_clips:
+        result = engine.identify(decode_file(clip.path, RATE))
+        assert not result.matched, f"{clip.source.name} matched {result.track}"
+        assert result.track is None
+        assert result.confidence < MatcherConfig().min_confidence
+
+
+def test_silence_and_tiny_clips_get_an_honest_no_match(clip_store: CatalogStore) -> None:
+    engine = recognizer(clip_store)
+    silence, blip = np.zeros(5 * RATE, np.float32), np.full(400, 0.1, np.float32)
+    for audio in (silence, np.zeros(0, np.float32), blip):
+        result = engine.identify(audio)
+        assert not result.matched
+        assert result.offset_s == 0.0
+
+
+def test_a_sped_up_excerpt_is_found_at_its_speed(
+    clip_store: CatalogStore, clip_catalog: BuiltCatalog, real_clips: list[Clip]
+) -> None:
+    clip = real_clips[0]
+    audio = decode_file(clip.path, RATE)[round(10 * RATE) : round(22 * RATE)]
+    played_fast = change_speed(audio, 1.04)  # 4% fast, as some stations do
+    assert played_fast.size == pytest.approx(audio.size / 1.04, abs=2)
+
+    result = recognizer(clip_store, speed_ratios=[0.96, 1.0, 1.04]).identify(played_fast)
+
+    assert_identified(result, clip.path, clip_catalog, 10.0)
+    assert result.speed_ratio == 1.04
+
+
+def test_the_catalog_shape_counts_every_vector(clip_store: CatalogStore, clip_catalog: BuiltCatalog) -> None:
+    shape = recognizer(clip_store).shape
+    assert set(shape.track_vectors) == {t.track_id for t in clip_catalog.tracks.values()}
+    assert shape.total_vectors == clip_store.vector_count()
+
+
+# -- the whole soundtrack (slow) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def warzone_store(warzone_catalog: BuiltCatalog) -> Iterator[CatalogStore]:
+    with warzone_catalog.open() as store:
+        yield store
+
+
+@pytest.mark.slow
+def test_the_whole_soundtrack_is_in_the_catalog(
+    warzone_store: CatalogStore, warzone_tracks: list[Path]
+) -> None:
+    tracks = warzone_store.tracks()
+    assert len(tracks) == len(warzone_tracks) >= 20
+    assert sum(t.duration_s for t in tracks) > 30 * 60
+
+
+@pytest.mark.slow
+def test_twenty_random_excerpts_of_the_soundtrack_are_identified(
+    warzone_store: CatalogStore, warzone_catalog: BuiltCatalog, warzone_tracks: list[Path], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(20240601)
+    engine = recognizer(warzone_store)
+    sources = rng.choice(len(warzone_tracks), size=20, replace=len(warzone_tracks) < 20)
+    misses = []
+    for n, index in enumerate(sources):
+        source = warzone_tracks[int(index)]
+        duration_s = warzone_catalog.tracks[source].duration_s
+        start_s = round(float(rng.uniform(0.0, duration_s - EXCERPT_S - 0.5)), 3)
+        excerpt = cut_clip(source, tmp_path / f"excerpt-{n}.wav", start_s, EXCERPT_S, 44100)
+        result = engine.identify(decode_file(excerpt.path, RATE))
+        expected = warzone_catalog.tracks[source]
+        if (
+            result.track is None
+            or result.track.track_id != expected.track_id
+            or abs(result.offset_s - start_s) > OFFSET_TOLERANCE_S
+        ):
+            misses.append(f"{source.name} at {start_s} s -> {result.track and result.track.title} "
+                          f"at {result.offset_s:.2f} s (confidence {result.confidence:.2f})")
+    assert misses == []
+
+
+@pytest.mark.slow
+def test_excerpts_of_another_soundtrack_give_no_match(
+    warzone_store: CatalogStore, wesnoth_tracks: list[Path], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    engine = recognizer(warzone_store)
+    # Jingles (victory, defeat) and the 10 s "silence.ogg" are not music to recognise.
+    songs = [p for p in wesnoth_tracks if probe_tags(p).duration_s > 60.0]
+    false_matches = []
+    for n, index in enumerate(rng.choice(len(songs), size=10, replace=False)):
+        source = songs[int(index)]
+        excerpt = cut_clip(source, tmp_path / f"other-{n}.wav", float(rng.uniform(5.0, 40.0)), EXCERPT_S)
+        result = engine.identify(decode_file(excerpt.path, RATE))
+        if result.matched:
+            false_matches.append(f"{source.name} -> {result.track} ({result.confidence:.2f})")
+    assert false_matches == []
