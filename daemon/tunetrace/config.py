@@ -148,12 +148,13 @@ class StationConfig(_Section):
 
 
 class TrackerConfig(_Section):
-    window_hop_s: float = Field(default=0.25, gt=0)
-    """Hop between live windows embedded per station (one decision per window)."""
+    window_hop_s: float = Field(default=0.1, gt=0)
+    """Hop between live windows embedded per station (one decision per window). Live windows fall
+    anywhere between the catalog's; a hop of a fifth of the catalog hop keeps one within 0.05 s."""
     horizon_s: float = Field(default=4.0, gt=0)
     """Sliding horizon of hits the voting looks at; short enough that a new track dominates it
     within ~2 s (latency), long enough to hold several time-consistent windows."""
-    start_confidence: float = Field(default=0.5, ge=0, le=1)
+    start_confidence: float = Field(default=0.45, ge=0, le=1)
     """Confidence over the horizon needed to start (or switch to) a play."""
     keep_confidence: float = Field(default=0.2, ge=0, le=1)
     """Lower confidence that still counts as evidence for the current play (hysteresis)."""
