@@ -150,7 +150,11 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                 record = _identification_record(path, result, time.perf_counter() - started)
             except DecodeError as exc:
                 failed += 1
-                record = {"file": str(path), "match": False, "error": str(exc)}
+                # Same keys as a result, so a JSON Lines consumer needs no special case.
+                record = {
+                    "file": str(path), "match": False, "track_id": None, "title": None, "artist": None,
+                    "offset_s": None, "confidence": None, "error": str(exc),
+                }
             if args.json:
                 print(json.dumps(record), flush=True)
             else:
