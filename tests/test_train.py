@@ -1,8 +1,8 @@
-# ruff: noqa: PLC0415  (lazy imports on purpose: torch/onnxruntime load only when used)
 """Training recipe: front-end parity, loss, a tiny end-to-end fit with resume, ONNX export."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -129,3 +129,21 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
     encoder = FingerprintEncoder(out)
     np.testing.assert_allclose(encoder.embed(audio), expected, atol=1e-5)
     assert encoder.info.encoder_id == f"fingerprint-{sidecar['sha256'][:12]}"
+
+
+def test_fit_stops_on_request_with_a_checkpoint(tmp_path: Path) -> None:
+    from tunetrace.train.loop import fit
+
+    config = _config(tmp_path, steps=50)
+    fit(config, train_pool=_pool(), val_pool=None, should_stop=lambda: True)
+    assert torch.load(config.run_dir / "checkpoint.pt", weights_only=False)["step"] == 1
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    from tunetrace.train.loop import learning_rate
+
+    config = TrainConfig(optim=OptimConfig(steps=100, lr=1e-3, warmup_steps=10))
+    rates = [learning_rate(config, step, 100) for step in range(100)]
+    assert rates[0] < rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
+    assert rates[-1] == pytest.approx(2e-5, rel=0.05)

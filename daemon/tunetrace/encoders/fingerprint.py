@@ -1,4 +1,3 @@
-# ruff: noqa: PLC0415  (lazy imports on purpose: torch/onnxruntime load only when used)
 """The neural audio fingerprint: NumPy log-mel front end + a small ONNX conv encoder.
 
 The model (trained by ``tunetrace train``, see ``docs/models.md``) ships inside the package as

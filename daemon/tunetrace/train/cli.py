@@ -1,5 +1,4 @@
-# ruff: noqa: PLC0415  (lazy imports on purpose: torch/onnxruntime load only when used)
-"""``tunetrace train {prepare,fit,export,quickeval}``: argparse wiring for the training recipe.
+"""``tunetrace train {prepare,fit,export,quickeval,bench}``: argparse wiring for the training recipe.
 
 torch is imported only by the sub-commands that need it, inside ``run_train``.
 """
@@ -8,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 from pathlib import Path
 
 from tunetrace.train.config import TrainConfig, load_train_config
@@ -33,7 +34,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     prepare = actions.add_parser("prepare", help="decode the corpora into the 8 kHz .npy cache")
     prepare.add_argument("--codecs", action="store_true", help="also precompute lossy-codec copies")
     prepare.add_argument("--no-sources", action="store_true", help="skip decoding (only codecs)")
-    fit = actions.add_parser("fit", help="train; resumes from <run_dir>/checkpoint.pt if present")
+    fit = actions.add_parser(
+        "fit", help="train; resumes from <run_dir>/checkpoint.pt if present; SIGTERM checkpoints and stops"
+    )
     fit.add_argument("--steps", type=int, default=None, help="override optim.steps")
     fit.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     export = actions.add_parser("export", help="export the checkpoint to ONNX plus JSON sidecar")
@@ -45,6 +48,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     quick.add_argument("--queries", type=int, default=100, help="snippets per condition")
     quick.add_argument("--snippet-s", type=float, default=5.0)
     quick.add_argument("--conditions", default=None, help="comma-separated subset")
+    bench = actions.add_parser("bench", help="encoder throughput in windows/s (front end included)")
+    bench.add_argument("--model", type=Path, default=None, help="ONNX file (default: shipped model)")
+    bench.add_argument("--encoder", default="fingerprint", choices=["fingerprint", "spectral"])
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--batch", type=int, default=64)
 
 
 def _resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -85,7 +93,10 @@ def run_train(args: argparse.Namespace) -> int:
     if action == "fit":
         from tunetrace.train.loop import fit
 
-        fit(config, steps=args.steps, fresh=args.fresh)
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        fit(config, steps=args.steps, fresh=args.fresh, should_stop=stop.is_set)
         return 0
     if action == "export":
         from tunetrace.train.export import export_checkpoint
@@ -96,5 +107,9 @@ def run_train(args: argparse.Namespace) -> int:
         from tunetrace.train.quickeval import run_quickeval
 
         return run_quickeval(config, args)
-    logging.error("choose an action: prepare, fit, export or quickeval")
+    if action == "bench":
+        from tunetrace.train.quickeval import run_benchmark
+
+        return run_benchmark(args)
+    logging.error("choose an action: prepare, fit, export, quickeval or bench")
     return 2

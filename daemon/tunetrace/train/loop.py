@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +160,14 @@ def fit(
     fresh: bool = False,
     train_pool: AudioPool | None = None,
     val_pool: AudioPool | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Train until ``steps`` (default ``optim.steps``); returns the last logged metrics."""
+    """Train until ``steps`` (default ``optim.steps``); returns the last logged metrics.
+
+    ``steps`` may differ from the value a checkpoint was started with: the cosine schedule is a
+    function of (step, total), so shortening it on resume simply anneals sooner. When
+    ``should_stop()`` turns true (SIGTERM/SIGINT in the CLI) the loop checkpoints and returns.
+    """
     total_steps = steps or config.optim.steps
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -203,7 +210,7 @@ def fit(
             state.losses.append(trainer.step(batch, lr))
             progress.update(1)
             done = step + 1
-            last = done == total_steps
+            last = done == total_steps or (should_stop is not None and should_stop())
             if done % config.log_every_steps == 0 or last:
                 validate = val_batch is not None and (done % config.val_every_steps == 0 or last)
                 _log_metrics(trainer, state, done, lr, val_batch=val_batch if validate else None, sink=sink)
@@ -216,6 +223,10 @@ def fit(
                 added = refresh_codec_copies(train_pool, config.data.cache_dir, _codec_tags(config))
                 if added:
                     log.info("picked up %d new codec copies", added)
+            if last:
+                break
+    if pending is not None:
+        pending.cancel()
     return state.metrics
 
 
