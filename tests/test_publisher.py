@@ -444,6 +444,24 @@ def test_password_never_appears_in_logs(
     assert MQTT_PASSWORD not in repr(config) and MQTT_PASSWORD not in str(config)
 
 
+def test_an_unreachable_broker_is_warned_about_once_per_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tunetrace.publisher")
+    config = MqttConfig(host="127.0.0.1", port=free_port(), reconnect_initial_s=0.02, reconnect_max_s=0.05)
+
+    def attempts(level: int) -> int:
+        return sum("unreachable" in r.getMessage() and r.levelno == level for r in caplog.records)
+
+    async def scenario() -> None:
+        publisher = MqttPublisher(config, tmp_path / "o.db", ["radio-one"])
+        async with running(publisher, connected=False):
+            await until(lambda: attempts(logging.DEBUG) >= 3)
+
+    run(scenario())
+    assert attempts(logging.WARNING) == 1
+
+
 def test_backoff_is_capped_and_jittered() -> None:
     backoff = Backoff(initial_s=1.0, max_s=8.0)
     delays = [backoff.next_delay_s() for _ in range(10)]

@@ -374,6 +374,7 @@ class MqttPublisher:
 
     async def _run(self) -> None:
         backoff = Backoff(self._config.reconnect_initial_s, self._config.reconnect_max_s, self._rng)
+        failures_in_row = 0
         while not self._closing.is_set():
             connected_at: float | None = None
             try:
@@ -392,7 +393,9 @@ class MqttPublisher:
             if connected_at is not None and time.monotonic() - connected_at >= _STABLE_CONNECTION_S:
                 backoff.reset()
             delay_s = backoff.next_delay_s()
-            self._log_failure(error, delay_s, was_connected=connected_at is not None)
+            failures_in_row = 1 if connected_at is not None else failures_in_row + 1
+            self._log_failure(error, delay_s, was_connected=connected_at is not None,
+                              repeat=failures_in_row > 1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay_s)
 
@@ -458,7 +461,8 @@ class MqttPublisher:
                 self._delivered += 1
             await self._publish_retained(client)
 
-    def _log_failure(self, error: Exception, delay_s: float, *, was_connected: bool) -> None:
+    def _log_failure(self, error: Exception, delay_s: float, *, was_connected: bool, repeat: bool) -> None:
+        """Warn once per outage (repeats go to DEBUG); a refused login or a bug is an ERROR every time."""
         where = f"{self._config.host}:{self._config.port}"
         code = getattr(getattr(error, "rc", None), "value", getattr(error, "rc", None))
         if not isinstance(error, aiomqtt.MqttError):
@@ -472,7 +476,8 @@ class MqttPublisher:
         elif was_connected:
             log.warning("MQTT connection to %s lost: %s (reconnecting in %.1f s)", where, error, delay_s)
         else:
-            log.warning("MQTT broker %s unreachable: %s (retrying in %.1f s)", where, error, delay_s)
+            log.log(logging.DEBUG if repeat else logging.WARNING,
+                    "MQTT broker %s unreachable: %s (retrying in %.1f s)", where, error, delay_s)
 
     # -- helpers -----------------------------------------------------------------------------------
 
