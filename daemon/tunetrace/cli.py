@@ -60,9 +60,15 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     config = _load(args)
     missing = [p for p in args.paths if not p.exists()]
     for path in missing:
-        print(f"error: {path}: no such file or folder", file=sys.stderr)
-    present = [p for p in args.paths if p.exists()]
-    files = list(scan_paths(present, config.ingest.extensions))
+        what = "a broken symbolic link" if path.is_symlink() else "no such file or folder"
+        print(f"error: {path}: {what}", file=sys.stderr)
+    files: list[Path] = []
+    for path in (p for p in args.paths if p.exists()):
+        found = list(scan_paths([path], config.ingest.extensions))
+        if path.is_dir() and not found:  # otherwise a mistyped folder would pass silently
+            missing.append(path)
+            print(f"error: {path}: a folder with no audio files in it", file=sys.stderr)
+        files.extend(found)
     if not files:
         print(
             "nothing to ingest: no audio files found (looked for "

@@ -110,11 +110,13 @@ def _register_operators() -> None:
             except DecodeError as exc:
                 return FileOutcome(path, "failed", str(exc))
             except OSError as exc:
-                return FileOutcome(path, "failed", f"{path}: {exc.strerror or exc}")
+                return FileOutcome(path, "failed", f"{path}: cannot read the file: {exc.strerror or exc}")
 
         def _embed(self, path: Path) -> EmbeddedTrack | FileOutcome:
             if not path.is_file():
-                return FileOutcome(path, "failed", f"{path}: no such file")
+                broken_link = path.is_symlink() and not path.exists()
+                what = "a broken symbolic link" if broken_link else "no such file"
+                return FileOutcome(path, "failed", f"{path}: {what}")
             digest = content_hash(path)
             existing = self._store.find_by_hash(digest)
             if existing is not None and not self._replace:

@@ -25,7 +25,9 @@ def scan_paths(paths: Iterable[Path], extensions: Iterable[str]) -> Iterator[Pat
                 relative = found.relative_to(path)
                 if any(part.startswith(".") for part in relative.parts):
                     continue
-                if found.is_file() and found.suffix.lower() in suffixes:
+                # A broken link is yielded too, so that it is reported rather than silently skipped.
+                broken_link = found.is_symlink() and not found.exists()
+                if (found.is_file() or broken_link) and found.suffix.lower() in suffixes:
                     yield found
         else:
             yield path
