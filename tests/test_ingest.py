@@ -37,9 +37,9 @@ def store(milvus_lite_uri: str) -> Iterator[CatalogStore]:
 
 
 def run(
-    paths: list[Path], store: CatalogStore, config: IngestConfig | None = None, **options: bool
+    paths: list[Path], store: CatalogStore, config: IngestConfig | None = None, *, replace: bool = False
 ) -> IngestSummary:
-    return ingest(paths, ENCODER, store, config or IngestConfig(), **options)
+    return ingest(paths, ENCODER, store, config or IngestConfig(), replace=replace)
 
 
 def test_every_file_becomes_a_complete_track(synthetic_wavs: list[Path], store: CatalogStore) -> None:
