@@ -200,8 +200,7 @@ def test_an_unset_secret_variable_is_a_config_error_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("TT_CLI_TEST_TOKEN", raising=False)
-    config_path = write_config(tmp_path, uri="http://127.0.0.1:9")
-    config_path.write_text(config_path.read_text() + "  token: ${TT_CLI_TEST_TOKEN}\n")
+    config_path = write_config(tmp_path, uri="http://127.0.0.1:9", milvus={"token": "${TT_CLI_TEST_TOKEN}"})
     assert main(["catalog", "stats", "-c", str(config_path)]) == 78
     err = capsys.readouterr().err
     assert "milvus.token: refers to environment variable ${TT_CLI_TEST_TOKEN}, which is not set" in err

@@ -46,8 +46,7 @@ def test_an_unreachable_server_is_reported_with_its_address_and_the_key_to_check
 def test_the_cli_reports_an_unreachable_server_with_exit_69(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config_path = write_config(tmp_path, uri="http://127.0.0.1:9")
-    config_path.write_text(config_path.read_text() + "  timeout_s: 2\n")
+    config_path = write_config(tmp_path, uri="http://127.0.0.1:9", milvus={"timeout_s": "2"})
     wav = tmp_path / "q.wav"
     wav.write_bytes(b"")
     assert main(["identify", "-c", str(config_path), str(wav)]) == 69
