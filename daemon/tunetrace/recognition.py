@@ -49,8 +49,11 @@ log = logging.getLogger(__name__)
 
 _MAX_CANDIDATES = 3
 _ALIGNMENTS_PER_TRACK = 3
+_PLAUSIBLE_WINDOWS = 2
 _DISTINCT_ALIGNMENT_S = 1.0
 """Alignments of one track closer than this are the same position (within voting tolerance)."""
+DECISION_INTERVAL_S = 0.2
+"""Stream time between two decisions; the tracker's confirmations are counted in decisions."""
 _TICK_S = 1.0
 """How often a station with no new audio re-checks its tracker (a source outage ends plays)."""
 
@@ -71,6 +74,8 @@ class LiveParams:
     top_k: int
     silence_threshold_dbfs: float
     voting: VotingParams
+    windows_per_decision: int = 1
+    """Vote after every this many windows (voting costs more than a window's embedding)."""
 
 
 class LiveMatcher:
@@ -82,10 +87,12 @@ class LiveMatcher:
         self._shape = shape
         self._params = params
         self._history: deque[tuple[float, list[Hit]]] = deque()
+        self._since_decision = 0
         self._silence_rms = 10.0 ** (params.silence_threshold_dbfs / 20.0)
 
     def process(self, batch: WindowBatch) -> list[Observation]:
-        """One observation per window, in stream order (blocking: call from an executor)."""
+        """One observation per ``windows_per_decision`` windows, in stream order (blocking: call from
+        an executor)."""
         if len(batch) == 0:
             return []
         rms = np.sqrt(np.mean(np.square(batch.windows, dtype=np.float64), axis=1))
@@ -104,17 +111,44 @@ class LiveMatcher:
             oldest_s = start_s + self._params.window_s - self._params.horizon_s
             while self._history and self._history[0][0] < oldest_s:
                 self._history.popleft()
-            observations.append(Observation(start_s + self._params.window_s, self._decide()))
+            self._since_decision += 1
+            if self._since_decision >= self._params.windows_per_decision:
+                self._since_decision = 0
+                observations.append(Observation(start_s + self._params.window_s, self._decide()))
         return observations
 
     def _decide(self) -> tuple[Evidence, ...]:
         times = np.array([t for t, _ in self._history])
-        window_hits = [h for _, h in self._history]
+        window_hits = self._plausible_hits()
         ranked = vote(window_hits, times, self._params.voting, self._shape, max_candidates=_MAX_CANDIDATES)
         evidence: list[Evidence] = []
         for candidate in ranked:
             evidence.extend(self._alignments(candidate))
         return tuple(evidence)
+
+    def _plausible_hits(self) -> list[list[Hit]]:
+        """The horizon's hits, without those at alignments that no two catalog windows agree on.
+
+        Voting scores every track that appears among the neighbours, and most appear by chance at
+        one catalog window; a track needs at least two distinct catalog windows at one alignment
+        (to within a catalog hop) to reach any useful confidence, so hits at other alignments are
+        dropped before voting (a 10-50x saving, same best alignments).
+        The window count, which the chance correction uses, is unchanged.
+        """
+        hop_s = self._params.voting.catalog_hop_s
+        windows_at: dict[tuple[int, int], set[int]] = {}
+        for t, window_hits in self._history:
+            for h in window_hits:
+                key = (h.track_id, round((h.offset_s - t) / hop_s))
+                windows_at.setdefault(key, set()).add(round(h.offset_s / hop_s))
+        plausible: set[tuple[int, int]] = set()
+        for (track_id, band), windows in windows_at.items():
+            if len(windows | windows_at.get((track_id, band + 1), set())) >= _PLAUSIBLE_WINDOWS:
+                plausible.update((track_id, b) for b in (band - 1, band, band + 1, band + 2))
+        return [
+            [h for h in window_hits if (h.track_id, round((h.offset_s - t) / hop_s)) in plausible]
+            for t, window_hits in self._history
+        ]
 
     def _alignments(self, candidate: Candidate) -> list[Evidence]:
         """The candidate's alignment plus the track's other well-supported alignments.
@@ -148,12 +182,12 @@ class LiveMatcher:
             if supporting.size:
                 chosen.append((centre, supporting))
         main = max(1, chosen[0][1].size) if chosen else 1
-        half_window = self._params.window_s / 2
+        window_s = self._params.window_s
         return [
             Evidence(
                 candidate.track_id, centre, candidate.confidence * min(1.0, supporting.size / main),
                 candidate.aligned_windows if i == 0 else int(supporting.size),
-                first_aligned_s=float(supporting[0]), last_aligned_s=float(supporting[-1]) + half_window,
+                first_aligned_s=float(supporting[0]), last_aligned_s=float(supporting[-1]) + window_s,
                 speed_ratio=candidate.speed_ratio,
             )
             for i, (centre, supporting) in enumerate(chosen)
@@ -380,4 +414,5 @@ def live_params(
         horizon_s=max(tracker.horizon_s, info.window_s + tracker.window_hop_s),
         top_k=matcher.top_k, silence_threshold_dbfs=silence_threshold_dbfs,
         voting=VotingParams.from_config(matcher, info.hop_s),
+        windows_per_decision=max(1, round(DECISION_INTERVAL_S / tracker.window_hop_s)),
     )
