@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -29,7 +30,9 @@ def playing(track_id: int, stream_s: float, alignment_s: float, *, since_s: floa
                     last_aligned_s=stream_s - 0.5)
 
 
-def run(tracker: PlayTracker, start_s: float, end_s: float, candidates_at) -> list[tuple[float, TrackerEvent]]:
+def run(
+    tracker: PlayTracker, start_s: float, end_s: float, candidates_at: Callable[[float], list[Evidence]],
+) -> list[tuple[float, TrackerEvent]]:
     """Feed one observation per hop from ``start_s`` to ``end_s``; ``candidates_at(t)`` gives the evidence."""
     events = []
     steps = round((end_s - start_s) / HOP_S)
@@ -122,7 +125,8 @@ def test_track_change_publishes_exactly_one_end_and_one_start() -> None:
     def evidence(t: float) -> list[Evidence]:
         out = []
         if 1.5 <= t < 33.0:  # A from 0 s to 30 s; its evidence lingers in the horizon
-            out.append(playing(A, min(t, 30.5), 0.0, since_s=0.0, confidence=max(0.2, 0.9 - max(0.0, t - 30) * 0.3)))
+            fading = max(0.2, 0.9 - max(0.0, t - 30) * 0.3)
+            out.append(playing(A, min(t, 30.5), 0.0, since_s=0.0, confidence=fading))
         if t >= 31.5:  # B from 30 s at position 0
             out.append(playing(B, t, -30.0, since_s=30.0, confidence=min(0.9, 0.3 + (t - 31.0) * 0.3)))
         return sorted(out, key=lambda e: -e.confidence)
@@ -130,7 +134,7 @@ def test_track_change_publishes_exactly_one_end_and_one_start() -> None:
     events = run(tracker, 0.0, 60.0, evidence)
 
     assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{B}"]
-    (_, started_a), (t_end, ended_a), (t_start, started_b) = events
+    (_, _started_a), (t_end, ended_a), (t_start, started_b) = events
     assert t_end == t_start, "the end and the start are decided together"
     assert isinstance(ended_a, PlayEnded) and isinstance(started_b, PlayStarted)
     assert ended_a.ended_s <= started_b.play.started_s
