@@ -24,6 +24,7 @@ from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.store import CatalogStore
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process
 ENCODER = SpectralEncoder()
 SUBPROCESS_TIMEOUT_S = 300
 

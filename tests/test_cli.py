@@ -7,11 +7,9 @@ one test runs ``python -m tunetrace`` as a real process to pin the status the sh
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +23,7 @@ RESULT_KEYS = {"file", "match", "track_id", "title", "artist", "offset_s", "conf
 SUBPROCESS_TIMEOUT_S = 180
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI reconfigures the root logger for the process; put pytest's handlers back after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess[str]:

@@ -26,6 +26,7 @@ from tunetrace.errors import ConfigError
 from tunetrace.store import CatalogStore
 
 ENCODER = SpectralEncoder()
+pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process
 DURATION_S = 12.0
 VECTORS_PER_TRACK = int((DURATION_S - ENCODER.info.window_s) / ENCODER.info.hop_s) + 1
 

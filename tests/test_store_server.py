@@ -8,8 +8,6 @@ identified by ``tunetrace identify`` in separate client connections.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +21,7 @@ from tunetrace.errors import CatalogError
 from tunetrace.identify import Recognizer
 from tunetrace.store import CatalogStore
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI reconfigures the root logger for the process; put pytest's handlers back after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_an_unreachable_server_is_reported_with_its_address_and_the_key_to_check() -> None:
