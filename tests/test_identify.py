@@ -26,6 +26,8 @@ ENCODER = SpectralEncoder()
 RATE = ENCODER.info.sample_rate
 EXCERPT_S = 10.0
 OFFSET_TOLERANCE_S = 0.5
+CATALOG_BUILD_TIMEOUT_S = 1500
+"""Whichever slow test runs first also pays for ingesting the soundtrack: 284 s at load 10 on 2 cores."""
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,7 @@ def warzone_store(warzone_catalog: BuiltCatalog) -> Iterator[CatalogStore]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CATALOG_BUILD_TIMEOUT_S)
 def test_the_whole_soundtrack_is_in_the_catalog(
     warzone_store: CatalogStore, warzone_tracks: list[Path]
 ) -> None:
@@ -125,6 +128,7 @@ def test_the_whole_soundtrack_is_in_the_catalog(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CATALOG_BUILD_TIMEOUT_S)
 def test_twenty_random_excerpts_of_the_soundtrack_are_identified(
     warzone_store: CatalogStore, warzone_catalog: BuiltCatalog, warzone_tracks: list[Path], tmp_path: Path
 ) -> None:
@@ -150,6 +154,7 @@ def test_twenty_random_excerpts_of_the_soundtrack_are_identified(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CATALOG_BUILD_TIMEOUT_S)
 def test_excerpts_of_another_soundtrack_give_no_match(
     warzone_store: CatalogStore, wesnoth_tracks: list[Path], tmp_path: Path
 ) -> None:
