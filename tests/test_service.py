@@ -1,0 +1,218 @@
+"""The daemon as systemd runs it: exit 78 on a bad config, READY/WATCHDOG/STOPPING, SIGTERM's ordered path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.audio import Clip
+from tests.fixtures.milvus import BuiltCatalog
+from tunetrace.sdnotify import SdNotifier
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "tunetrace.service"
+SHUTDOWN_LIMIT_S = 5.0
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, line: str, timeout_s: float) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while not any(line in m.splitlines() for m in self.messages):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {line!r} within {timeout_s} s; got {self.messages}")
+            self._sock.settimeout(remaining)
+            try:
+                self.messages.append(self._sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+        return self.messages
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    systemd_keys = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    env = {k: v for k, v in os.environ.items() if k not in systemd_keys}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "daemon"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env | extra
+
+
+def test_sd_notifier_sends_ready_watchdog_and_stopping(notify_socket: NotifySocket) -> None:
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "4000000"}
+    notifier = SdNotifier.from_environment(env)
+    assert notifier.watchdog_interval_s == pytest.approx(2.0)
+    assert notifier.ready("2 stations")
+    assert notifier.watchdog()
+    assert notifier.stopping()
+    messages = notify_socket.wait_for("STOPPING=1", 2.0)
+    assert messages == ["READY=1\nSTATUS=2 stations", "WATCHDOG=1", "STOPPING=1"]
+
+
+def test_sd_notifier_supports_abstract_sockets_and_is_a_no_op_without_systemd() -> None:
+    name = f"tunetrace-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind("\0" + name)
+        server.settimeout(2.0)
+        assert SdNotifier.from_environment({"NOTIFY_SOCKET": "@" + name}).ready()
+        assert server.recv(100) == b"READY=1"
+    quiet = SdNotifier.from_environment({})
+    assert not quiet.enabled and not quiet.ready() and quiet.watchdog_interval_s is None
+
+
+def test_watchdog_is_ignored_when_meant_for_another_process() -> None:
+    env = {"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert SdNotifier.from_environment(env).watchdog_interval_s is None
+
+
+def test_serve_exits_78_on_an_invalid_config_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("tracker:\n  horizon_s: -4\nstations:\n  - name: Bad Name\n    source: {kind: ffmpeg}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tunetrace", "serve", "--config", str(config)],
+        env=daemon_env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 78, result.stderr
+    assert "tracker.horizon_s" in result.stderr
+    assert "stations.0.name" in result.stderr
+    assert "source.url is required" in result.stderr
+
+
+def test_serve_exits_78_on_unparseable_yaml(tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text("stations: [\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tunetrace", "serve", "--config", str(config)],
+        env=daemon_env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 78
+    assert "not valid YAML" in result.stderr
+
+
+def read_play_log(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_event(
+    path: Path, kind: str, timeout_s: float, process: subprocess.Popen[str],
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in read_play_log(path):
+            if record["event"] == kind:
+                return record
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"daemon exited early ({process.returncode}): {stderr}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} in {path} within {timeout_s} s: {read_play_log(path)}")
+
+
+def private_catalog_copy(catalog: BuiltCatalog, data_dir: Path) -> Path:
+    """A copy of a Milvus Lite catalog for a daemon subprocess.
+
+    Milvus Lite keeps serving (and locking) a database in the process that opened it, even after
+    the client is closed, so a second process opening the same files waits forever.
+    """
+    source = Path(catalog.config.milvus_uri())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / "catalog.db"
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.lock", "LOCK"))
+    else:
+        shutil.copy2(source, target)
+    return data_dir
+
+
+def test_sigterm_ends_the_open_play_and_stops_in_order_within_5_s(
+    tmp_path: Path, clip_catalog: BuiltCatalog, real_clips: list[Clip], notify_socket: NotifySocket,
+) -> None:
+    play_log = tmp_path / "plays.jsonl"
+    config = tmp_path / "tunetrace.yaml"
+    config.write_text(
+        f"data_dir: {private_catalog_copy(clip_catalog, tmp_path / 'data')}\n"
+        f"milvus: {{collection_prefix: {clip_catalog.config.milvus.collection_prefix}}}\n"
+        f"playlog: {{path: '{play_log}'}}\n"
+        "stations:\n"
+        "  - name: test-fm\n"
+        f"    source: {{kind: ffmpeg, url: '{real_clips[0].path}', realtime: true, loop: true}}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunetrace", "serve", "--config", str(config)],
+        env=daemon_env(NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="2000000"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        notify_socket.wait_for("READY=1", 120)
+        started = wait_for_event(play_log, "play_started", 60, process)
+        notify_socket.wait_for("WATCHDOG=1", 5)
+        assert started["play"]["station"] == "test-fm"  # type: ignore[index]
+        assert started["play"]["track_id"] == clip_catalog.tracks[real_clips[0].path].track_id  # type: ignore[index]
+
+        sent_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=30)
+        stopped_in_s = time.monotonic() - sent_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    stderr = process.stderr.read() if process.stderr else ""
+    assert returncode == 0, stderr
+    assert stopped_in_s < SHUTDOWN_LIMIT_S + 1.0, f"stopped in {stopped_in_s:.1f} s"
+    notify_socket.wait_for("STOPPING=1", 1.0)
+    events = read_play_log(play_log)
+    assert [e["event"] for e in events] == ["play_started", "play_ended"]
+    ended = events[1]["play"]
+    assert ended["play_id"] == started["play"]["play_id"]  # type: ignore[index]
+    assert ended["ended_at"] is not None and ended["duration_s"] > 0  # type: ignore[index]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    for required in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartPreventExitStatus=78",
+                     "ProtectSystem=strict", "NoNewPrivileges=yes", "StateDirectory=tunetrace",
+                     "DeviceAllow=char-alsa", "SupplementaryGroups=audio", "PrivateTmp=yes",
+                     "ProtectHome=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+                     "SystemCallFilter=@system-service", "DynamicUser=yes"):
+        assert required in text, required
+    # ExecStart must exist on the verifying machine: point it at a binary that does.
+    executable = text.split("ExecStart=", 1)[1].split()[0]
+    unit = tmp_path / "tunetrace.service"
+    unit.write_text(text.replace(executable, "/bin/true"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    problems = [line for line in result.stderr.splitlines() if "tunetrace.service" in line]
+    assert problems == [], problems
