@@ -95,7 +95,9 @@ def test_watchdog_is_ignored_when_meant_for_another_process() -> None:
 
 def test_serve_exits_78_on_an_invalid_config_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("tracker:\n  horizon_s: -4\nstations:\n  - name: Bad Name\n    source: {kind: ffmpeg}\n")
+    config.write_text(
+        "tracker:\n  horizon_s: -4\nstations:\n  - name: Bad Name\n    source: {kind: ffmpeg}\n"
+    )
     result = subprocess.run(
         [sys.executable, "-m", "tunetrace", "serve", "--config", str(config)],
         env=daemon_env(), capture_output=True, text=True, timeout=60, check=False,
