@@ -1,0 +1,70 @@
+"""Recompute hit and false-positive rates at other thresholds from two ``results.csv`` files.
+
+Used for docs/evaluation.md: calibrate ``min_confidence`` on the calibration run (seed 2, nexuiz
+hold-out) and check it out of sample on the reported run (seed 1, wesnoth hold-out).  Run from the
+repository root:  python docs/eval/spectral/threshold_check.py
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+HERE = Path(__file__).parent
+TARGET_FP = 0.005
+LENGTHS = ("3", "5", "10")
+
+
+def load(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def answered(row: dict[str, str], threshold: float, min_windows: int) -> bool:
+    return bool(row["best_track_id"]) and float(row["confidence"]) >= threshold and int(
+        row["best_aligned_windows"]
+    ) >= min_windows
+
+
+def rates(rows: list[dict[str, str]], threshold: float, min_windows: int, length: str | None = None) -> str:
+    cat = [r for r in rows if r["set"] == "catalog" and length in (None, r["length_s"])]
+    hold = [r for r in rows if r["set"] == "holdout" and length in (None, r["length_s"])]
+    right = [
+        r for r in cat if answered(r, threshold, min_windows) and r["best_track_id"] == r["truth_track_id"]
+    ]
+    hits = [r for r in right if abs(float(r["best_offset_s"]) - float(r["truth_offset_s"])) <= 0.5]
+    wrong = sum(1 for r in cat if answered(r, threshold, min_windows)) - len(right)
+    fps = sum(1 for r in hold if answered(r, threshold, min_windows))
+    return (f"hit {100 * len(hits) / len(cat):.1f}%, right track {100 * len(right) / len(cat):.1f}%, "
+            f"wrong track {100 * wrong / len(cat):.1f}%, hold-out FP {fps}/{len(hold)} "
+            f"({100 * fps / len(hold):.2f}%)")
+
+
+def calibrate(rows: list[dict[str, str]], min_windows: int, length: str | None = None) -> float:
+    hold = [r for r in rows if r["set"] == "holdout" and length in (None, r["length_s"])]
+    allowed = int(TARGET_FP * len(hold))
+    scores = sorted((float(r["confidence"]) for r in hold if answered(r, 0.0, min_windows)), reverse=True)
+    return 0.0 if len(scores) <= allowed else math.floor(scores[allowed] * 100) / 100 + 0.01
+
+
+def main() -> None:
+    calibration = load(HERE / "calibration" / "results.csv")
+    reported = load(HERE / "results.csv")
+    pooled = calibrate(calibration, 3)
+    print(f"calibrated min_confidence (FP <= {100 * TARGET_FP:g}%, all lengths pooled): {pooled:.2f}")
+    for length in LENGTHS:
+        print(f"  calibrated for {length} s excerpts alone: {calibrate(calibration, 3, length):.2f}")
+    for name, rows in (("calibration run", calibration), ("reported run", reported)):
+        for threshold in (0.25, pooled):
+            print(f"{name}, min_confidence {threshold:.2f}: {rates(rows, threshold, 3)}")
+            for length in LENGTHS:
+                print(f"    {length:>2} s: {rates(rows, threshold, 3, length)}")
+    for min_windows in (3, 4, 5):
+        for threshold in (0.25, 0.42):
+            print(f"reported run, min_aligned_windows {min_windows}, min_confidence {threshold:.2f}: "
+                  f"{rates(reported, threshold, min_windows)}")
+
+
+if __name__ == "__main__":
+    main()
