@@ -22,7 +22,8 @@ from tunetrace.evaluation.excerpts import (
     plan_excerpts,
     redraw_quiet,
 )
-from tunetrace.evaluation.report import CSV_COLUMNS
+from tunetrace.evaluation.report import CSV_COLUMNS, calibrated_threshold, is_hit, sweep
+from tunetrace.evaluation.run import QueryResult
 
 SAMPLE_RATE = 8000
 
@@ -277,3 +278,45 @@ def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
     with (again / "results.csv").open(newline="", encoding="utf-8") as handle:
         rows_again = list(csv.DictReader(handle))
     assert [r["truth_offset_s"] for r in rows_again] == [r["truth_offset_s"] for r in rows]
+
+
+# -- report arithmetic ------------------------------------------------------------------------------
+
+
+def _result(query_id: int, in_catalog: bool, confidence: float, *, right: bool = True,
+            offset_error_s: float = 0.0, windows: int = 5, threshold: float = 0.25) -> QueryResult:
+    truth = 11 if in_catalog else None
+    best = (11 if right else 22) if in_catalog else 33
+    answered = confidence >= threshold and windows >= 3
+    return QueryResult(
+        query_id=query_id, in_catalog=in_catalog, condition="clean", length_s=5.0, source_file="x.ogg",
+        truth_track_id=truth, truth_offset_s=10.0 if in_catalog else None,
+        answer_track_id=best if answered else None, answer_title="t" if answered else "",
+        answer_offset_s=10.0 + offset_error_s if answered else None, confidence=confidence,
+        aligned_windows=windows, speed_ratio=1.0, best_track_id=best, best_offset_s=10.0 + offset_error_s,
+        best_aligned_windows=windows, latency_s=0.1,
+    )
+
+
+def test_threshold_sweep_at_the_configured_value_matches_the_headline() -> None:
+    results = [
+        _result(0, True, 0.9), _result(1, True, 0.3, offset_error_s=2.0), _result(2, True, 0.2),
+        _result(3, True, 0.6, right=False), _result(4, False, 0.1), _result(5, False, 0.4),
+        _result(6, False, 0.9, windows=2),
+    ]
+    row = next(r for r in sweep(results, [0.25], min_aligned_windows=3))
+    assert row.hit_rate == pytest.approx(sum(is_hit(r) for r in results[:4]) / 4) == 0.25
+    assert row.track_rate == pytest.approx(sum(r.right_track for r in results[:4]) / 4) == 0.5
+    assert row.wrong_track_rate == 0.25
+    assert row.false_positive_rate == pytest.approx(1 / 3)  # 0.4 answers; 0.9 has too few windows
+    higher = sweep(results, [0.5], min_aligned_windows=3)[0]
+    assert (higher.hit_rate, higher.false_positive_rate) == (0.25, 0.0)
+
+
+def test_calibrated_threshold_keeps_false_positives_at_the_target() -> None:
+    holdout = [_result(i, False, c) for i, c in enumerate([0.1 * k for k in range(10)] + [0.95])]
+    threshold = calibrated_threshold(holdout, 0.1, min_aligned_windows=3)
+    assert threshold is not None
+    answered = sum(1 for r in holdout if r.confidence >= threshold)
+    assert answered <= int(0.1 * len(holdout))
+    assert threshold == pytest.approx(0.91)  # one FP allowed (10%): just above the second-highest, 0.9
