@@ -320,3 +320,11 @@ def test_calibrated_threshold_keeps_false_positives_at_the_target() -> None:
     answered = sum(1 for r in holdout if r.confidence >= threshold)
     assert answered <= int(0.1 * len(holdout))
     assert threshold == pytest.approx(0.91)  # one FP allowed (10%): just above the second-highest, 0.9
+
+
+def test_excerpts_per_track_gives_every_fitting_track_the_same_count() -> None:
+    plan = plan_excerpts(_tracks(), parse_conditions("clean"), (10.0,), 2, seed=5, per_track=True)
+    counts: dict[int, int] = {}
+    for e in plan:
+        counts[e.source] = counts.get(e.source, 0) + 1
+    assert counts == {i: 2 for i in range(6)}

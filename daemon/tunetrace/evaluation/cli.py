@@ -55,9 +55,12 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--holdout", type=Path, required=True, help="folder of tracks NOT in the catalog")
     p.add_argument("--out", type=Path, default=Path("eval-report"),
                    help="folder for report.md and results.csv (default: ./eval-report)")
-    p.add_argument("--excerpts", type=_positive, default=DEFAULT_EXCERPTS, metavar="N",
-                   help="queries per (condition, length), for catalog and hold-out each "
-                        f"(default {DEFAULT_EXCERPTS})")
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--excerpts", type=_positive, default=None, metavar="N",
+                       help="queries per (condition, length), for catalog and hold-out each "
+                            f"(default {DEFAULT_EXCERPTS})")
+    count.add_argument("--excerpts-per-track", type=_positive, default=None, metavar="N",
+                       help="instead: N queries from every track per (condition, length)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of the query plan (default {DEFAULT_SEED})")
     p.add_argument("--lengths", type=_lengths, default=_lengths(DEFAULT_LENGTHS), metavar="S,S,...",
@@ -92,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
             return 1
     options = EvalOptions(
         catalog_dir=args.catalog, holdout_dir=args.holdout, conditions=args.conditions,
-        lengths_s=args.lengths, per_cell=args.excerpts, seed=args.seed, progress=not args.quiet,
+        lengths_s=args.lengths, per_cell=args.excerpts_per_track or args.excerpts or DEFAULT_EXCERPTS,
+        per_track=args.excerpts_per_track is not None, seed=args.seed, progress=not args.quiet,
     )
     run = run_evaluation(config, options)
     md_path, csv_path = write_report(run, args.out)

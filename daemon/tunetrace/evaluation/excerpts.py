@@ -69,13 +69,17 @@ def plan_excerpts(
     lengths_s: Sequence[float],
     per_cell: int,
     seed: int,
+    *,
+    per_track: bool = False,
 ) -> list[Excerpt]:
     """``per_cell`` queries for each (catalog/hold-out, condition, length), spread over the tracks.
 
     Tracks are used in a shuffled round robin, so every track contributes about equally whatever
     its length (tracks too short for the excerpt and its pre-roll sit that cell out); starts are
     uniform over the positions where the excerpt fits.
-    Interfering music comes from the hold-out tracks (never the query's own track).
+    Interfering music comes from the hold-out tracks (never the query's own track).  With
+    ``per_track``, ``per_cell`` counts excerpts per track instead, so a cell holds ``per_cell``
+    times the number of tracks that fit.
     """
     holdout = [i for i, t in enumerate(tracks) if not t.in_catalog]
     excerpts: list[Excerpt] = []
@@ -88,7 +92,8 @@ def plan_excerpts(
                 rng = cell_rng(seed, "catalog" if in_catalog else "holdout", condition.name, f"{length_s:g}")
                 needed_s = length_s * condition.speed_ratio
                 order = [int(i) for i in rng.permutation(pool) if _start_fits(tracks[i], needed_s)]
-                for n in range(per_cell if order else 0):
+                count = per_cell * len(order) if per_track else (per_cell if order else 0)
+                for n in range(count):
                     source = order[n % len(order)]
                     start_s = _start(rng, tracks[source].duration_s, needed_s)
                     assert start_s is not None

@@ -205,7 +205,8 @@ def render_markdown(run: EvalRun) -> str:
         f"- encoder: `{run.encoder_id}` at {run.sample_rate} Hz; catalog `{run.catalog_uri}` "
         f"({run.catalog_tracks} tracks from `{options.catalog_dir}`, {run.catalog_hours:.2f} h in the store)",
         f"- hold-out: {run.holdout_tracks} tracks from `{options.holdout_dir}` (not in the catalog)",
-        f"- queries: {options.per_cell} per (set, condition, length); seed {options.seed}; "
+        f"- queries: {options.per_cell} per {'track and ' if options.per_track else ''}"
+        f"(set, condition, length); seed {options.seed}; "
         f"{len(catalog)} catalog + {len(holdout)} hold-out excerpts",
         f"- matcher (fixed before the run, not tuned on it): min_confidence **{m.min_confidence}**, "
         f"min_aligned_windows {m.min_aligned_windows}, top_k {m.top_k}, offset_tolerance_s "

@@ -56,6 +56,8 @@ class EvalOptions:
     per_cell: int
     """Queries per (set, condition, length): catalog and hold-out each get this many."""
     seed: int
+    per_track: bool = False
+    """``per_cell`` counts queries per track (in each cell) instead."""
     progress: bool = True
 
 
@@ -283,7 +285,8 @@ def run_evaluation(config: Config, options: EvalOptions) -> EvalRun:
         summary = _ingest_catalog(catalog_files, encoder, store, config, options.progress)
         excluded.extend(f.reason for f in summary.failures)
         tracks, truth = _source_tracks(catalog_files, holdout_files, store, excluded)
-        plan = plan_excerpts(tracks, options.conditions, options.lengths_s, options.per_cell, options.seed)
+        plan = plan_excerpts(tracks, options.conditions, options.lengths_s, options.per_cell, options.seed,
+                             per_track=options.per_track)
         segments = _cut_segments(tracks, plan, sample_rate, options.seed, options.progress)
         excluded.extend(segments.dropped)
         recognizer = Recognizer(encoder, store, config.matcher)
