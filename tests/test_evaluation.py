@@ -240,6 +240,7 @@ def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
         write_wav(catalog / f"song{i}.wav", synthetic_music(25.0, seed=100 + i))
     for i in range(3):
         write_wav(holdout / f"other{i}.wav", synthetic_music(20.0, seed=200 + i))
+    (holdout / "broken.wav").write_bytes(b"RIFF not really audio" * 10)
     config = tmp_path / "config.yaml"
     config.write_text(f"data_dir: {tmp_path / 'data'}\nlog_level: WARNING\n", encoding="utf-8")
     args = [
@@ -267,6 +268,7 @@ def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
 
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "min_confidence **0.25**" in report
+    assert "broken.wav" in report.split("## Hit rate")[0]  # listed as left out, the run went on
     for heading in ("## Hit rate", "## Right track", "## Wrong track", "## False positives",
                     "## Offset accuracy", "## Latency", "## Threshold trade-off"):
         assert heading in report

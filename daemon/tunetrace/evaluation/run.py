@@ -200,7 +200,11 @@ def _cut_segments(
     needed = sorted(set(by_source) | set(by_interferer))
     preroll = round(PREROLL_S * sample_rate)
     for index in _bar(needed, desc="decode", show=show):
-        audio = decode_file(tracks[index].path, sample_rate)
+        try:
+            audio = decode_file(tracks[index].path, sample_rate)
+        except DecodeError as exc:
+            segments.dropped.append(f"{exc} (its excerpts, and those mixing it in, were dropped)")
+            continue
         quiet = 0
         for excerpt in by_source.get(index, []):
             moved = redraw_quiet(excerpt, audio, sample_rate, seed)
@@ -220,6 +224,9 @@ def _cut_segments(
             segments.dropped.append(
                 f"{tracks[index].path}: {quiet} excerpt(s) dropped, no audible audio (below -50 dBFS) found"
             )
+    for query_id in [q for q, e in segments.excerpts.items() if e.interferer is not None]:
+        if query_id not in segments.interference:
+            del segments.excerpts[query_id], segments.source[query_id]
     return segments
 
 
