@@ -329,4 +329,4 @@ def test_excerpts_per_track_gives_every_fitting_track_the_same_count() -> None:
     counts: dict[int, int] = {}
     for e in plan:
         counts[e.source] = counts.get(e.source, 0) + 1
-    assert counts == {i: 2 for i in range(6)}
+    assert counts == dict.fromkeys(range(6), 2)
