@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.io import wavfile
@@ -41,6 +41,9 @@ from tunetrace.decode import decode_file
 from tunetrace.events import Play, PlayEvent
 from tunetrace.recognition import Station
 from tunetrace.sinks import StationHealth
+
+if TYPE_CHECKING:
+    from tunetrace.service import SharedModel
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +237,20 @@ def rss_mib() -> float:
 StationEvents = list[tuple[float, PlayEvent]]
 
 
-async def run_stream(config: Config, wav: Path, stations: int = 1) -> tuple[list[StationEvents], float]:
-    """Run ``stations`` copies of the stream through the pipeline; events per station, wall seconds."""
+async def run_stream(
+    config: Config, wav: Path, stations: int = 1, model: SharedModel | None = None,
+) -> tuple[list[StationEvents], float]:
+    """Run ``stations`` copies of the stream through the pipeline; events per station, wall seconds.
+
+    ``model``: an already opened encoder and catalog (opened, and closed after, when ``None``).
+    """
     from tunetrace.service import build_station, open_model
 
-    model, closer = await asyncio.to_thread(open_model, config)
+    closer = None
+    if model is None:
+        opened, closer = await asyncio.to_thread(open_model, config)
+    else:
+        opened = model
     sinks = []
     executor = ThreadPoolExecutor(max_workers=max(1, min(4, stations)))
     built = []
@@ -248,7 +260,7 @@ async def run_stream(config: Config, wav: Path, stations: int = 1) -> tuple[list
             name=f"bench{index}", source=SourceConfig(kind="ffmpeg", url=str(wav), realtime=False),
         )
         station = build_station(
-            station_config, config, model, sink, executor, until_eof=True, wall_clock=lambda: EPOCH,
+            station_config, config, opened, sink, executor, until_eof=True, wall_clock=lambda: EPOCH,
         )
         sink.station = station
         sinks.append(sink)
@@ -261,7 +273,8 @@ async def run_stream(config: Config, wav: Path, stations: int = 1) -> tuple[list
         await station.finish()
     wall_s = time.perf_counter() - started
     executor.shutdown()
-    closer.close()
+    if closer is not None:
+        closer.close()
     return [s.events for s in sinks], wall_s
 
 
@@ -287,12 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     rng = random.Random(args.seed)  # noqa: S311 - a reproducible schedule, not a secret
 
-    from tunetrace.runtime import open_encoder, open_store
+    from tunetrace.service import open_model
 
-    encoder = open_encoder(config)
-    with open_store(config, encoder, create=False) as store:
-        catalog = [(t.track_id, Path(t.source_path), t.duration_s) for t in store.tracks()
-                   if Path(t.source_path).is_file() and t.duration_s > 30]
+    # Opened once: Milvus Lite serves a database from the process that first opened it.
+    model, store = open_model(config)
+    encoder = model.encoder
+    catalog = [(t.track_id, Path(t.source_path), t.duration_s) for t in store.tracks()
+               if Path(t.source_path).is_file() and t.duration_s > 30]
     if not catalog:
         print("the catalog has no tracks whose source files are readable here", file=sys.stderr)
         return 1
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         stream_s = audio.size / rate
         rss_start = rss_mib()
         cpu_start = time.process_time()
-        station_events, wall_s = asyncio.run(run_stream(config, wav, args.stations))
+        station_events, wall_s = asyncio.run(run_stream(config, wav, args.stations, model))
         cpu_s = time.process_time() - cpu_start
         rss_end = rss_mib()
     plays = plays_from_events(station_events[0])

@@ -39,6 +39,7 @@ from tunetrace.recognition import Catalog, LiveMatcher, Station, live_params
 from tunetrace.sdnotify import SdNotifier
 from tunetrace.sinks import EventSink, FanoutSink, LogSink
 from tunetrace.sources import create_source, runner_params
+from tunetrace.store import CatalogStore
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class _Closer(Protocol):
     def close(self) -> None: ...
 
 
-def open_model(config: Config) -> tuple[SharedModel, _Closer]:
+def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
     """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape."""
     from tunetrace.identify import catalog_shape
     from tunetrace.runtime import open_encoder, open_store
