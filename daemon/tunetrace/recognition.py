@@ -212,8 +212,11 @@ class StreamClock:
         anchor = self._anchor_at or datetime.now(UTC)
         return anchor + timedelta(seconds=stream_s - self._anchor_s)
 
-    def now_s(self) -> float:
-        """Stream time now, extrapolated from the newest block (used while a source is down)."""
+    def now_s(self) -> float | None:
+        """Stream time now, extrapolated from the newest block (used while a source is down);
+        ``None`` before the first block (there is no stream clock yet)."""
+        if self._anchor_at is None:
+            return None
         return self._anchor_s + (time.monotonic() - self._anchor_monotonic)
 
 
@@ -332,13 +335,12 @@ class Station:
             batch = self._ring.read(self._batch_windows)
             self._room.set()
             if len(batch) == 0:
-                self.stats.last_progress_monotonic = time.monotonic() if self._runner.state.up else (
-                    self.stats.last_progress_monotonic
-                )
                 if self._capture_done:
                     return
-                if not self._runner.state.up and self._realtime:
-                    await self._apply(self._tracker.observe(Observation(self._clock.now_s())))
+                now_s = self._clock.now_s()
+                if not self._runner.state.up and self._realtime and now_s is not None:
+                    # The source is down: time still passes on the air, so an open play ends.
+                    await self._apply(self._tracker.observe(Observation(now_s)))
                 continue
             observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
             self.stats.windows_processed += len(batch)

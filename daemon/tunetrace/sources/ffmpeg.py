@@ -128,7 +128,7 @@ class FfmpegSource:
             await stderr_task
             if returncode != 0:
                 reason = stderr_tail[-1] if stderr_tail else f"ffmpeg exited with status {returncode}"
-                raise SourceError(f"{redact_url(self._url)}: {redact_url(reason)}")
+                raise SourceError(redact_url(reason))  # the runner's log line names the source
         finally:
             await _stop(process)
             stderr_task.cancel()
