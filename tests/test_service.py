@@ -46,6 +46,18 @@ class NotifySocket:
                 continue
         return self.messages
 
+    def drain(self) -> list[str]:
+        """Everything received so far, without waiting."""
+        self._sock.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self._sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self._sock.setblocking(True)
+        return self.messages
+
     def close(self) -> None:
         self._sock.close()
 
@@ -256,3 +268,68 @@ def test_dockerfile_runs_the_daemon_unprivileged_at_the_units_path() -> None:
     assert "STOPSIGNAL SIGTERM" in text
     unit = UNIT.read_text()
     assert "ExecStart=/opt/tunetrace/bin/tunetrace serve" in unit
+
+
+class HangingCatalog:
+    """A real ``Catalog`` whose searches hang once ``hang`` is set: a stuck Milvus, a stuck pipeline."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.searches = 0
+
+    def search(self, vectors: object, top_k: int) -> list[list[object]]:
+        self.searches += 1
+        if self.hang.is_set():
+            self.release.wait(30)
+        return [[] for _ in range(len(vectors))]  # type: ignore[arg-type]
+
+    def get_tracks(self, track_ids: object) -> dict[int, object]:
+        return {}
+
+
+def test_watchdog_is_fed_only_while_the_pipeline_progresses(tmp_path: Path, notify_socket: NotifySocket) -> None:
+    import asyncio
+
+    from tests.fixtures.audio import synthetic_music, write_wav
+    from tunetrace.config import parse_config
+    from tunetrace.encoders.spectral import SpectralEncoder
+    from tunetrace.matcher import CatalogShape
+    from tunetrace.service import Service, SharedModel
+    from tunetrace.sinks import LogSink
+
+    wav = write_wav(tmp_path / "m.wav", synthetic_music(5.0, 8000, seed=1), 8000)
+    config = parse_config({
+        "data_dir": str(tmp_path),
+        "stations": [{"name": "wd", "source": {"url": str(wav), "realtime": True, "loop": True}}],
+    })
+    catalog = HangingCatalog()
+    model = SharedModel(SpectralEncoder(), catalog, CatalogShape(1, {1: 1}))  # type: ignore[arg-type]
+    notifier = SdNotifier(str(notify_socket.path), watchdog_usec=400_000)  # ping every 0.2 s
+    service = Service(config, sinks=[LogSink()], notifier=notifier, model=model)
+
+    def pings() -> int:
+        return sum(m == "WATCHDOG=1" for m in notify_socket.drain())
+
+    async def scenario() -> tuple[int, int]:
+        task = asyncio.create_task(service.run())
+        await asyncio.to_thread(notify_socket.wait_for, "READY=1", 10)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(notify_socket.wait_for, "WATCHDOG=1", 2)
+        healthy = pings()
+        catalog.hang.set()  # the next search never returns: windows stop being processed
+        await asyncio.sleep(1.0)
+        stuck_from = pings()
+        await asyncio.sleep(2.0)
+        stuck_after = pings()
+        catalog.release.set()
+        service.request_stop()
+        async with asyncio.timeout(10):
+            assert await task == 0
+        return healthy, stuck_after - stuck_from
+
+    healthy, while_stuck = asyncio.run(scenario())
+    assert healthy >= 3, "pings while windows are processed"
+    assert while_stuck == 0, "no pings while the pipeline is stuck"

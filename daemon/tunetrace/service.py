@@ -98,8 +98,11 @@ class Service:
         *,
         sinks: Sequence[EventSink] | None = None,
         notifier: SdNotifier | None = None,
+        model: SharedModel | None = None,
     ) -> None:
+        """``sinks``/``model`` replace the configured ones (embedding, tests, benchmarks)."""
         self._config = config
+        self._model = model
         self._sinks = list(sinks) if sinks is not None else None
         self._notifier = notifier or SdNotifier.from_environment()
         self._stop = asyncio.Event()
@@ -126,7 +129,11 @@ class Service:
     async def _run(self) -> int:
         config = self._config
         self._notifier.status("loading the encoder and the catalog")
-        model, closer = await asyncio.to_thread(open_model, config)
+        closer: _Closer
+        if self._model is None:
+            model, closer = await asyncio.to_thread(open_model, config)
+        else:
+            model, closer = self._model, _NothingToClose()
         sinks = self._sinks if self._sinks is not None else default_sinks(config)
         sink = FanoutSink(sinks)
         executor = ThreadPoolExecutor(
@@ -192,6 +199,11 @@ class Service:
 
 class _Closer(Protocol):
     def close(self) -> None: ...
+
+
+class _NothingToClose:
+    def close(self) -> None:
+        return None
 
 
 def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
