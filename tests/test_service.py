@@ -290,7 +290,9 @@ class HangingCatalog:
         return {}
 
 
-def test_watchdog_is_fed_only_while_the_pipeline_progresses(tmp_path: Path, notify_socket: NotifySocket) -> None:
+def test_watchdog_is_fed_only_while_the_pipeline_progresses(
+    tmp_path: Path, notify_socket: NotifySocket,
+) -> None:
     import asyncio
 
     from tests.fixtures.audio import synthetic_music, write_wav
