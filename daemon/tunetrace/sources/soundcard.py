@@ -9,6 +9,7 @@ at its own rate and channel count, then downmixed and resampled to the encoder's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from math import gcd
@@ -125,7 +126,12 @@ class SoundcardSource:
             if status.input_overflow:
                 log.debug("%s: input overflow", self.description)
             mono = indata.mean(axis=1, dtype=np.float32) if indata.shape[1] > 1 else indata[:, 0].copy()
-            loop.call_soon_threadsafe(enqueue, mono)
+            with contextlib.suppress(RuntimeError):  # the loop closed while the stream was stopping
+                loop.call_soon_threadsafe(enqueue, mono)
+
+        def finished() -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(failed.append, "stream stopped")
 
         try:
             device = _pick_device(sd, self._device)
@@ -133,7 +139,7 @@ class SoundcardSource:
             stream = sd.InputStream(
                 samplerate=rate, channels=self._channels, dtype="float32", device=device,
                 callback=callback, blocksize=max(1, round(rate * BLOCK_S)),
-                finished_callback=lambda: loop.call_soon_threadsafe(failed.append, "stream stopped"),
+                finished_callback=finished,
             )
         except (sd.PortAudioError, ValueError) as exc:
             raise SourceError(f"{self.description}: cannot open: {exc}") from exc
