@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.signal import correlate
 
 from tests.fixtures.audio import Clip, cut_clip
 from tests.fixtures.milvus import BuiltCatalog
@@ -141,16 +142,39 @@ def test_twenty_random_excerpts_of_the_soundtrack_are_identified(
         duration_s = warzone_catalog.tracks[source].duration_s
         start_s = round(float(rng.uniform(0.0, duration_s - EXCERPT_S - 0.5)), 3)
         excerpt = cut_clip(source, tmp_path / f"excerpt-{n}.wav", start_s, EXCERPT_S, 44100)
-        result = engine.identify(decode_file(excerpt.path, RATE))
+        query = decode_file(excerpt.path, RATE)
+        result = engine.identify(query)
         expected = warzone_catalog.tracks[source]
-        if (
-            result.track is None
-            or result.track.track_id != expected.track_id
-            or abs(result.offset_s - start_s) > OFFSET_TOLERANCE_S
-        ):
+        exact = (
+            result.track is not None
+            and result.track.track_id == expected.track_id
+            and abs(result.offset_s - start_s) <= OFFSET_TOLERANCE_S
+        )
+        elsewhere = result.track is not None and plays_there(
+            Path(result.track.source_path), result.offset_s, query
+        )
+        if not exact and not elsewhere:
             misses.append(f"{source.name} at {start_s} s -> {result.track and result.track.title} "
                           f"at {result.offset_s:.2f} s (confidence {result.confidence:.2f})")
     assert misses == []
+
+
+def plays_there(recording: Path, offset_s: float, query: np.ndarray) -> bool:
+    """Whether ``recording`` holds the query's audio within half a second of ``offset_s``.
+
+    Game music loops: track16 repeats a 15.36 s phrase verbatim, and ``menu.opus`` is contained in
+    ``menu_enhanced.opus``. An answer pointing at another place with the same audio is right too;
+    this checks that by waveform correlation, independently of the encoder.
+    """
+    audio = decode_file(recording, RATE)
+    start = max(0, round((offset_s - OFFSET_TOLERANCE_S) * RATE))
+    span = audio[start : start + query.size + round(2 * OFFSET_TOLERANCE_S * RATE)]
+    if span.size < query.size:
+        return False
+    dots = correlate(span.astype(np.float64), query.astype(np.float64), mode="valid")
+    energies = np.sqrt(np.convolve(span.astype(np.float64) ** 2, np.ones(query.size), mode="valid"))
+    similarity = dots / (energies * np.linalg.norm(query) + 1e-12)
+    return float(similarity.max()) > 0.9
 
 
 @pytest.mark.slow
