@@ -171,8 +171,10 @@ def plays_there(recording: Path, offset_s: float, query: np.ndarray) -> bool:
     span = audio[start : start + query.size + round(2 * OFFSET_TOLERANCE_S * RATE)]
     if span.size < query.size:
         return False
-    dots = correlate(span.astype(np.float64), query.astype(np.float64), mode="valid")
-    energies = np.sqrt(np.convolve(span.astype(np.float64) ** 2, np.ones(query.size), mode="valid"))
+    span64, query64 = span.astype(np.float64), query.astype(np.float64)
+    dots = correlate(span64, query64, mode="valid", method="fft")
+    running = np.concatenate([[0.0], np.cumsum(span64**2)])
+    energies = np.sqrt(np.maximum(running[query.size :] - running[: -query.size], 0.0))
     similarity = dots / (energies * np.linalg.norm(query) + 1e-12)
     return float(similarity.max()) > 0.9
 
