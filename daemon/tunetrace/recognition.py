@@ -224,7 +224,7 @@ class StreamClock:
 class StationStats:
     windows_processed: int = 0
     last_progress_monotonic: float = 0.0
-    """Last time the recognition task finished a batch or idled legitimately (watchdog input)."""
+    """Last time the recognition task finished a batch of windows (the watchdog's input)."""
 
 
 class Station:
