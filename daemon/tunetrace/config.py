@@ -82,8 +82,10 @@ class MatcherConfig(_Section):
     """Hits whose catalog-minus-query offsets differ by at most this much vote together."""
     min_similarity: float = -1.0
     """Hits less similar than this never vote (inner product of unit vectors, in [-1, 1])."""
-    min_confidence: float = Field(default=0.25, ge=0, le=1)
-    """Answers below this confidence are reported as "no match"."""
+    min_confidence: float = Field(default=0.2, ge=0, le=1)
+    """Answers below this confidence are reported as "no match".  Confidence is the winner's
+    time-consistent evidence in excess of the best other track's; 0.2 was calibrated on hold-out
+    music (no false positive in 150 excerpts of 3-10 s) before the reported evaluation."""
     min_aligned_windows: int = Field(default=3, ge=1)
     """A match needs at least this many query windows agreeing in time."""
     speed_ratios: tuple[float, ...] = (1.0,)

@@ -7,7 +7,7 @@ the configured ratios; the best time-consistent answer wins and reports its rati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import gcd
 
 import numpy as np
@@ -15,9 +15,12 @@ from scipy.signal import resample_poly
 
 from tunetrace.config import MatcherConfig
 from tunetrace.encoders.base import Encoder
-from tunetrace.matcher import Candidate, CatalogShape, VotingParams, vote
+from tunetrace.matcher import Candidate, CatalogShape, VotingParams, decisive, vote
 from tunetrace.store import CatalogStore, Track
 from tunetrace.windows import frame
+
+_CONTRAST_CANDIDATES = 8
+"""Candidates ranked per query: enough to find the best track other than the winner."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,11 @@ class Recognizer:
             vectors = self._encoder.embed(windows)
             hits = self._store.search(vectors, self._config.top_k)
             times_s = starts / self._query_spec.sample_rate
-            ranked = vote(hits, times_s, self._params, self._shape, max_candidates=1)
-            if ranked and (best is None or ranked[0].confidence > best.confidence):
-                c = ranked[0]
-                best = Candidate(
-                    c.track_id, c.alignment_s, c.confidence, c.aligned_windows, c.query_windows, ratio
-                )
+            ranked = vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
+            span_s = float(times_s[-1] - times_s[0])
+            winner = decisive(ranked, span_s, self._params.catalog_hop_s)
+            if winner is not None and (best is None or winner.confidence > best.confidence):
+                best = replace(winner, speed_ratio=ratio)
         return self._decide(best)
 
     def _decide(self, best: Candidate | None) -> Identification:

@@ -7,13 +7,16 @@ winner's within a tolerance count, and the count is corrected for how many such 
 track of that length would collect by chance, so long tracks do not win on size alone.
 
 ``vote`` is a pure function over a batch of hits, used both by one-shot identification and by
-the live daemon over its sliding horizon.
+the live daemon over its sliding horizon.  ``decisive`` then asks how clearly the winner beats the
+best *other* track: chance alignments are the maximum over every track and every alignment, so
+their level is measured on the query itself instead of modelled, which makes one threshold work
+for 3 s and 10 s queries alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +37,8 @@ class Candidate:
     """Distinct catalog windows confirmed by a time-consistent hit."""
     query_windows: int
     speed_ratio: float = 1.0
+    supporting_windows: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
+    """Query windows whose hits agree with this alignment (used to explain evidence away)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,46 @@ def vote(
     return candidates[:max_candidates]
 
 
+FULL_EVIDENCE_WINDOWS = 9
+"""Catalog windows a query must span (5 s at 1 s windows and 0.5 s hop) for full confidence;
+shorter queries are discounted in proportion, since a few chance agreements weigh more there."""
+
+
+def decisive(ranked: Sequence[Candidate], span_s: float, catalog_hop_s: float) -> Candidate | None:
+    """The winner with its confidence replaced by its margin over the best other track.
+
+    Evidence another track collects from query windows the winner does *not* explain is what
+    chance produces for this query, so only the winner's excess over it counts.  Evidence from the
+    same windows is explained away: that is a duplicate recording in the catalog (a remaster, an
+    album and a single version), not a competing answer.  Repeats inside the winning track never
+    count against it.
+    """
+    if not ranked:
+        return None
+    best = ranked[0]
+    runner_up = max(
+        (_unexplained(c, best) for c in ranked[1:] if c.track_id != best.track_id), default=0.0
+    )
+    spanned = span_s / catalog_hop_s + 1.0
+    margin = max(0.0, best.confidence - runner_up) * min(1.0, spanned / FULL_EVIDENCE_WINDOWS)
+    return Candidate(
+        best.track_id, best.alignment_s, margin, best.aligned_windows, best.query_windows,
+        best.speed_ratio,
+    )
+
+
+DUPLICATE_OVERLAP = 0.7
+"""Share of a rival's supporting windows that the winner also explains, from which the rival is
+taken for a duplicate recording rather than chance (chance rivals share few windows)."""
+
+
+def _unexplained(rival: Candidate, winner: Candidate) -> float:
+    if not rival.supporting_windows:
+        return rival.confidence
+    shared = len(rival.supporting_windows & winner.supporting_windows) / len(rival.supporting_windows)
+    return rival.confidence * (1.0 - shared) if shared >= DUPLICATE_OVERLAP else rival.confidence
+
+
 def _best_alignment(
     track_rows: np.ndarray, track_id: int, n_windows: int, span_s: float, params: VotingParams,
     catalog: CatalogShape,
@@ -111,6 +156,7 @@ def _best_alignment(
     possible = span_s / params.catalog_hop_s + 1.0
     centres = np.unique(np.round(alignments / params.catalog_hop_s)) * params.catalog_hop_s
     best: tuple[float, float, int] = (-1.0, 0.0, 0)
+    supporting: frozenset[int] = frozenset()
     for centre in centres:
         near = np.abs(alignments - centre) <= params.offset_tolerance_s + 1e-9
         indices, inverse = np.unique(catalog_index[near], return_inverse=True)
@@ -119,10 +165,13 @@ def _best_alignment(
         evidence = float(np.clip(per_catalog_window, 0.0, 1.0).sum())
         if evidence > best[0]:
             best = (evidence, float(np.median(alignments[near])), int(indices.size))
+            supporting = frozenset(int(w) for w in track_rows[near, 0])
     evidence, alignment, confirmed = best
     chance = min(possible, _chance_agreements(track_id, n_windows, params, catalog))
     confidence = max(0.0, evidence - chance) / max(1.0, possible - chance)
-    return Candidate(track_id, alignment, float(min(1.0, confidence)), confirmed, n_windows)
+    return Candidate(
+        track_id, alignment, float(min(1.0, confidence)), confirmed, n_windows, 1.0, supporting
+    )
 
 
 def _chance_agreements(track_id: int, n_windows: int, params: VotingParams, catalog: CatalogShape) -> float:
