@@ -12,9 +12,9 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 from math import gcd
+from typing import Any
 
 import numpy as np
-from scipy.signal import butter, correlate, fftconvolve, resample_poly, sosfiltfilt
 
 from tunetrace.decode import _tool
 from tunetrace.errors import DecodeError
@@ -32,6 +32,18 @@ MP3_MAX_DELAY_FRAMES = 2
 """Encoder plus decoder delay is under one frame for LAME; two leaves room for other builds."""
 _FFMPEG_TIMEOUT_S = 60.0
 
+
+
+class _LazySignal:
+    """``scipy.signal`` takes seconds to import; only evaluation runs need it, not ``--help``."""
+
+    def __getattr__(self, name: str) -> Any:
+        import scipy.signal
+
+        return getattr(scipy.signal, name)
+
+
+signal = _LazySignal()
 
 def _f32(values: np.ndarray) -> np.ndarray:
     out: np.ndarray = np.asarray(values, dtype=np.float32)
@@ -78,7 +90,7 @@ def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     if from_hz == to_hz:
         return _f32(audio)
     divisor = gcd(from_hz, to_hz)
-    return _f32(resample_poly(audio, to_hz // divisor, from_hz // divisor))
+    return _f32(signal.resample_poly(audio, to_hz // divisor, from_hz // divisor))
 
 
 def speed_change(audio: np.ndarray, speed_ratio: float) -> np.ndarray:
@@ -90,7 +102,7 @@ def speed_change(audio: np.ndarray, speed_ratio: float) -> np.ndarray:
     if abs(speed_ratio - 1.0) < 1e-9:
         return _f32(audio)
     down, up = _ratio(speed_ratio)  # fewer samples out when faster: resample by 1/ratio
-    return _f32(resample_poly(audio, up, down))
+    return _f32(signal.resample_poly(audio, up, down))
 
 
 def synthetic_impulse_response(
@@ -113,17 +125,19 @@ def synthetic_impulse_response(
 
 def reverb(audio: np.ndarray, impulse_response: np.ndarray) -> np.ndarray:
     """Convolve with ``impulse_response``; the tail past the end is cut, so the length is kept."""
-    return _f32(fftconvolve(audio, impulse_response)[: audio.size])
+    return _f32(signal.fftconvolve(audio, impulse_response)[: audio.size])
 
 
 def band_pass(audio: np.ndarray, sample_rate: int, low_hz: float, high_hz: float) -> np.ndarray:
     """Zero-phase Butterworth band-pass (forwards and backwards: no group delay, so offsets stay)."""
     nyquist = sample_rate / 2.0
     if high_hz >= nyquist:
-        sos = butter(TELEPHONE_FILTER_ORDER, low_hz, "highpass", fs=sample_rate, output="sos")
+        sos = signal.butter(TELEPHONE_FILTER_ORDER, low_hz, "highpass", fs=sample_rate, output="sos")
     else:
-        sos = butter(TELEPHONE_FILTER_ORDER, [low_hz, high_hz], "bandpass", fs=sample_rate, output="sos")
-    return _f32(sosfiltfilt(sos, audio))
+        sos = signal.butter(
+            TELEPHONE_FILTER_ORDER, [low_hz, high_hz], "bandpass", fs=sample_rate, output="sos"
+        )
+    return _f32(signal.sosfiltfilt(sos, audio))
 
 
 def telephone(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -178,7 +192,7 @@ def codec_delay(reference: np.ndarray, delayed: np.ndarray, max_lag: int) -> int
     n = min(reference.size, delayed.size - max_lag)
     if n <= 0:
         return 0
-    scores = correlate(delayed[: n + max_lag], reference[:n], mode="valid", method="fft")
+    scores = signal.correlate(delayed[: n + max_lag], reference[:n], mode="valid", method="fft")
     return int(np.argmax(scores))
 
 
