@@ -44,6 +44,7 @@ from tunetrace.store import CatalogStore
 log = logging.getLogger(__name__)
 
 BATCH_WINDOWS_MAX = 64
+_CLOSE_CATALOG_S = 2.0
 RING_CAPACITY_S = 30.0
 """Audio each station's ring holds: room to catch up after a slow batch without dropping."""
 
@@ -180,7 +181,11 @@ class Service:
         except TimeoutError:
             log.error("shutdown exceeded %.1f s; some events may be unpublished", deadline_s)
         executor.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(closer.close)
+        try:
+            async with asyncio.timeout(_CLOSE_CATALOG_S):
+                await asyncio.to_thread(closer.close)
+        except TimeoutError:
+            log.warning("the catalog did not close within %.0f s; exiting anyway", _CLOSE_CATALOG_S)
         log.info("stopped in %.2f s", time.monotonic() - started)
 
     async def _watchdog(self) -> None:
