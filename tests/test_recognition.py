@@ -1,0 +1,48 @@
+"""The live pipeline on a file read as fast as possible: same stations, windows, voting and tracker
+as the daemon, on the stream clock, so the plays of a known schedule are checked exactly and fast."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.audio import Clip, write_wav
+from tests.fixtures.milvus import BuiltCatalog
+from tunetrace.bench_live import EPOCH, plays_from_events, run_stream
+from tunetrace.decode import decode_file
+
+RATE = 8000
+
+
+def test_a_schedule_of_excerpts_yields_one_play_each_with_back_dated_times_and_positions(
+    clip_catalog: BuiltCatalog, real_clips: list[Clip], holdout_clips: list[Clip], tmp_path: Path,
+) -> None:
+    first = decode_file(real_clips[0].path, RATE)
+    second = decode_file(real_clips[1].path, RATE)
+    unknown = decode_file(holdout_clips[0].path, RATE)
+    silence = np.zeros(2 * RATE, np.float32)
+    # 0-2 silence | 2-22 clip 0 from 10 s | 22-32 unknown | 32-34 silence | 34-56 clip 1 from 3 s
+    # directly followed by 56-70 clip 0 from 20 s | 70-82 silence
+    stream = np.concatenate([
+        silence, first[10 * RATE : 30 * RATE], unknown[: 10 * RATE], silence,
+        second[3 * RATE : 25 * RATE], first[20 * RATE : 34 * RATE], np.zeros(12 * RATE, np.float32),
+    ])
+    wav = write_wav(tmp_path / "stream.wav", stream, RATE)
+
+    events, _ = asyncio.run(run_stream(clip_catalog.config, wav))
+
+    ids = [clip_catalog.tracks[c.path].track_id for c in real_clips]
+    plays = plays_from_events(events[0])
+    assert [p.track_id for p in plays] == [ids[0], ids[1], ids[0]]
+    expected = [(2.0, 22.0, 10.0), (34.0, 56.0, 3.0), (56.0, 70.0, 20.0)]
+    for play, (start_s, end_s, position_s) in zip(plays, expected, strict=True):
+        assert play.start_s == pytest.approx(start_s, abs=1.0)
+        assert play.end_s == pytest.approx(end_s, abs=1.5)
+        assert play.position_start_s == pytest.approx(position_s + (play.start_s - start_s), abs=0.6)
+        assert play.decided_s - start_s < 6.0, "now-playing latency on the stream clock"
+    kinds = [e.kind for _, e in events[0]]
+    assert kinds == ["play_started", "play_ended"] * 3
+    assert all(e.play.started_at >= EPOCH for _, e in events[0])
