@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -152,6 +152,8 @@ class _Progress:
     last_checkpoint: float
     losses: list[float]
     metrics: dict[str, Any]
+    validation: dict[str, float] = field(default_factory=dict)
+    """The latest validation metrics (recorded in checkpoints and the sidecar)."""
 
 
 def fit(
@@ -215,9 +217,7 @@ def fit(
                 validate = val_batch is not None and (done % config.val_every_steps == 0 or last)
                 _log_metrics(trainer, state, done, lr, val_batch=val_batch if validate else None, sink=sink)
             if time.monotonic() - state.last_checkpoint > config.checkpoint_every_s or last:
-                training.update(
-                    step=done, loss=state.metrics.get("loss"), val_top1=state.metrics.get("val_top1")
-                )
+                training.update(step=done, loss=state.metrics.get("loss"), **state.validation)
                 _checkpoint(trainer, checkpoint, done, training)
                 state.last_checkpoint = time.monotonic()
                 added = refresh_codec_copies(train_pool, config.data.cache_dir, _codec_tags(config))
@@ -241,7 +241,8 @@ def _log_metrics(
     }
     state.losses = []
     if val_batch is not None:
-        state.metrics.update(trainer.validate(val_batch))
+        state.validation = trainer.validate(val_batch)
+        state.metrics.update(state.validation)
     sink.write(json.dumps(state.metrics) + "\n")
     sink.flush()
     log.info("%s", state.metrics)
