@@ -35,8 +35,9 @@ from tests.fixtures.mqtt import (
     make_play,
     schema_validator,
 )
+from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MqttConfig
-from tunetrace.publisher import Backoff, MqttPublisher, Topics
+from tunetrace.publisher import MqttPublisher, Topics
 from tunetrace.sinks import StationHealth
 
 T = TypeVar("T")
@@ -463,7 +464,7 @@ def test_an_unreachable_broker_is_warned_about_once_per_outage(
 
 
 def test_backoff_is_capped_and_jittered() -> None:
-    backoff = Backoff(initial_s=1.0, max_s=8.0)
+    backoff = Backoff(BackoffPolicy(initial_s=1.0, max_s=8.0))
     delays = [backoff.next_delay_s() for _ in range(10)]
     for attempt, delay in enumerate(delays):
         cap = min(8.0, 2.0**attempt)

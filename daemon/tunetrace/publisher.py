@@ -50,6 +50,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from tunetrace import __version__
+from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MqttConfig
 from tunetrace.errors import ConfigError
 from tunetrace.events import Play, PlayEvent
@@ -209,31 +210,6 @@ def _encode(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-# -- reconnect policy ------------------------------------------------------------------------------
-
-
-class Backoff:
-    """Capped exponential backoff with "equal jitter": a delay in [cap/2, cap], cap doubling per failure.
-
-    The jitter spreads reconnects of many daemons after a broker restart; the floor keeps a
-    failing broker from being hammered.
-    """
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self._initial_s = initial_s
-        self._max_s = max(max_s, initial_s)
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._failures = 0
-
-    def next_delay_s(self) -> float:
-        cap_s = min(self._max_s, self._initial_s * 2 ** min(self._failures, 32))
-        self._failures += 1
-        return self._rng.uniform(cap_s / 2, cap_s)
-
-    def reset(self) -> None:
-        self._failures = 0
-
-
 # -- the publisher ---------------------------------------------------------------------------------
 
 
@@ -373,7 +349,9 @@ class MqttPublisher:
     # -- connection task ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = Backoff(self._config.reconnect_initial_s, self._config.reconnect_max_s, self._rng)
+        backoff = Backoff(
+            BackoffPolicy(self._config.reconnect_initial_s, self._config.reconnect_max_s), self._rng
+        )
         failures_in_row = 0
         while not self._closing.is_set():
             connected_at: float | None = None

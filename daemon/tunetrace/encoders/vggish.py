@@ -167,7 +167,7 @@ def _safe_load(torch_mod: ModuleType, path: Path) -> object:
     """
     if not path.is_file():
         raise ModelError(f"{path}: file not found")
-    from numpy._core.multiarray import _reconstruct  # noqa: PLC0415 - private, used only here
+    from numpy._core.multiarray import _reconstruct
 
     allowed: list[Any] = [
         _reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import SourceConfig
 from tunetrace.sources.base import (
     AudioBlock,
     AudioSource,
-    Backoff,
-    BackoffPolicy,
     RunnerParams,
     SourceError,
     SourceRunner,
