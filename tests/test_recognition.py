@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.audio import Clip, write_wav
-from tests.fixtures.milvus import BuiltCatalog
+from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
 from tunetrace.bench_live import EPOCH, plays_from_events, run_stream
 from tunetrace.decode import decode_file
 
@@ -32,7 +32,9 @@ def test_a_schedule_of_excerpts_yields_one_play_each_with_back_dated_times_and_p
     ])
     wav = write_wav(tmp_path / "stream.wav", stream, RATE)
 
-    events, _ = asyncio.run(run_stream(clip_catalog.config, wav))
+    private = private_catalog_copy(clip_catalog, tmp_path / "data")
+    config = clip_catalog.config.model_copy(update={"data_dir": private})
+    events, _ = asyncio.run(run_stream(config, wav))
 
     ids = [clip_catalog.tracks[c.path].track_id for c in real_clips]
     plays = plays_from_events(events[0])

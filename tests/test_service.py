@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.audio import Clip
-from tests.fixtures.milvus import BuiltCatalog
+from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
 from tunetrace.sdnotify import SdNotifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,20 +152,6 @@ def wait_for_event(
     raise AssertionError(f"no {kind} in {path} within {timeout_s} s: {read_play_log(path)}")
 
 
-def private_catalog_copy(catalog: BuiltCatalog, data_dir: Path) -> Path:
-    """A copy of a Milvus Lite catalog for a daemon subprocess.
-
-    Milvus Lite keeps serving (and locking) a database in the process that opened it, even after
-    the client is closed, so a second process opening the same files waits forever.
-    """
-    source = Path(catalog.config.milvus_uri())
-    data_dir.mkdir(parents=True, exist_ok=True)
-    target = data_dir / "catalog.db"
-    if source.is_dir():
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.lock", "LOCK"))
-    else:
-        shutil.copy2(source, target)
-    return data_dir
 
 
 def test_sigterm_ends_the_open_play_and_stops_in_order_within_5_s(
