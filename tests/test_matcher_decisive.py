@@ -46,3 +46,17 @@ def test_short_query_is_discounted_in_proportion_to_its_span() -> None:
 
 def test_no_candidates_means_no_winner() -> None:
     assert decisive([], FULL_SPAN_S, HOP_S) is None
+
+
+def test_duplicate_encoded_off_grid_is_still_explained_away() -> None:
+    winner = _candidate(1, 0.9, range(0, 60, 3))
+    other_encode = _candidate(2, 0.85, range(1, 60, 3))  # same moments, one query window later
+    result = decisive([winner, other_encode], FULL_SPAN_S, HOP_S)
+    assert result is not None and abs(result.confidence - 0.9) < 1e-9
+
+
+def test_weak_rival_on_the_same_windows_is_chance_not_a_duplicate() -> None:
+    winner = _candidate(1, 0.3, range(0, 10))
+    weak_rival = _candidate(2, 0.25, range(0, 10))
+    result = decisive([winner, weak_rival], FULL_SPAN_S, HOP_S)
+    assert result is not None and abs(result.confidence - 0.05) < 1e-9

@@ -134,10 +134,25 @@ DUPLICATE_OVERLAP = 0.7
 taken for a duplicate recording rather than chance (chance rivals share few windows)."""
 
 
+NEIGHBOURING_WINDOWS = 2
+"""A rival window this close to a winner's window counts as the same moment: two encodes of one
+recording are rarely sample-aligned, so their best-matching query windows differ by a window or two."""
+
+
+DUPLICATE_MIN_CONFIDENCE = 0.5
+"""Only a rival that is itself a confident match can be a duplicate recording; chance rivals on
+unknown music stay far below this (at most 0.34 in the calibration data)."""
+
+
 def _unexplained(rival: Candidate, winner: Candidate) -> float:
-    if not rival.supporting_windows:
+    if not rival.supporting_windows or rival.confidence < DUPLICATE_MIN_CONFIDENCE:
         return rival.confidence
-    shared = len(rival.supporting_windows & winner.supporting_windows) / len(rival.supporting_windows)
+    near_winner = {
+        w + shift
+        for w in winner.supporting_windows
+        for shift in range(-NEIGHBOURING_WINDOWS, NEIGHBOURING_WINDOWS + 1)
+    }
+    shared = len(rival.supporting_windows & near_winner) / len(rival.supporting_windows)
     return rival.confidence * (1.0 - shared) if shared >= DUPLICATE_OVERLAP else rival.confidence
 
 
