@@ -23,7 +23,7 @@ import numpy as np
 from tunetrace.config import EncoderConfig, MatcherConfig
 from tunetrace.encoders import create_encoder
 from tunetrace.encoders.base import Encoder
-from tunetrace.matcher import CatalogShape, VotingParams, vote
+from tunetrace.matcher import CatalogShape, VotingParams, decisive, vote
 from tunetrace.store import Hit
 from tunetrace.train.augment import (
     add_noise,
@@ -92,13 +92,35 @@ def build_catalog(encoder: Encoder, pool: AudioPool) -> Catalog:
     return Catalog(np.concatenate(vectors), track, np.concatenate(offsets), shape)
 
 
-def identify(
-    encoder: Encoder, catalog: Catalog, snippet: np.ndarray, matcher: MatcherConfig
-) -> tuple[int, bool]:
-    """(best track or -1, whether the matcher would report it)."""
+CONTRAST_CANDIDATES = 8
+"""Candidates ``decisive`` compares, as in ``tunetrace.identify``."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    track: int
+    """Best candidate's track index, -1 when nothing voted."""
+    confidence: float
+    aligned_windows: int
+
+    def accepted(self, matcher: MatcherConfig, min_confidence: float | None = None) -> bool:
+        threshold = matcher.min_confidence if min_confidence is None else min_confidence
+        return self.confidence >= threshold and self.aligned_windows >= matcher.min_aligned_windows
+
+
+CONFIDENCE_SWEEP = (0.3, 0.4, 0.5)
+"""Extra ``min_confidence`` values reported, to choose an operating point per encoder."""
+
+
+def identify(encoder: Encoder, catalog: Catalog, snippet: np.ndarray, matcher: MatcherConfig) -> Answer:
+    """The matcher's best answer for ``snippet``, mirroring ``Recognizer.identify``.
+
+    Same query hop (``query_hop_s`` or a tenth of the catalog hop), voting, ``decisive`` margin and
+    thresholds; only the nearest-neighbour search is brute force instead of Milvus.
+    """
     hop_s = encoder.info.hop_s
-    windows, starts = frame(snippet, encoder.info.window_spec.with_hop(matcher.query_hop_s or hop_s / 2))
-    queries = encoder.embed(windows)
+    windows, starts = frame(snippet, encoder.info.window_spec.with_hop(matcher.query_hop_s or hop_s / 10))
+    queries = encoder.embed(windows) if len(windows) <= EMBED_BATCH else embed_all(encoder, windows)
     similarity = queries @ catalog.vectors.T
     k = min(matcher.top_k, similarity.shape[1])
     top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
@@ -106,14 +128,13 @@ def identify(
         [Hit(i, int(catalog.track[j]), float(catalog.offset_s[j]), float(similarity[i, j])) for j in row]
         for i, row in enumerate(top)
     ]
-    candidates = vote(hits, starts / SAMPLE_RATE, VotingParams.from_config(matcher, hop_s), catalog.shape)
-    if not candidates:
-        return -1, False
-    best = candidates[0]
-    accepted = (
-        best.confidence >= matcher.min_confidence and best.aligned_windows >= matcher.min_aligned_windows
-    )
-    return best.track_id, accepted
+    times_s = starts / SAMPLE_RATE
+    params = VotingParams.from_config(matcher, hop_s)
+    ranked = vote(hits, times_s, params, catalog.shape, max_candidates=CONTRAST_CANDIDATES)
+    best = decisive(ranked, float(times_s[-1] - times_s[0]), hop_s)
+    if best is None:
+        return Answer(-1, 0.0, 0)
+    return Answer(best.track_id, best.confidence, best.aligned_windows)
 
 
 def _snippet(pool: AudioPool, rng: np.random.Generator, n: int) -> tuple[int, np.ndarray]:
@@ -141,20 +162,38 @@ def evaluate(
     results: dict[str, dict[str, float]] = {}
     for name in conditions:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
-        hits = top1 = 0
+        answers: list[tuple[int, Answer]] = []
         for _ in range(queries):
             truth, snippet = _snippet(catalog_pool, rng, n)
-            found, accepted = identify(encoder, catalog, CONDITIONS[name](snippet, rng, others), matcher)
-            top1 += found == truth
-            hits += found == truth and accepted
-        results[name] = {"hit_rate": hits / queries, "top1": top1 / queries, "queries": queries}
+            answers.append(
+                (truth, identify(encoder, catalog, CONDITIONS[name](snippet, rng, others), matcher))
+            )
+        results[name] = {
+            "hit_rate": _share(answers, matcher, None),
+            "top1": sum(a.track == t for t, a in answers) / queries,
+            **{f"hit_rate@{c}": _share(answers, matcher, c) for c in CONFIDENCE_SWEEP},
+            "queries": queries,
+        }
         log.info("%s: %s", name, results[name])
     rng = np.random.default_rng([seed, 1])
-    false_positives = sum(
-        identify(encoder, catalog, _snippet(others, rng, n)[1], matcher)[1] for _ in range(queries)
-    )
-    results["not_in_catalog"] = {"false_positive_rate": false_positives / queries, "queries": queries}
+    unknown = [(-2, identify(encoder, catalog, _snippet(others, rng, n)[1], matcher)) for _ in range(queries)]
+    results["not_in_catalog"] = {
+        "false_positive_rate": _share(unknown, matcher, None, any_track=True),
+        **{f"false_positive_rate@{c}": _share(unknown, matcher, c, any_track=True) for c in CONFIDENCE_SWEEP},
+        "queries": queries,
+    }
     return results
+
+
+def _share(
+    answers: list[tuple[int, Answer]],
+    matcher: MatcherConfig,
+    min_confidence: float | None,
+    any_track: bool = False,
+) -> float:
+    """Share of answers accepted at ``min_confidence`` (and naming the right track unless ``any_track``)."""
+    good = sum(a.accepted(matcher, min_confidence) and (any_track or a.track == t) for t, a in answers)
+    return good / max(1, len(answers))
 
 
 def run_quickeval(config: TrainConfig, args: argparse.Namespace) -> int:
