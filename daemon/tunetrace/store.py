@@ -317,6 +317,24 @@ def _mismatch_message(recorded: dict[str, Any], expected: dict[str, Any]) -> str
     )
 
 
+_LITE_KEEPALIVE_MS = 360_000
+_CONNECT_ATTEMPTS = 3
+_CONNECT_RETRY_S = 1.0
+
+
+def _retrying(connect: Any) -> Any:
+    """Connect, retrying a transient "unavailable" (a server still starting, a GOAWAY) twice."""
+    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+        try:
+            return connect()
+        except MilvusException as exc:
+            if attempt == _CONNECT_ATTEMPTS or "unavailable" not in str(exc.message).lower():
+                raise
+            log.warning("Milvus not available yet (%s); retrying", exc.message)
+            time.sleep(_CONNECT_RETRY_S * attempt)
+    raise AssertionError("unreachable")
+
+
 def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
     is_server = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
     kwargs: dict[str, Any] = {"uri": uri, "timeout": config.timeout_s}
@@ -329,9 +347,15 @@ def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
             kwargs["server_pem_path"] = str(config.ca_file)
     else:
         Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # Milvus Lite's in-process gRPC server allows a keepalive ping only every 5 minutes and
+        # answers pymilvus' 10 s default with GOAWAY "too many pings", which fails the next call.
+        kwargs["grpc_options"] = {
+            "grpc.keepalive_time_ms": _LITE_KEEPALIVE_MS,
+            "grpc.keepalive_permit_without_calls": False,
+        }
     started = time.monotonic()
     try:
-        client = MilvusClient(**kwargs)
+        client = _retrying(lambda: MilvusClient(**kwargs))
     except MilvusException as exc:
         raise CatalogError(
             f"cannot connect to Milvus at {uri}: {exc.message}. Check milvus.uri and that the server "
