@@ -205,7 +205,10 @@ def test_stream_server_restart_is_survived_and_recognition_resumes(
                 while not any(e.kind == "play_started" for e in sink.events):
                     await asyncio.sleep(0.2)
             await asyncio.to_thread(icecast.stop)
-            await asyncio.sleep(4.0)
+            # Longer than the tracker's end_after_s: the open play must end during the outage. (A
+            # shorter one may legitimately continue it: this loop repeats every few seconds, so
+            # the resumed audio can match near the old position.)
+            await asyncio.sleep(config.tracker.end_after_s + 2.0)
             await asyncio.to_thread(icecast.start)
             await asyncio.to_thread(icecast.publish, clip.path, "loop.mp3", loop=True)
 

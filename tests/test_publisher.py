@@ -8,7 +8,6 @@ last-will and crash tests SIGKILL.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -18,22 +17,23 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiomqtt
 import pytest
 from pydantic import SecretStr
 
 from tests.fixtures.mqtt import (
     MQTT_PASSWORD,
+    WAIT_S,
     Mosquitto,
+    Received,
     free_port,
     make_event,
     make_play,
     schema_validator,
+    subscribed,
 )
 from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MqttConfig
@@ -42,8 +42,6 @@ from tunetrace.sinks import StationHealth
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
-WAIT_S = 10.0
-"""Upper bound for any single wait on the broker; normal runs take milliseconds."""
 
 
 def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
@@ -69,71 +67,6 @@ def config_for(broker: Mosquitto, prefix: str, **overrides: Any) -> MqttConfig:
     }
     values.update(overrides)
     return MqttConfig(**values)
-
-
-@dataclass(frozen=True)
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-    qos: int
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
-
-
-@dataclass
-class Subscriber:
-    """Collects every message on ``topics``; reconnects when the broker goes away and comes back.
-
-    ``persistent`` uses a fixed client id without clean session, so a restarted broker (with
-    persistence) queues QoS 1 messages for it while it is reconnecting, like a real consumer.
-    """
-
-    broker: Mosquitto
-    topics: tuple[str, ...]
-    persistent: bool = False
-    received: list[Received] = field(default_factory=list)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    client_id: str = field(default_factory=lambda: f"sub-{uuid.uuid4().hex[:8]}")
-
-    async def run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.client_id,
-                                          clean_session=not self.persistent) as client:
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self.connected.set()
-                    async for message in client.messages:
-                        assert isinstance(message.payload, bytes)
-                        self.received.append(
-                            Received(str(message.topic), message.payload, message.retain, message.qos)
-                        )
-            except aiomqtt.MqttError:
-                self.connected.clear()
-                await asyncio.sleep(0.05)
-
-    def on(self, topic: str) -> list[Received]:
-        return [m for m in self.received if m.topic == topic]
-
-    async def wait_for(self, predicate: Callable[[list[Received]], bool], timeout_s: float = WAIT_S) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not predicate(self.received):  # noqa: ASYNC110 - polling a plain list
-                await asyncio.sleep(0.01)
-
-
-@asynccontextmanager
-async def subscribed(broker: Mosquitto, *topics: str, persistent: bool = False) -> AsyncIterator[Subscriber]:
-    subscriber = Subscriber(broker, topics, persistent=persistent)
-    task = asyncio.create_task(subscriber.run())
-    try:
-        async with asyncio.timeout(WAIT_S):
-            await subscriber.connected.wait()
-        yield subscriber
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @asynccontextmanager

@@ -138,6 +138,26 @@ def test_for_realtime_sources_an_outage_advances_the_stream_clock() -> None:
     assert 0.1 < gap_s < 2.0, "the outage's wall time appears as a gap in the stream"
 
 
+def test_a_stalled_stream_counts_the_stall_itself_as_outage_time() -> None:
+    """The stream went quiet when its last block arrived, not when the stall was detected."""
+    block = np.full(800, 0.1, np.float32)
+
+    class StallsAfterOneBlock(ScriptedSource):
+        async def session(self) -> AsyncIterator[np.ndarray]:
+            self.started += 1
+            yield block
+            if self.started == 1:
+                await asyncio.sleep(3600)
+
+    stall_s, backoff_s = 0.6, 0.05
+    stream = StallsAfterOneBlock([], realtime=True)
+    runner = SourceRunner(stream, params(initial_s=backoff_s, max_s=backoff_s, stall_timeout_s=stall_s))
+    first, second = asyncio.run(take(runner, 2))
+    gap_s = (second.start_sample - first.start_sample - block.size) / RATE
+    assert gap_s >= stall_s, f"a gap of {gap_s:.2f} s leaves out the {stall_s} s stall"
+    assert gap_s < stall_s + 1.0
+
+
 def test_a_stalled_source_counts_as_down_and_is_restarted() -> None:
     block = np.full(800, 0.1, np.float32)
     source = ScriptedSource([[block], "hang", [block]], realtime=False)

@@ -30,7 +30,8 @@ from tunetrace.encoders.vggish import (
     postprocess,
 )
 from tunetrace.errors import ModelError
-from tunetrace.models_fetch import VGGISH_PCA_PARAMS, VGGISH_WEIGHTS, file_sha256
+from tunetrace.hashing import file_sha256
+from tunetrace.models_fetch import VGGISH_PCA_PARAMS, VGGISH_WEIGHTS
 
 SR = 16000
 

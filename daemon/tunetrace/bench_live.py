@@ -239,10 +239,13 @@ StationEvents = list[tuple[float, PlayEvent]]
 
 async def run_stream(
     config: Config, wav: Path, stations: int = 1, model: SharedModel | None = None,
+    *, realtime: bool = False, rss_samples: list[float] | None = None, rss_every_s: float = 300.0,
 ) -> tuple[list[StationEvents], float]:
     """Run ``stations`` copies of the stream through the pipeline; events per station, wall seconds.
 
     ``model``: an already opened encoder and catalog (opened, and closed after, when ``None``).
+    ``realtime``: read the stream at its real pace (a 60-minute stream takes an hour, as on air).
+    ``rss_samples``: filled with the resident memory every ``rss_every_s`` while the stream runs.
     """
     from tunetrace.service import build_station, open_model
 
@@ -257,7 +260,7 @@ async def run_stream(
     for index in range(stations):
         sink = CollectingSink()
         station_config = StationConfig(
-            name=f"bench{index}", source=SourceConfig(kind="ffmpeg", url=str(wav), realtime=False),
+            name=f"bench{index}", source=SourceConfig(kind="ffmpeg", url=str(wav), realtime=realtime),
         )
         station = build_station(
             station_config, config, opened, sink, executor, until_eof=True, wall_clock=lambda: EPOCH,
@@ -265,10 +268,17 @@ async def run_stream(
         sink.station = station
         sinks.append(sink)
         built.append(station)
+    async def sample_rss() -> None:
+        while rss_samples is not None:
+            rss_samples.append(round(rss_mib(), 1))
+            await asyncio.sleep(rss_every_s)
+
     started = time.perf_counter()
+    sampler = asyncio.create_task(sample_rss())
     async with asyncio.TaskGroup() as group:
         for station in built:
             group.create_task(station.run())
+    sampler.cancel()
     for station in built:
         await station.finish()
     wall_s = time.perf_counter() - started
@@ -293,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep-wav", type=Path, default=None, help="also save the rendered stream here")
     parser.add_argument("--show", action="store_true", help="print the true schedule and the plays")
+    parser.add_argument("--realtime", action="store_true",
+                        help="play the stream at real-time pace (memory over a long run; slow by design)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("grpc", "pymilvus", "milvus_lite"):
@@ -323,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         stream_s = audio.size / rate
         rss_start = rss_mib()
         cpu_start = time.process_time()
-        station_events, wall_s = asyncio.run(run_stream(config, wav, args.stations, model))
+        rss_samples: list[float] = []
+        station_events, wall_s = asyncio.run(run_stream(
+            config, wav, args.stations, model, realtime=args.realtime, rss_samples=rss_samples,
+        ))
         cpu_s = time.process_time() - cpu_start
         rss_end = rss_mib()
     plays = plays_from_events(station_events[0])
@@ -348,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         "stations_per_core": round(stream_s * args.stations / cpu_s, 1) if cpu_s > 0 else None,
         "rss_start_mib": round(rss_start, 1),
         "rss_end_mib": round(rss_end, 1),
+        "realtime": args.realtime,
+        "rss_every_5_min_mib": rss_samples,
         "plays": len(plays),
     }
     text = json.dumps(result, indent=2)

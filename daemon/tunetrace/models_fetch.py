@@ -15,7 +15,6 @@ deliberate forgery; pin full digests in ``ModelSpec`` once a trusted copy has be
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from tunetrace.config import default_data_dir, load_config
 from tunetrace.errors import ModelError
+from tunetrace.hashing import file_sha256
 
 Downloader = Callable[[str, BinaryIO], None]
 """Writes the body of ``url`` into the open binary file; raises ``OSError`` (incl. ``URLError``)."""
@@ -76,15 +76,6 @@ def expected_sha256_prefix(filename: str) -> str:
     if match is None:
         raise ModelError(f"{filename}: name carries no SHA-256 prefix to verify against")
     return match.group(1)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks so a 300 MB checkpoint is not held in memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_url(spec: ModelSpec, filename: str, base_url: str | None = None) -> str:

@@ -125,9 +125,11 @@ def now_playing_payload(station: str, play: Play | None, updated_at: datetime) -
 
 
 def health_state(health: StationHealth) -> str:
-    """One word for dashboards: ``down`` beats ``silent`` beats ``ok``."""
+    """One word for dashboards: ``down`` beats ``catalog_down`` beats ``silent`` beats ``ok``."""
     if not health.source_up:
         return "down"
+    if not health.catalog_up:
+        return "catalog_down"
     return "silent" if health.silent else "ok"
 
 
@@ -141,6 +143,7 @@ def health_payload(station: str, health: StationHealth, updated_at: datetime) ->
         "windows_processed": health.windows_processed,
         "last_audio_at": health.last_audio_at.isoformat() if health.last_audio_at else None,
         "reconnects": health.reconnects,
+        "catalog_up": health.catalog_up,
         "updated_at": updated_at.isoformat(),
     }
 

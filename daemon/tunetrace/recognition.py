@@ -26,8 +26,10 @@ from uuid import uuid4
 
 import numpy as np
 
+from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MatcherConfig, StationConfig, TrackerConfig
 from tunetrace.encoders.base import Encoder
+from tunetrace.errors import CatalogError
 from tunetrace.events import Play, PlayEvent
 from tunetrace.matcher import Candidate, CatalogShape, VotingParams, vote
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
@@ -56,6 +58,8 @@ DECISION_INTERVAL_S = 0.2
 """Stream time between two decisions; the tracker's confirmations are counted in decisions."""
 _TICK_S = 1.0
 """How often a station with no new audio re-checks its tracker (a source outage ends plays)."""
+CATALOG_RETRY = BackoffPolicy(initial_s=0.5, max_s=10.0)
+"""Waits between attempts while catalog searches fail (a Milvus server restarting)."""
 
 
 class Catalog(Protocol):
@@ -269,6 +273,7 @@ class Station:
             WindowSpec(sample_rate, window_s, spec_hop), max_pending_windows,
         )
         self._batch_windows = batch_windows
+        self._window_s = window_s
         self._health_interval_s = health_interval_s
         self._clock = StreamClock(sample_rate)
         self._data = asyncio.Event()
@@ -277,6 +282,8 @@ class Station:
         self._open: Play | None = None
         self._tracks: dict[int, Track] = {}
         self.stats = StationStats(last_progress_monotonic=time.monotonic())
+        self._catalog_up = True
+        self._catalog_retry = Backoff(CATALOG_RETRY)
         self._last_stream_s = 0.0
         self._capture_done = False
 
@@ -285,7 +292,7 @@ class Station:
         return StationHealth(
             source_up=state.up, silent=state.silent, dropped_windows=self._ring.dropped_windows,
             windows_processed=self.stats.windows_processed, last_audio_at=state.last_audio_at,
-            reconnects=state.reconnects,
+            reconnects=state.reconnects, catalog_up=self._catalog_up,
         )
 
     async def run(self) -> None:
@@ -342,7 +349,16 @@ class Station:
                     # The source is down: time still passes on the air, so an open play ends.
                     await self._apply(self._tracker.observe(Observation(now_s)))
                 continue
-            observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
+            try:
+                observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
+            except CatalogError as exc:
+                await self._catalog_failed(exc, batch)
+                continue
+            if not self._catalog_up:
+                self._catalog_up = True
+                self._catalog_retry.reset()
+                log.info("%s: the catalog answers again; recognition resumes", self.name)
+                self._health_changed.set()
             self.stats.windows_processed += len(batch)
             self.stats.last_progress_monotonic = time.monotonic()
             for observation in observations:
@@ -350,6 +366,24 @@ class Station:
                 await self._apply(self._tracker.observe(observation))
             if self._ring.pending_windows():
                 self._data.set()
+
+    async def _catalog_failed(self, error: CatalogError, batch: WindowBatch) -> None:
+        """Milvus is unreachable or restarting: the batch is lost, not the station.
+
+        Time still passes on the air, so the tracker sees an observation without evidence (an open
+        play ends after ``end_after_s``); the wait counts as progress for the watchdog, since
+        restarting the daemon would not bring the catalog back.
+        """
+        if self._catalog_up:
+            self._catalog_up = False
+            log.warning("%s: catalog search failed, retrying with backoff: %s", self.name, error)
+            self._health_changed.set()
+        self._ring.dropped_windows += len(batch)
+        stream_s = float(batch.start_samples[-1]) / self._rate + self._window_s
+        await self._apply(self._tracker.observe(Observation(stream_s)))
+        delay_s = self._catalog_retry.next_delay_s()
+        self.stats.last_progress_monotonic = time.monotonic() + delay_s
+        await asyncio.sleep(delay_s)
 
     async def _health(self) -> None:
         while True:
@@ -401,7 +435,12 @@ class Station:
     async def _track(self, track_id: int) -> Track | None:
         if track_id not in self._tracks:
             loop = asyncio.get_running_loop()
-            found = await loop.run_in_executor(self._executor, self._catalog.get_tracks, [track_id])
+            try:
+                found = await loop.run_in_executor(self._executor, self._catalog.get_tracks, [track_id])
+            except CatalogError as exc:
+                # The play is still recorded (by track id); only its title and artist are missing.
+                log.warning("%s: cannot read track %d's metadata: %s", self.name, track_id, exc)
+                return None
             if track_id in found:
                 self._tracks[track_id] = found[track_id]
         return self._tracks.get(track_id)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
@@ -79,8 +80,14 @@ def _clip(text: str) -> str:
 class CatalogStore:
     """A catalog of tracks and window vectors in one Milvus database."""
 
-    def __init__(self, client: MilvusClient, prefix: str, info: EncoderInfo, is_lite: bool) -> None:
+    def __init__(
+        self, client: MilvusClient, prefix: str, info: EncoderInfo, is_lite: bool,
+        timeout_s: float | None = None,
+    ) -> None:
         self._client = client
+        self._timeout_s = timeout_s
+        """Per request: a hung or restarting server fails a call (``CatalogError``) instead of
+        blocking its caller forever (pymilvus waits without limit by default)."""
         self._info = info
         self._vectors = f"{prefix}_vectors"
         self._tracks = f"{prefix}_tracks"
@@ -93,7 +100,7 @@ class CatalogStore:
     def open(cls, config: MilvusConfig, uri: str, info: EncoderInfo, *, create: bool) -> CatalogStore:
         """Connect, then check (or, with ``create``, initialise) the catalog's encoder record."""
         client, is_lite = _connect(config, uri)
-        store = cls(client, config.collection_prefix, info, is_lite)
+        store = cls(client, config.collection_prefix, info, is_lite, config.timeout_s)
         try:
             store._check_or_create(create=create)
         except BaseException:
@@ -118,7 +125,9 @@ class CatalogStore:
         expected = {**asdict(self._info), "schema_version": SCHEMA_VERSION}
         if self._client.has_collection(self._meta):
             self._client.load_collection(self._meta)
-            rows = self._client.query(self._meta, filter='key == "catalog"', output_fields=["value"])
+            rows = self._client.query(
+                self._meta, filter='key == "catalog"', output_fields=["value"], timeout=self._timeout_s,
+            )
             if rows:
                 recorded = json.loads(rows[0]["value"])
                 if recorded != expected:
@@ -193,7 +202,8 @@ class CatalogStore:
             return {}
         rows = self._call(
             lambda: self._client.query(
-                self._tracks, filter=f"track_id in {wanted}", output_fields=_TRACK_FIELDS
+                self._tracks, filter=f"track_id in {wanted}", output_fields=_TRACK_FIELDS,
+                timeout=self._timeout_s,
             )
         )
         return {int(r["track_id"]): _track_from_row(r) for r in rows}
@@ -202,7 +212,8 @@ class CatalogStore:
         """Every complete track, in title order."""
         found: list[Track] = []
         iterator = self._client.query_iterator(
-            self._tracks, batch_size=_QUERY_PAGE, filter="track_id >= 0", output_fields=_TRACK_FIELDS
+            self._tracks, batch_size=_QUERY_PAGE, filter="track_id >= 0", output_fields=_TRACK_FIELDS,
+            timeout=self._timeout_s,
         )
         try:
             while batch := iterator.next():
@@ -226,25 +237,31 @@ class CatalogStore:
                 {"track_id": track.track_id, "offset_s": float(off), "embedding": vec}
                 for vec, off in zip(embeddings[start:stop], offsets_s[start:stop], strict=True)
             ]
-            self._call(lambda rows=rows: self._client.insert(self._vectors, rows))
+            self._call(lambda rows=rows: self._client.insert(self._vectors, rows, timeout=self._timeout_s))
         row = {
             **{k: _clip(v) if isinstance(v, str) else v for k, v in asdict(track).items()},
             "placeholder": [0.0] * _PLACEHOLDER_DIM,
         }
-        self._call(lambda: self._client.upsert(self._tracks, [row]))
+        self._call(lambda: self._client.upsert(self._tracks, [row], timeout=self._timeout_s))
 
     def remove_track(self, track_id: int) -> bool:
         """Delete a track and its vectors; ``False`` if there was no such track."""
         existed = bool(self.get_tracks([track_id]))
-        self._call(lambda: self._client.delete(self._tracks, filter=f"track_id == {int(track_id)}"))
+        self._call(lambda: self._client.delete(
+            self._tracks, filter=f"track_id == {int(track_id)}", timeout=self._timeout_s,
+        ))
         self._delete_vectors(track_id)
         return existed
 
     def _delete_vectors(self, track_id: int) -> None:
-        self._call(lambda: self._client.delete(self._vectors, filter=f"track_id == {int(track_id)}"))
+        self._call(lambda: self._client.delete(
+            self._vectors, filter=f"track_id == {int(track_id)}", timeout=self._timeout_s,
+        ))
 
     def vector_count(self) -> int:
-        rows = self._call(lambda: self._client.query(self._vectors, filter="", output_fields=["count(*)"]))
+        rows = self._call(lambda: self._client.query(
+            self._vectors, filter="", output_fields=["count(*)"], timeout=self._timeout_s,
+        ))
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- search ----------------------------------------------------------------------------------
@@ -265,7 +282,7 @@ class CatalogStore:
                 lambda chunk=chunk: self._client.search(
                     self._vectors, data=list(chunk), limit=top_k,
                     output_fields=["track_id", "offset_s"], search_params=params,
-                    anns_field="embedding",
+                    anns_field="embedding", timeout=self._timeout_s,
                 )
             )
             sign = 1.0 if self._info.metric == "IP" else -1.0
@@ -282,10 +299,19 @@ class CatalogStore:
         return results
 
     def _call(self, operation: Any) -> Any:
+        """Run one request; every way it can fail becomes a ``CatalogError`` its caller handles.
+
+        pymilvus raises ``MilvusException`` for errors it understands but lets some gRPC errors
+        through unwrapped (a request timing out while the server restarts: DEADLINE_EXCEEDED).
+        """
         try:
             return operation()
         except MilvusException as exc:
             raise CatalogError(f"Milvus request failed: {exc.message} (code {exc.code})") from exc
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            name = code.name if code is not None else "unknown status"
+            raise CatalogError(f"Milvus request failed: {name} (timeout {self._timeout_s} s)") from exc
 
 
 _TRACK_FIELDS = [

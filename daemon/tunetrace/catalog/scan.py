@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunetrace.errors import ConfigError
-
-_HASH_CHUNK = 1 << 20
+from tunetrace.hashing import file_sha256
 
 
 def scan_paths(paths: Iterable[Path], extensions: Iterable[str]) -> Iterator[Path]:
@@ -35,11 +33,7 @@ def scan_paths(paths: Iterable[Path], extensions: Iterable[str]) -> Iterator[Pat
 
 def content_hash(path: Path) -> str:
     """SHA-256 of the file's bytes: the identity that makes re-ingest idempotent."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 @dataclass(frozen=True)

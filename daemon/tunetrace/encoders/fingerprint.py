@@ -8,7 +8,6 @@ digits of the ONNX file's SHA-256, so a catalog built by another model version i
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,11 @@ from tunetrace.config import EncoderConfig
 from tunetrace.encoders.base import EncoderInfo, l2_normalise
 from tunetrace.errors import ModelError
 from tunetrace.features import MelSpec, log_mel
+from tunetrace.hashing import file_sha256
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "fingerprint.onnx"
 SIDECAR_FORMAT = "tunetrace-fingerprint/1"
 ID_HASH_CHARS = 12
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_sidecar(model_path: Path) -> dict[str, Any]:
@@ -79,7 +71,7 @@ class FingerprintEncoder:
                 "`tunetrace train fit` + `tunetrace train export`, or use encoder.name: spectral"
             )
         sidecar = _read_sidecar(model_path)
-        digest = _sha256(model_path)
+        digest = file_sha256(model_path)
         recorded = sidecar.get("sha256")
         if recorded and recorded != digest:
             raise ModelError(

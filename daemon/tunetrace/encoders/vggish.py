@@ -35,12 +35,12 @@ from tunetrace.config import EncoderConfig
 from tunetrace.encoders.base import EncoderInfo, l2_normalise
 from tunetrace.errors import ModelError
 from tunetrace.features import MelSpec, log_mel
+from tunetrace.hashing import file_sha256
 from tunetrace.models_fetch import (
     MODELS,
     VGGISH_PCA_PARAMS,
     VGGISH_WEIGHTS,
     default_model_dir,
-    file_sha256,
     file_url,
 )
 

@@ -117,15 +117,14 @@ class SourceRunner:
         self._next_sample = 0
         self._silent_samples = 0
         self._origin: datetime | None = None
+        self._last_audio: tuple[int, float] | None = None
+        """Stream index one past the newest block, and the monotonic time it arrived."""
 
     async def blocks(self) -> AsyncIterator[AudioBlock]:
-        rate = self._params.sample_rate
-        session_ended_at: float | None = None
         while True:
             self.state.progress_monotonic = time.monotonic()
-            if session_ended_at is not None and self._source.realtime:
-                # Keep the stream clock on the wall clock across the outage.
-                self._next_sample += round((time.monotonic() - session_ended_at) * rate)
+            if self._source.realtime:
+                self._advance_over_outage()
             delivered = False
             clean_eof = False
             try:
@@ -143,7 +142,6 @@ class SourceRunner:
             except SourceError as exc:
                 self.state.last_error = str(exc)
                 log.warning("%s: %s", self._source.description, exc)
-            session_ended_at = time.monotonic()
             self._set_up(up=False, error=self.state.last_error)
             if clean_eof and self._until_eof:
                 return
@@ -153,6 +151,18 @@ class SourceRunner:
             self.state.reconnects += 1
             log.info("%s: reconnect %d in %.1f s", self._source.description, self.state.reconnects, delay_s)
             await self._sleep_with_progress(delay_s)
+
+    def _advance_over_outage(self) -> None:
+        """Keep the stream clock on the wall clock across an outage.
+
+        The outage began when the last block arrived, not when the session was declared dead: a
+        stalled stream is only noticed ``stall_timeout_s`` later, and that time was on the air too.
+        """
+        if self._last_audio is None:
+            return
+        sample_then, monotonic_then = self._last_audio
+        elapsed_s = time.monotonic() - monotonic_then
+        self._next_sample = max(self._next_sample, sample_then + round(elapsed_s * self._params.sample_rate))
 
     async def _session_with_stall_timeout(self) -> AsyncIterator[np.ndarray]:
         iterator = aiter(self._source.session())
@@ -192,6 +202,7 @@ class SourceRunner:
             captured_at = self._origin + timedelta(seconds=self._next_sample / rate)
         block = AudioBlock(self._next_sample, samples, captured_at)
         self._next_sample += samples.size
+        self._last_audio = (self._next_sample, time.monotonic())
         self.state.last_audio_at = now
         self.state.progress_monotonic = time.monotonic()
         return block

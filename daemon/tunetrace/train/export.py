@@ -7,7 +7,6 @@ cannot silently drift from training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tunetrace.hashing import file_sha256
 from tunetrace.train.config import TrainConfig
 from tunetrace.train.model import SAMPLE_RATE, WINDOW_S, FingerprintNet, count_parameters, mel_spec
 
@@ -23,14 +23,6 @@ OPSET = 17
 HOP_S = 0.5
 INPUT_NAME = "log_mel"
 OUTPUT_NAME = "embedding"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_commit(repo_dir: Path) -> str:
@@ -94,7 +86,7 @@ def export_onnx(
         "training": training,
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "sha256": sha256_file(out),
+        "sha256": file_sha256(out),
     }
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return sidecar
