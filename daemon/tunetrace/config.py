@@ -168,6 +168,10 @@ class TrackerConfig(_Section):
     """A play ends when its evidence has been gone this long."""
     position_jump_s: float = Field(default=3.0, gt=0)
     """A position off the clock-advanced one by more than this is a new play."""
+    search_interval_s: float = Field(default=0.5, ge=0)
+    """A live station searches the catalog once per this much new audio (all its new windows in
+    one request). A Milvus Lite search costs tens of ms of CPU whatever its size, so this is what
+    decides the CPU per station; decisions are still made per window, at most this much later."""
 
 
 class MqttConfig(_Section):

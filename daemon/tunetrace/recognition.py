@@ -273,6 +273,9 @@ class Station:
             WindowSpec(sample_rate, window_s, spec_hop), max_pending_windows,
         )
         self._batch_windows = batch_windows
+        self._min_batch_windows = max(1, min(batch_windows, round(
+            tracker_config.search_interval_s / tracker_config.window_hop_s)))
+        """Live audio is searched in batches of at least this many windows (``search_interval_s``)."""
         self._window_s = window_s
         self._health_interval_s = health_interval_s
         self._clock = StreamClock(sample_rate)
@@ -339,6 +342,8 @@ class Station:
             except TimeoutError:
                 pass
             self._data.clear()
+            if self._batch_incomplete():
+                continue
             batch = self._ring.read(self._batch_windows)
             self._room.set()
             if len(batch) == 0:
@@ -366,6 +371,14 @@ class Station:
                 await self._apply(self._tracker.observe(observation))
             if self._ring.pending_windows():
                 self._data.set()
+
+    def _batch_incomplete(self) -> bool:
+        """Wait for ``search_interval_s`` of new windows while live audio keeps coming."""
+        pending = self._ring.pending_windows()
+        return (
+            0 < pending < self._min_batch_windows
+            and self._realtime and self._runner.state.up and not self._capture_done
+        )
 
     async def _catalog_failed(self, error: CatalogError, batch: WindowBatch) -> None:
         """Milvus is unreachable or restarting: the batch is lost, not the station.

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ from tunetrace.encoders.base import EncoderInfo
 from tunetrace.errors import CatalogError, CatalogMismatchError
 
 log = logging.getLogger(__name__)
+
+# milvus-lite 2.5 imports pkg_resources (kept by the setuptools<81 pin) and warns on every start;
+# the warning is about its packaging, not about anything a user can act on.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", module="milvus_lite")
 
 SCHEMA_VERSION = 1
 _MAX_TEXT = 1024
@@ -373,8 +378,9 @@ def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
             kwargs["server_pem_path"] = str(config.ca_file)
     else:
         Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        # Milvus Lite's in-process gRPC server allows a keepalive ping only every 5 minutes and
-        # answers pymilvus' 10 s default with GOAWAY "too many pings", which fails the next call.
+        # Milvus Lite's local gRPC server allows a keepalive ping only every 5 minutes and answers
+        # pymilvus' 10 s default with GOAWAY "too many pings" (fails the next call, or hangs a
+        # long insert).
         kwargs["grpc_options"] = {
             "grpc.keepalive_time_ms": _LITE_KEEPALIVE_MS,
             "grpc.keepalive_permit_without_calls": False,
