@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tunetrace.config import Config, MilvusConfig, load_config, parse_config
+from tunetrace.config import (
+    CALIBRATED_MIN_CONFIDENCE,
+    Config,
+    MilvusConfig,
+    load_config,
+    parse_config,
+    with_encoder,
+)
 from tunetrace.errors import ConfigError
 
 
@@ -21,6 +28,23 @@ def test_defaults_need_no_file() -> None:
     assert config.encoder.name == "spectral"
     assert config.milvus_uri() == str(config.data_dir / "catalog.db")
     assert config.mqtt is None
+
+
+def test_min_confidence_defaults_to_the_configured_encoders_calibration() -> None:
+    assert parse_config(None).matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["spectral"]
+    fingerprint = parse_config({"encoder": {"name": "fingerprint"}, "matcher": {"top_k": 20}})
+    assert fingerprint.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["fingerprint"]
+    assert fingerprint.matcher.top_k == 20
+    explicit = parse_config({"encoder": {"name": "fingerprint"}, "matcher": {"min_confidence": 0.33}})
+    assert explicit.matcher.min_confidence == 0.33
+
+
+def test_switching_encoder_moves_a_default_threshold_but_keeps_an_explicit_one() -> None:
+    moved = with_encoder(parse_config(None), "fingerprint")
+    assert moved.encoder.name == "fingerprint"
+    assert moved.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["fingerprint"]
+    kept = with_encoder(parse_config({"matcher": {"min_confidence": 0.33}}), "fingerprint")
+    assert kept.matcher.min_confidence == 0.33
 
 
 def test_an_unknown_key_is_named_with_the_valid_keys_beside_it() -> None:

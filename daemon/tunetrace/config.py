@@ -72,6 +72,18 @@ class MilvusConfig(_Section):
     """Per-request timeout; a server that does not answer in time is reported, not waited on forever."""
 
 
+CALIBRATED_MIN_CONFIDENCE: dict[str, float] = {
+    "spectral": 0.2,
+    "fingerprint": 0.25,
+    "vggish": 0.2,
+}
+"""``matcher.min_confidence`` when the config does not set it. Each encoder scores agreement on
+its own scale, so one threshold cannot serve all: each value is the lowest that kept hold-out
+false positives at or below 0.5% on a calibration run whose music is not in any reported result
+(spectral: nexuiz, docs/evaluation.md; fingerprint: pingus, docs/models.md). vggish keeps the
+spectral value: its weights are not available here to calibrate it."""
+
+
 class MatcherConfig(_Section):
     top_k: int = Field(default=10, ge=1, le=200)
     """Nearest catalog windows retrieved per query window."""
@@ -224,6 +236,24 @@ class Config(_Section):
     playlog: PlayLogConfig = PlayLogConfig()
     service: ServiceConfig = ServiceConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_calibrated_threshold(cls, data: Any) -> Any:
+        """Fill ``matcher.min_confidence`` from the configured encoder unless it is set."""
+        if not isinstance(data, dict):
+            return data
+        encoder = data.get("encoder")
+        name = encoder.get("name") if isinstance(encoder, dict) else getattr(encoder, "name", None)
+        matcher = data.get("matcher")
+        if matcher is None:
+            matcher = {}
+        if not isinstance(matcher, dict) or "min_confidence" in matcher:
+            return data
+        threshold = CALIBRATED_MIN_CONFIDENCE.get(name or EncoderConfig().name)
+        if threshold is None:
+            return data  # an unknown encoder name: its own validation error says so
+        return {**data, "matcher": {**matcher, "min_confidence": threshold}}
+
     @model_validator(mode="after")
     def _unique_stations(self) -> Config:
         names = [s.name for s in self.stations]
@@ -234,6 +264,17 @@ class Config(_Section):
 
     def milvus_uri(self) -> str:
         return self.milvus.uri or str(self.data_dir / "catalog.db")
+
+
+def with_encoder(config: Config, name: EncoderName) -> Config:
+    """``config`` with another encoder; a threshold left at the old encoder's calibrated default
+    follows to the new encoder's (an explicitly different one is kept)."""
+    matcher = config.matcher
+    if matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE.get(config.encoder.name):
+        matcher = matcher.model_copy(update={"min_confidence": CALIBRATED_MIN_CONFIDENCE[name]})
+    return config.model_copy(update={
+        "encoder": config.encoder.model_copy(update={"name": name}), "matcher": matcher,
+    })
 
 
 def _expand_env(value: Any, path: str) -> Any:

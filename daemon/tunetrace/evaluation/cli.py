@@ -75,7 +75,7 @@ def add_eval_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tunetrace.config import load_config
+    from tunetrace.config import load_config, with_encoder
     from tunetrace.evaluation.report import write_report
     from tunetrace.evaluation.run import EvalOptions, run_evaluation
     from tunetrace.runtime import configure_logging
@@ -83,8 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(config.log_level)
     if args.encoder is not None and args.encoder != config.encoder.name:
-        config = config.model_copy(update={
-            "encoder": config.encoder.model_copy(update={"name": args.encoder}),
+        config = with_encoder(config, args.encoder).model_copy(update={
             "milvus": config.milvus.model_copy(
                 update={"collection_prefix": f"{config.milvus.collection_prefix}_{args.encoder}"}
             ),
