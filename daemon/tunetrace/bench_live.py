@@ -310,7 +310,6 @@ async def run_stream(
             await asyncio.sleep(rss_every_s)
 
     started = time.perf_counter()
-    started_monotonic = time.monotonic()
     sampler = asyncio.create_task(sample_rss())
     async with asyncio.TaskGroup() as group:
         for station in built:

@@ -384,8 +384,9 @@ class Station:
         """Milvus is unreachable or restarting: the batch is lost, not the station.
 
         Time still passes on the air, so the tracker sees an observation without evidence (an open
-        play ends after ``end_after_s``); the wait counts as progress for the watchdog, since
-        restarting the daemon would not bring the catalog back.
+        play ends after ``end_after_s``); each attempt counts as progress for the watchdog (the
+        longest wait, 10 s, is well inside it), since restarting the daemon would not bring the
+        catalog back.
         """
         if self._catalog_up:
             self._catalog_up = False
@@ -394,9 +395,8 @@ class Station:
         self._ring.dropped_windows += len(batch)
         stream_s = float(batch.start_samples[-1]) / self._rate + self._window_s
         await self._apply(self._tracker.observe(Observation(stream_s)))
-        delay_s = self._catalog_retry.next_delay_s()
-        self.stats.last_progress_monotonic = time.monotonic() + delay_s
-        await asyncio.sleep(delay_s)
+        self.stats.last_progress_monotonic = time.monotonic()
+        await asyncio.sleep(self._catalog_retry.next_delay_s())
 
     async def _health(self) -> None:
         while True:
