@@ -20,6 +20,7 @@ from tests.fixtures.milvus import write_config
 from tunetrace.catalog.ingest import ingest
 from tunetrace.cli import main
 from tunetrace.config import IngestConfig, MilvusConfig, load_config
+from tunetrace.encoders import create_encoder
 from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.store import CatalogStore
 
@@ -92,7 +93,8 @@ def test_the_ingest_command_reports_every_problem_and_exits_1(
     for name in ("empty.mp3", "liner-notes.mp3", "gone.flac", "unreadable.ogg"):
         assert f"  failed: {library / name}: " in captured.out
     config = load_config(config_path)
-    with CatalogStore.open(config.milvus, config.milvus_uri(), ENCODER.info, create=False) as store:
+    info = create_encoder(config.encoder).info  # the CLI ingested with the configured encoder
+    with CatalogStore.open(config.milvus, config.milvus_uri(), info, create=False) as store:
         assert sorted(t.title for t in store.tracks()) == ["good-11", "good-12"]
 
 

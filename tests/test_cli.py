@@ -17,6 +17,7 @@ import pytest
 from tests.fixtures.audio import Clip, cut_clip
 from tests.fixtures.milvus import BuiltCatalog, build_catalog, write_config
 from tunetrace.cli import main
+from tunetrace.encoders import create_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"file", "match", "track_id", "title", "artist", "offset_s", "confidence"}
@@ -122,6 +123,7 @@ def test_catalog_list_stats_and_remove(
     catalog = build_catalog(tmp_path / "state", synthetic_wavs)
     config = ["-c", str(catalog.config_path)]
     ids = {path.stem: track.track_id for path, track in catalog.tracks.items()}
+    shipped_encoder = create_encoder(catalog.config.encoder).info.encoder_id  # the default encoder built it
 
     assert main(["catalog", "list", *config]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -139,7 +141,7 @@ def test_catalog_list_stats_and_remove(
     assert main(["catalog", "stats", "--json", *config]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats == {
-        "uri": str(tmp_path / "state" / "catalog.db"), "encoder": "spectral-v2", "dimension": 128,
+        "uri": str(tmp_path / "state" / "catalog.db"), "encoder": shipped_encoder, "dimension": 128,
         "metric": "IP", "window_s": 1.0, "hop_s": 0.5, "tracks": 3, "hours": 0.01, "vectors": 69,
         "vector_rows": 69,
     }
@@ -158,7 +160,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path, capsys: pytest.Capture
     config_path = write_config(tmp_path)
     assert main(["check-config", "-c", str(config_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{config_path}: OK (encoder spectral, catalog {tmp_path / 'catalog.db'})")
+    assert out.startswith(f"{config_path}: OK (encoder fingerprint, catalog {tmp_path / 'catalog.db'})")
 
 
 def test_a_bad_config_exits_78_naming_the_key_as_a_real_process(tmp_path: Path) -> None:

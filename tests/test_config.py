@@ -8,6 +8,7 @@ import pytest
 
 from tunetrace.config import (
     CALIBRATED_MIN_CONFIDENCE,
+    CALIBRATED_START_CONFIDENCE,
     Config,
     MilvusConfig,
     load_config,
@@ -25,26 +26,31 @@ def config_error(data: object) -> str:
 
 def test_defaults_need_no_file() -> None:
     config = parse_config(None)
-    assert config.encoder.name == "spectral"
+    assert config.encoder.name == "fingerprint"
     assert config.milvus_uri() == str(config.data_dir / "catalog.db")
     assert config.mqtt is None
 
 
-def test_min_confidence_defaults_to_the_configured_encoders_calibration() -> None:
-    assert parse_config(None).matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["spectral"]
-    fingerprint = parse_config({"encoder": {"name": "fingerprint"}, "matcher": {"top_k": 20}})
-    assert fingerprint.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["fingerprint"]
-    assert fingerprint.matcher.top_k == 20
-    explicit = parse_config({"encoder": {"name": "fingerprint"}, "matcher": {"min_confidence": 0.33}})
-    assert explicit.matcher.min_confidence == 0.33
+def test_thresholds_default_to_the_configured_encoders_calibration() -> None:
+    default = parse_config(None)
+    assert default.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["fingerprint"]
+    assert default.tracker.start_confidence == CALIBRATED_START_CONFIDENCE["fingerprint"]
+    spectral = parse_config({"encoder": {"name": "spectral"}, "matcher": {"top_k": 20}})
+    assert spectral.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["spectral"]
+    assert spectral.tracker.start_confidence == CALIBRATED_START_CONFIDENCE["spectral"]
+    assert spectral.matcher.top_k == 20
+    explicit = parse_config({"matcher": {"min_confidence": 0.33}, "tracker": {"start_confidence": 0.7}})
+    assert (explicit.matcher.min_confidence, explicit.tracker.start_confidence) == (0.33, 0.7)
 
 
 def test_switching_encoder_moves_a_default_threshold_but_keeps_an_explicit_one() -> None:
-    moved = with_encoder(parse_config(None), "fingerprint")
-    assert moved.encoder.name == "fingerprint"
-    assert moved.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["fingerprint"]
-    kept = with_encoder(parse_config({"matcher": {"min_confidence": 0.33}}), "fingerprint")
-    assert kept.matcher.min_confidence == 0.33
+    moved = with_encoder(parse_config(None), "spectral")
+    assert moved.encoder.name == "spectral"
+    assert moved.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["spectral"]
+    assert moved.tracker.start_confidence == CALIBRATED_START_CONFIDENCE["spectral"]
+    explicit = parse_config({"matcher": {"min_confidence": 0.33}, "tracker": {"start_confidence": 0.7}})
+    kept = with_encoder(explicit, "spectral")
+    assert (kept.matcher.min_confidence, kept.tracker.start_confidence) == (0.33, 0.7)
 
 
 def test_an_unknown_key_is_named_with_the_valid_keys_beside_it() -> None:

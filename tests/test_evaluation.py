@@ -11,7 +11,7 @@ import pytest
 from scipy.signal import welch
 
 from tunetrace.cli import main
-from tunetrace.config import MatcherConfig
+from tunetrace.config import parse_config
 from tunetrace.evaluation import degrade
 from tunetrace.evaluation.conditions import CONDITIONS, parse_conditions
 from tunetrace.evaluation.excerpts import (
@@ -268,7 +268,7 @@ def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
             assert abs(float(r["offset_error_s"])) <= 0.5
 
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert f"min_confidence **{MatcherConfig().min_confidence}**" in report
+    assert f"min_confidence **{parse_config(None).matcher.min_confidence}**" in report
     assert "broken.wav" in report.split("## Hit rate")[0]  # listed as left out, the run went on
     for heading in ("## Hit rate", "## Right track", "## Wrong track", "## False positives",
                     "## Offset accuracy", "## Latency", "## Threshold trade-off"):

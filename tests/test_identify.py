@@ -17,13 +17,15 @@ from scipy.signal import correlate
 
 from tests.fixtures.audio import Clip, cut_clip
 from tests.fixtures.milvus import BuiltCatalog
-from tunetrace.config import MatcherConfig
+from tunetrace.config import parse_config
 from tunetrace.decode import decode_file, probe_tags
-from tunetrace.encoders.spectral import SpectralEncoder
+from tunetrace.encoders import create_encoder
 from tunetrace.identify import Identification, Recognizer, change_speed
 from tunetrace.store import CatalogStore
 
-ENCODER = SpectralEncoder()
+DEFAULTS = parse_config(None)
+ENCODER = create_encoder(DEFAULTS.encoder)
+"""The default encoder, which the catalog fixtures ingest with."""
 RATE = ENCODER.info.sample_rate
 EXCERPT_S = 10.0
 OFFSET_TOLERANCE_S = 0.5
@@ -38,7 +40,7 @@ def clip_store(clip_catalog: BuiltCatalog) -> Iterator[CatalogStore]:
 
 
 def recognizer(store: CatalogStore, **matcher: object) -> Recognizer:
-    return Recognizer(ENCODER, store, MatcherConfig.model_validate(matcher))
+    return Recognizer(ENCODER, store, parse_config({"matcher": matcher}).matcher)
 
 
 def assert_identified(result: Identification, source: Path, catalog: BuiltCatalog, offset_s: float) -> None:
@@ -46,7 +48,7 @@ def assert_identified(result: Identification, source: Path, catalog: BuiltCatalo
     assert result.track is not None, f"{source.name} at {offset_s:.2f} s: no match ({result})"
     assert result.track.track_id == expected.track_id, f"{source.name}: got {result.track.title}"
     assert result.offset_s == pytest.approx(offset_s, abs=OFFSET_TOLERANCE_S)
-    assert result.confidence >= MatcherConfig().min_confidence
+    assert result.confidence >= DEFAULTS.matcher.min_confidence
 
 
 @pytest.mark.parametrize("start_s", [0.0, 21.8, 29.99])
@@ -77,7 +79,7 @@ def test_music_that_was_never_ingested_gives_no_match(
         result = engine.identify(decode_file(clip.path, RATE))
         assert not result.matched, f"{clip.source.name} matched {result.track}"
         assert result.track is None
-        assert result.confidence < MatcherConfig().min_confidence
+        assert result.confidence < DEFAULTS.matcher.min_confidence
 
 
 def test_silence_and_tiny_clips_get_an_honest_no_match(clip_store: CatalogStore) -> None:

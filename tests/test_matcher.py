@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tunetrace.config import MatcherConfig
-from tunetrace.matcher import CatalogShape, VotingParams, vote
+from tunetrace.matcher import CatalogShape, VotingParams, _chance_agreements, vote
 from tunetrace.store import Hit
 
 HOP_S = 0.5
@@ -158,3 +158,66 @@ def test_nothing_to_vote_on_gives_no_candidates() -> None:
     strict = VotingParams(HOP_S, top_k=10, offset_tolerance_s=0.3, min_similarity=0.5)
     weak = [[aligned_hit(w, t, TRUE_TRACK, 5.0, 0.4)] for w, t in enumerate(times)]
     assert vote(weak, times, strict, CATALOG) == []
+
+
+def _reference_best_alignment(rows: np.ndarray, params: VotingParams) -> tuple[float, float, int, set[int]]:
+    """The alignment search written plainly, one centre at a time: (evidence, alignment,
+    confirmed catalog windows, supporting query windows) of the best centre."""
+    alignments, similarities = rows[:, 2], rows[:, 3]
+    catalog_index = np.round((alignments + rows[:, 4]) / params.catalog_hop_s).astype(np.int64)
+    best: tuple[float, float, int, set[int]] = (-1.0, 0.0, 0, set())
+    for centre in np.unique(np.round(alignments / params.catalog_hop_s)) * params.catalog_hop_s:
+        near = np.abs(alignments - centre) <= params.offset_tolerance_s + 1e-9
+        per_window: dict[int, float] = {}
+        for window, similarity in zip(catalog_index[near], similarities[near], strict=True):
+            per_window[int(window)] = max(per_window.get(int(window), -np.inf), float(similarity))
+        evidence = sum(min(1.0, max(0.0, s)) for s in per_window.values())
+        if evidence > best[0] + 1e-9:
+            best = (evidence, float(np.median(alignments[near])), len(per_window),
+                    {int(w) for w in rows[near, 0]})
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_vectorised_alignment_search_matches_the_plain_one(seed: int) -> None:
+    """``vote`` scores all alignments of a track at once; it must agree with the plain loop on
+    random mixtures of a true match and chance hits."""
+    rng = np.random.default_rng(seed)
+    times = query_times(duration_s=float(rng.uniform(3, 10)))
+    shape = CatalogShape(4000, {TRUE_TRACK: 400, LONG_TRACK: 3600})
+    hits = chance_hits(times, shape, rng, per_window=int(rng.integers(1, 10)))
+    position_s = float(rng.uniform(0, 150))
+    for window, t in enumerate(times):
+        if rng.random() < 0.6:
+            similarity = float(rng.uniform(0.2, 1.0))
+            hits[window].append(aligned_hit(window, float(t), TRUE_TRACK, position_s, similarity))
+    hits = [sorted(window_hits, key=lambda h: -h.similarity) for window_hits in hits]  # as Milvus orders them
+
+    candidates = vote(hits, times, PARAMS, shape, max_candidates=5)
+
+    assert {c.track_id for c in candidates} == {TRUE_TRACK, LONG_TRACK}
+    span_s = float(times[-1] - times[0])
+    possible = span_s / HOP_S + 1.0
+    for candidate in candidates:
+        evidence, alignment, confirmed, supporting = _reference_best_alignment(
+            _best_hit_per_band(hits, times, candidate.track_id), PARAMS
+        )
+        chance = min(possible, _chance_agreements(candidate.track_id, times.size, PARAMS, shape))
+        expected = min(1.0, max(0.0, evidence - chance) / max(1.0, possible - chance))
+        assert candidate.confidence == pytest.approx(expected)
+        assert candidate.alignment_s == pytest.approx(alignment)
+        assert candidate.aligned_windows == confirmed
+        assert set(candidate.supporting_windows) == supporting
+
+
+def _best_hit_per_band(hits: list[list[Hit]], times: np.ndarray, track_id: int) -> np.ndarray:
+    """Rows (window, -, alignment, similarity, time) of each window's best hit per alignment band."""
+    rows, seen = [], set()
+    for window, window_hits in enumerate(hits):
+        for hit in window_hits:
+            alignment = hit.offset_s - float(times[window])
+            key = (window, round(alignment / HOP_S))
+            if hit.track_id == track_id and key not in seen:
+                seen.add(key)
+                rows.append((window, 0, alignment, hit.similarity, float(times[window])))
+    return np.array(rows)

@@ -16,6 +16,7 @@ from tests.fixtures.audio import Clip, cut_clip
 from tests.fixtures.milvus import MilvusServer, unique_prefix, write_config
 from tunetrace.cli import main
 from tunetrace.config import MilvusConfig, load_config
+from tunetrace.encoders import create_encoder
 from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.errors import CatalogError
 from tunetrace.identify import Recognizer
@@ -75,7 +76,7 @@ def test_a_track_added_by_another_client_is_seen_after_refresh(
     config_path = write_config(tmp_path, uri=milvus_server.uri, prefix=prefix)
     assert main(["ingest", "-q", "-c", str(config_path), str(synthetic_wavs[0])]) == 0
     config = load_config(config_path)
-    encoder = SpectralEncoder()
+    encoder = create_encoder(config.encoder)  # the one the ingest command used
     with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as daemon_side:
         recognizer = Recognizer(encoder, daemon_side, config.matcher)
         assert len(recognizer.shape.track_vectors) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 
@@ -140,6 +141,79 @@ def test_track_change_publishes_exactly_one_end_and_one_start() -> None:
     assert ended_a.ended_s <= started_b.play.started_s
     assert started_b.play.started_s == pytest.approx(30.0)
     assert started_b.position_start_s == pytest.approx(0.0)
+
+
+def test_a_duplicate_recording_matching_as_well_does_not_take_over_the_play() -> None:
+    """Two catalog entries of one recording (album and single version) trade first place by noise
+    alone; the play stays with the first, and ends once, when the music stops."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        if not 1.5 <= t < 60.5:
+            return []
+        wobble = 0.08 if int(t / HOP_S) % 2 else -0.08
+        both = [
+            playing(A, min(t, 60.0), 0.0, since_s=0.0, confidence=0.6 + wobble),
+            playing(B, min(t, 60.0), 0.0, since_s=0.0, confidence=0.6 - wobble),
+        ]
+        return sorted(both, key=lambda e: -e.confidence)
+
+    events = run(tracker, 0.0, 80.0, evidence)
+
+    assert len(events) == 2, kinds(events)
+    assert kinds(events)[1] == f"end:{events[0][1].play.track_id}"
+
+
+def test_without_a_switch_margin_duplicates_flap() -> None:
+    """The margin is what keeps the duplicate play stable (this guards the test above)."""
+    tracker = PlayTracker(dataclasses.replace(PARAMS, switch_margin=0.0))
+
+    def evidence(t: float) -> list[Evidence]:
+        wobble = 0.1 if int(t / 1.0) % 2 else -0.1  # the lead changes every second
+        both = [
+            playing(A, t, 0.0, since_s=0.0, confidence=0.6 + wobble),
+            playing(B, t, 0.0, since_s=0.0, confidence=0.6 - wobble),
+        ]
+        return sorted(both, key=lambda e: -e.confidence)
+
+    assert len(run(tracker, 1.5, 20.0, evidence)) > 4
+
+
+def test_a_looping_track_matching_at_its_repeats_stays_one_play() -> None:
+    """A loop makes the track match at two positions. Once both were heard together, the play
+    resuming at the other one after a noisy gap is a corrected position, not a new play."""
+    tracker = PlayTracker(PARAMS)
+    loop_s = 30.0
+
+    def evidence(t: float) -> list[Evidence]:
+        if 1.5 <= t < 30.0:
+            heard = [playing(A, t, 0.0, since_s=0.0, confidence=0.8)]
+            if 10.0 <= t < 14.0:  # the repeat 30 s later in the track matches weakly alongside
+                heard.append(playing(A, t, loop_s, since_s=10.0, confidence=0.3))
+            return heard
+        if 33.0 <= t < 60.5:  # after 3 s of noise only the repeat's position is recognised
+            return [playing(A, min(t, 60.0), loop_s, since_s=33.0, confidence=0.8)]
+        return []
+
+    events = run(tracker, 0.0, 80.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}"]
+    assert tracker.current is None
+
+
+def test_a_repeat_never_heard_alongside_is_a_position_jump() -> None:
+    """The same schedule without the moment both positions were heard: a new play (the guard of
+    the test above)."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        if 1.5 <= t < 30.0:
+            return [playing(A, t, 0.0, since_s=0.0, confidence=0.8)]
+        if 33.0 <= t < 60.5:
+            return [playing(A, min(t, 60.0), 30.0, since_s=33.0, confidence=0.8)]
+        return []
+
+    assert kinds(run(tracker, 0.0, 80.0, evidence)) == [f"start:{A}", f"end:{A}", f"start:{A}", f"end:{A}"]
 
 
 def test_a_position_jump_in_the_same_track_is_a_new_play() -> None:

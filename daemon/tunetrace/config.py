@@ -45,9 +45,10 @@ EncoderName = Literal["fingerprint", "spectral", "vggish"]
 
 
 class EncoderConfig(_Section):
-    name: EncoderName = "spectral"
-    """Which encoder embeds windows: the weight-free ``spectral`` baseline (default until a trained
-    model ships), the neural ``fingerprint``, or ``vggish`` (needs the ``vggish`` extra and weights)."""
+    name: EncoderName = "fingerprint"
+    """Which encoder embeds windows: the neural ``fingerprint`` shipped in the package (trained in
+    this repository, docs/models.md), the weight-free ``spectral`` baseline, or ``vggish`` (needs
+    the ``vggish`` extra and weights).  A catalog answers only to the encoder that built it."""
     model_path: Path | None = None
     """Override the model file (ONNX for ``fingerprint``; directory holding the VGGish weights)."""
     threads: int = Field(default=1, ge=1, le=64)
@@ -82,6 +83,23 @@ its own scale, so one threshold cannot serve all: each value is the lowest that 
 false positives at or below 0.5% on a calibration run whose music is not in any reported result
 (spectral: nexuiz, docs/evaluation.md; fingerprint: pingus, docs/models.md). vggish keeps the
 spectral value: its weights are not available here to calibrate it."""
+
+
+CALIBRATED_START_CONFIDENCE: dict[str, float] = {
+    "spectral": 0.45,
+    "fingerprint": 0.55,
+    "vggish": 0.45,
+}
+"""``tracker.start_confidence`` when the config does not set it: the lowest value that gave no
+false play on the calibration streams of ``bench_live`` (docs/benchmarks.md), for the same reason
+as above. The fingerprint's chance matches on unknown music under noise reach 0.5 over the
+horizon (spectral's stay below 0.45), while its true matches climb past 0.7 within two seconds."""
+
+CALIBRATED_THRESHOLDS: dict[tuple[str, str], dict[str, float]] = {
+    ("matcher", "min_confidence"): CALIBRATED_MIN_CONFIDENCE,
+    ("tracker", "start_confidence"): CALIBRATED_START_CONFIDENCE,
+}
+"""Every per-encoder default: (config section, key) -> encoder name -> value."""
 
 
 class MatcherConfig(_Section):
@@ -169,7 +187,8 @@ class TrackerConfig(_Section):
     """Sliding horizon of hits the voting looks at; short enough that a new track dominates it
     within ~2 s (latency), long enough to hold several time-consistent windows."""
     start_confidence: float = Field(default=0.45, ge=0, le=1)
-    """Confidence over the horizon needed to start (or switch to) a play."""
+    """Confidence over the horizon needed to start (or switch to) a play; unset in a config file, it
+    is calibrated per encoder (``CALIBRATED_START_CONFIDENCE``)."""
     keep_confidence: float = Field(default=0.2, ge=0, le=1)
     """Lower confidence that still counts as evidence for the current play (hysteresis)."""
     min_aligned_windows: int = Field(default=4, ge=1)
@@ -180,6 +199,10 @@ class TrackerConfig(_Section):
     """A play ends when its evidence has been gone this long."""
     position_jump_s: float = Field(default=3.0, gt=0)
     """A position off the clock-advanced one by more than this is a new play."""
+    switch_margin: float = Field(default=0.2, ge=0, le=1)
+    """While the playing track still has evidence, another must beat its confidence by this much to
+    take over; a duplicate recording in the catalog (album and single version, remaster) would
+    otherwise make the play flap between the two."""
     search_interval_s: float = Field(default=0.5, ge=0)
     """A live station searches the catalog once per this much new audio (all its new windows in
     one request). A Milvus Lite search costs tens of ms of CPU whatever its size, so this is what
@@ -238,21 +261,21 @@ class Config(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _encoder_calibrated_threshold(cls, data: Any) -> Any:
-        """Fill ``matcher.min_confidence`` from the configured encoder unless it is set."""
+    def _encoder_calibrated_thresholds(cls, data: Any) -> Any:
+        """Fill each per-encoder calibrated threshold from the configured encoder unless it is set."""
         if not isinstance(data, dict):
             return data
         encoder = data.get("encoder")
         name = encoder.get("name") if isinstance(encoder, dict) else getattr(encoder, "name", None)
-        matcher = data.get("matcher")
-        if matcher is None:
-            matcher = {}
-        if not isinstance(matcher, dict) or "min_confidence" in matcher:
-            return data
-        threshold = CALIBRATED_MIN_CONFIDENCE.get(name or EncoderConfig().name)
-        if threshold is None:
-            return data  # an unknown encoder name: its own validation error says so
-        return {**data, "matcher": {**matcher, "min_confidence": threshold}}
+        for (section, key), calibrated in CALIBRATED_THRESHOLDS.items():
+            values = data.get(section)
+            if values is None:
+                values = {}
+            threshold = calibrated.get(name or EncoderConfig().name)
+            # Not a mapping, already set, or an unknown encoder: their own validation speaks.
+            if isinstance(values, dict) and key not in values and threshold is not None:
+                data = {**data, section: {**values, key: threshold}}
+        return data
 
     @model_validator(mode="after")
     def _unique_stations(self) -> Config:
@@ -269,12 +292,12 @@ class Config(_Section):
 def with_encoder(config: Config, name: EncoderName) -> Config:
     """``config`` with another encoder; a threshold left at the old encoder's calibrated default
     follows to the new encoder's (an explicitly different one is kept)."""
-    matcher = config.matcher
-    if matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE.get(config.encoder.name):
-        matcher = matcher.model_copy(update={"min_confidence": CALIBRATED_MIN_CONFIDENCE[name]})
-    return config.model_copy(update={
-        "encoder": config.encoder.model_copy(update={"name": name}), "matcher": matcher,
-    })
+    update: dict[str, Any] = {"encoder": config.encoder.model_copy(update={"name": name})}
+    for (section, key), calibrated in CALIBRATED_THRESHOLDS.items():
+        values = update.get(section, getattr(config, section))
+        if getattr(values, key) == calibrated.get(config.encoder.name):
+            update[section] = values.model_copy(update={key: calibrated[name]})
+    return config.model_copy(update=update)
 
 
 def _expand_env(value: Any, path: str) -> Any:

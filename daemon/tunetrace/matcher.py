@@ -92,10 +92,13 @@ def vote(
     if not rows:
         return []
     data = np.array(rows, dtype=np.float64)
+    data = data[np.argsort(data[:, 1], kind="stable")]
+    per_track = np.split(data, np.flatnonzero(np.diff(data[:, 1])) + 1)
     span_s = float(np.max(query_times_s) - np.min(query_times_s))
+    tracks = list(track_index)
     candidates = [
-        _best_alignment(data[data[:, 1] == index], track, n_windows, span_s, params, catalog)
-        for track, index in track_index.items()
+        _best_alignment(track_rows, tracks[int(track_rows[0, 1])], n_windows, span_s, params, catalog)
+        for track_rows in per_track
     ]
     candidates.sort(key=lambda c: (c.confidence, c.aligned_windows), reverse=True)
     return candidates[:max_candidates]
@@ -170,17 +173,26 @@ def _best_alignment(
     catalog_index = np.round((alignments + track_rows[:, 4]) / params.catalog_hop_s).astype(np.int64)
     possible = span_s / params.catalog_hop_s + 1.0
     centres = np.unique(np.round(alignments / params.catalog_hop_s)) * params.catalog_hop_s
-    best: tuple[float, float, int] = (-1.0, 0.0, 0)
-    supporting: frozenset[int] = frozenset()
-    for centre in centres:
-        near = np.abs(alignments - centre) <= params.offset_tolerance_s + 1e-9
-        indices, inverse = np.unique(catalog_index[near], return_inverse=True)
-        per_catalog_window = np.full(indices.size, -np.inf)
-        np.maximum.at(per_catalog_window, inverse, similarities[near])
-        evidence = float(np.clip(per_catalog_window, 0.0, 1.0).sum())
-        if evidence > best[0]:
-            best = (evidence, float(np.median(alignments[near])), int(indices.size))
-            supporting = frozenset(int(w) for w in track_rows[near, 0])
+    # All centres at once (this runs for every track of every live decision): pairs of (centre,
+    # row) within the tolerance, best similarity per (centre, catalog window), summed per centre.
+    near = np.abs(alignments[None, :] - centres[:, None]) <= params.offset_tolerance_s + 1e-9
+    pair_centre, pair_row = np.nonzero(near)
+    pair_window = catalog_index[pair_row]
+    order = np.lexsort((-similarities[pair_row], pair_window, pair_centre))
+    pair_centre, pair_window, pair_row = pair_centre[order], pair_window[order], pair_row[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = (pair_centre[1:] != pair_centre[:-1]) | (pair_window[1:] != pair_window[:-1])
+    evidence_per_centre = np.bincount(
+        pair_centre[first], weights=np.clip(similarities[pair_row[first]], 0.0, 1.0), minlength=centres.size
+    )
+    winner = int(np.argmax(evidence_per_centre))  # the first centre on ties
+    winner_rows = near[winner]
+    best = (
+        float(evidence_per_centre[winner]),
+        float(np.median(alignments[winner_rows])),
+        int(np.count_nonzero(first & (pair_centre == winner))),
+    )
+    supporting = frozenset(track_rows[winner_rows, 0].astype(np.int64).tolist())
     evidence, alignment, confirmed = best
     chance = min(possible, _chance_agreements(track_id, n_windows, params, catalog))
     confidence = max(0.0, evidence - chance) / max(1.0, possible - chance)

@@ -171,11 +171,15 @@ class LiveMatcher:
             return []
         data = np.array(rows, dtype=np.float64)
         times, alignments = data[:, 0], data[:, 1]
-        centres = [candidate.alignment_s]
-        centres += sorted(
-            set((np.round(alignments / voting.catalog_hop_s) * voting.catalog_hop_s).tolist()),
-            key=lambda c: -np.unique(times[np.abs(alignments - c) <= voting.offset_tolerance_s]).size,
+        time_ids = np.unique(times, return_inverse=True)[1]
+        bands = np.unique(np.round(alignments / voting.catalog_hop_s)) * voting.catalog_hop_s
+        band_of_pair, row_of_pair = np.nonzero(
+            np.abs(alignments[None, :] - bands[:, None]) <= voting.offset_tolerance_s
         )
+        heard = np.zeros((bands.size, int(time_ids.max()) + 1), dtype=bool)
+        heard[band_of_pair, time_ids[row_of_pair]] = True
+        by_support = np.argsort(-heard.sum(axis=1), kind="stable")
+        centres = [candidate.alignment_s, *bands[by_support].tolist()]
         chosen: list[tuple[float, np.ndarray]] = []
         for centre in centres:
             if len(chosen) == _ALIGNMENTS_PER_TRACK:

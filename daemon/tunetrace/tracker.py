@@ -12,9 +12,13 @@ Rules, each there to prevent a specific failure:
 * **Keep** while the current track at its alignment keeps ``keep_confidence`` (lower than the start
   threshold: hysteresis, so a quiet passage does not end and restart the play: no flapping).
 * **Change** only when another track (or the same track at another alignment: a position jump)
-  wins the confirmations; that emits exactly one end and one start.  Music repeats itself, so a
+  wins the confirmations; that emits exactly one end and one start.  While the current play still
+  has evidence, another track must beat it by ``switch_margin``: a duplicate recording in the
+  catalog (an album and a single version, a remaster) matches as well as the playing one, and
+  without the margin noise alone would make the play flap between the two.  Music repeats itself, so a
   same-track alignment that was heard *alongside* the current one (a loop or chorus matching at
-  two positions) corrects the play's position instead of starting a new play.
+  two positions) is remembered as an alias of the play: if the play later moves to it, that
+  corrects its position instead of starting a new play.
 * **End** when the current play has had no supporting window for ``end_after_s`` (silence, talk,
   other music); it is back-dated to the last supporting window.
 * ``started_s`` is back-dated to the earliest window that supported the new track, never before
@@ -27,6 +31,8 @@ from dataclasses import dataclass, replace
 
 from tunetrace.config import TrackerConfig
 
+_MAX_ALIASES = 8
+"""Repeat positions remembered per play (a looped track matches at a handful of them)."""
 REALIGN_OVERLAP_S = 2.0
 """A same-track alignment whose support overlaps the current one's by this much is a correction
 of an ambiguous (repeated) position, not a jump: a real jump starts where the old position ends."""
@@ -64,12 +70,14 @@ class TrackerParams:
     start_confirmations: int
     end_after_s: float
     position_jump_s: float
+    switch_margin: float = 0.0
 
     @classmethod
     def from_config(cls, config: TrackerConfig) -> TrackerParams:
         return cls(
             config.start_confidence, config.keep_confidence, config.min_aligned_windows,
             config.start_confirmations, config.end_after_s, config.position_jump_s,
+            config.switch_margin,
         )
 
 
@@ -82,6 +90,8 @@ class OpenPlay:
     """The highest confidence seen for this play."""
     last_support_s: float
     speed_ratio: float
+    aliases: tuple[float, ...] = ()
+    """Other alignments of the same track heard alongside this one (repeats within the track)."""
 
     def position_at(self, stream_s: float) -> float:
         return max(0.0, stream_s + self.alignment_s)
@@ -133,14 +143,9 @@ class PlayTracker:
         now = max(observation.stream_s, self._last_stream_s)
         self._last_stream_s = now
         events: list[TrackerEvent] = []
-        supported = self._current is not None and self._refresh_support(observation.candidates)
-        challenger = self._challenger(observation.candidates, current_supported=supported)
-        if challenger is None:
-            self._pending = None
-        elif self._pending is not None and self._agrees(self._pending.evidence, challenger):
-            self._pending = _Pending(challenger, self._pending.confirmations + 1)
-        else:
-            self._pending = _Pending(challenger, 1)
+        support = self._refresh_support(observation.candidates) if self._current is not None else None
+        challenger = self._challenger(observation.candidates, current_support=support)
+        self._pending = self._confirm(observation.candidates, challenger)
         if self._pending is not None and self._pending.confirmations >= self._params.start_confirmations:
             start = self._pending.evidence
             self._pending = None
@@ -159,25 +164,43 @@ class PlayTracker:
             return []
         return [self._end(min(stream_s, self._current.last_support_s))]
 
-    def _refresh_support(self, candidates: tuple[Evidence, ...]) -> bool:
-        """Extend the current play's support from any candidate at its track and alignment."""
+    def _refresh_support(self, candidates: tuple[Evidence, ...]) -> float | None:
+        """Extend the current play's support from any candidate at its track and alignment; returns
+        that candidate's confidence (``None``: the current play has no evidence in this decision).
+
+        Other alignments of the track heard in the same decision become the play's aliases.
+        """
         current = self._current
         assert current is not None
-        for evidence in candidates:
-            if (
-                evidence.track_id == current.track_id
-                and abs(evidence.alignment_s - current.alignment_s) <= self._params.position_jump_s
-                and evidence.confidence >= self._params.keep_confidence
-            ):
+        same_track = [
+            e for e in candidates
+            if e.track_id == current.track_id and e.confidence >= self._params.keep_confidence
+        ]
+        for evidence in same_track:
+            if self._near(evidence.alignment_s, current.alignment_s):
+                heard_alongside = tuple(
+                    e.alignment_s for e in same_track if not self._near(e.alignment_s, current.alignment_s)
+                )
+                aliases = current.aliases + tuple(a for a in heard_alongside if not self._is_alias(a))
                 self._current = replace(
                     current,
                     last_support_s=max(current.last_support_s, evidence.last_aligned_s),
                     confidence=max(current.confidence, evidence.confidence),
+                    aliases=aliases[-_MAX_ALIASES:],
                 )
-                return True
-        return False
+                return evidence.confidence
+        return None
 
-    def _challenger(self, candidates: tuple[Evidence, ...], *, current_supported: bool) -> Evidence | None:
+    def _near(self, a_s: float, b_s: float) -> bool:
+        return abs(a_s - b_s) <= self._params.position_jump_s
+
+    def _is_alias(self, alignment_s: float) -> bool:
+        current = self._current
+        return current is not None and any(self._near(alignment_s, a) for a in current.aliases)
+
+    def _challenger(
+        self, candidates: tuple[Evidence, ...], *, current_support: float | None,
+    ) -> Evidence | None:
         """The best candidate if it is strong enough to start a play and is not the current play.
 
         The current track at another alignment only challenges once the current alignment has lost
@@ -186,24 +209,49 @@ class PlayTracker:
         if not candidates:
             return None
         best = candidates[0]
-        if best.confidence < self._params.start_confidence:
-            return None
-        if best.aligned_windows < self._params.min_aligned_windows:
+        if not self._strong(best):
             return None
         current = self._current
-        if current is not None and best.track_id == current.track_id:
-            near = abs(best.alignment_s - current.alignment_s) <= self._params.position_jump_s
-            if current_supported or near:
+        if current is not None and best.track_id != current.track_id:
+            if current_support is not None and best.confidence < current_support + self._params.switch_margin:
                 return None
-            if current.last_support_s - best.first_aligned_s >= REALIGN_OVERLAP_S:
+        elif current is not None:
+            if current_support is not None or self._near(best.alignment_s, current.alignment_s):
+                return None
+            heard_together = current.last_support_s - best.first_aligned_s >= REALIGN_OVERLAP_S
+            if heard_together or self._is_alias(best.alignment_s):
                 # The new position was heard alongside the old one: an ambiguous repeat resolving,
                 # not a jump. The play continues at the better-supported position.
-                self._current = replace(current, alignment_s=best.alignment_s)
+                self._current = replace(
+                    current, alignment_s=best.alignment_s,
+                    aliases=(*current.aliases, current.alignment_s)[-_MAX_ALIASES:],
+                )
                 return None
         return best
 
+    def _confirm(self, candidates: tuple[Evidence, ...], challenger: Evidence | None) -> _Pending | None:
+        """Count one more confirmation for the pending play if it is still a strong candidate.
+
+        It need not stay first: two catalog entries of one recording trade first place by noise
+        alone, and counting only the leader would keep either from ever being confirmed.
+        """
+        if challenger is None:
+            return None
+        pending = self._pending
+        if pending is not None:
+            for evidence in candidates:
+                if self._agrees(pending.evidence, evidence) and self._strong(evidence):
+                    return _Pending(evidence, pending.confirmations + 1)
+        return _Pending(challenger, 1)
+
+    def _strong(self, evidence: Evidence) -> bool:
+        return (
+            evidence.confidence >= self._params.start_confidence
+            and evidence.aligned_windows >= self._params.min_aligned_windows
+        )
+
     def _agrees(self, a: Evidence, b: Evidence) -> bool:
-        return a.track_id == b.track_id and abs(a.alignment_s - b.alignment_s) <= self._params.position_jump_s
+        return a.track_id == b.track_id and self._near(a.alignment_s, b.alignment_s)
 
     def _start(self, evidence: Evidence) -> PlayStarted:
         started_s = max(evidence.first_aligned_s, -evidence.alignment_s, self._boundary_s)
