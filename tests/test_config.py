@@ -9,6 +9,7 @@ import pytest
 from tunetrace.config import (
     CALIBRATED_MIN_CONFIDENCE,
     CALIBRATED_START_CONFIDENCE,
+    CALIBRATED_WINDOW_HOP_S,
     Config,
     MilvusConfig,
     load_config,
@@ -31,13 +32,15 @@ def test_defaults_need_no_file() -> None:
     assert config.mqtt is None
 
 
-def test_thresholds_default_to_the_configured_encoders_calibration() -> None:
+def test_tuned_settings_default_to_the_configured_encoders_calibration() -> None:
     default = parse_config(None)
     assert default.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["fingerprint"]
     assert default.tracker.start_confidence == CALIBRATED_START_CONFIDENCE["fingerprint"]
+    assert default.tracker.window_hop_s == CALIBRATED_WINDOW_HOP_S["fingerprint"]
     spectral = parse_config({"encoder": {"name": "spectral"}, "matcher": {"top_k": 20}})
     assert spectral.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["spectral"]
     assert spectral.tracker.start_confidence == CALIBRATED_START_CONFIDENCE["spectral"]
+    assert spectral.tracker.window_hop_s == CALIBRATED_WINDOW_HOP_S["spectral"]
     assert spectral.matcher.top_k == 20
     explicit = parse_config({"matcher": {"min_confidence": 0.33}, "tracker": {"start_confidence": 0.7}})
     assert (explicit.matcher.min_confidence, explicit.tracker.start_confidence) == (0.33, 0.7)
@@ -48,6 +51,7 @@ def test_switching_encoder_moves_a_default_threshold_but_keeps_an_explicit_one()
     assert moved.encoder.name == "spectral"
     assert moved.matcher.min_confidence == CALIBRATED_MIN_CONFIDENCE["spectral"]
     assert moved.tracker.start_confidence == CALIBRATED_START_CONFIDENCE["spectral"]
+    assert moved.tracker.window_hop_s == CALIBRATED_WINDOW_HOP_S["spectral"]
     explicit = parse_config({"matcher": {"min_confidence": 0.33}, "tracker": {"start_confidence": 0.7}})
     kept = with_encoder(explicit, "spectral")
     assert (kept.matcher.min_confidence, kept.tracker.start_confidence) == (0.33, 0.7)

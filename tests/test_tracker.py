@@ -216,7 +216,7 @@ def test_a_repeat_never_heard_alongside_is_a_position_jump() -> None:
     assert kinds(run(tracker, 0.0, 80.0, evidence)) == [f"start:{A}", f"end:{A}", f"start:{A}", f"end:{A}"]
 
 
-def test_a_position_jump_in_the_same_track_is_a_new_play() -> None:
+def test_the_track_aired_again_after_a_break_is_a_new_play() -> None:
     tracker = PlayTracker(PARAMS)
 
     def evidence(t: float) -> list[Evidence]:
@@ -224,16 +224,37 @@ def test_a_position_jump_in_the_same_track_is_a_new_play() -> None:
             return []
         if t < 40.0:
             return [playing(A, t, 0.0, since_s=0.0)]
-        # At 40 s the station jumps back to the track's 10 s mark (alignment -30).
-        return [playing(A, t, -30.0, since_s=40.0)]
+        if t < 43.5:  # a 3 s jingle, then the station starts the track again at its 10 s mark
+            return []
+        return [playing(A, t, -33.0, since_s=43.0)]
 
     events = run(tracker, 0.0, 70.0, evidence)
 
     assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{A}"]
     second = events[2][1]
     assert isinstance(second, PlayStarted)
-    assert second.play.started_s == pytest.approx(40.0)
+    assert second.play.started_s == pytest.approx(43.0)
     assert second.position_start_s == pytest.approx(10.0)
+
+
+def test_an_unbroken_move_to_another_position_corrects_the_play() -> None:
+    """Ambient or looped music matches at many offsets; when the evidence moves to another one
+    without a break, the audio never stopped being this track: one play, position corrected."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        if t < 1.5:
+            return []
+        if t < 40.0:
+            return [playing(A, t, 0.0, since_s=0.0)]
+        return [playing(A, min(t, 60.0), -30.0, since_s=40.0)] if t < 60.5 else []
+
+    events = run(tracker, 0.0, 80.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}"]
+    ended = events[1][1]
+    assert isinstance(ended, PlayEnded)
+    assert ended.position_end_s == pytest.approx(30.0, abs=0.5), "the corrected position"
 
 
 def test_slow_drift_within_the_jump_tolerance_stays_one_play() -> None:

@@ -95,9 +95,21 @@ false play on the calibration streams of ``bench_live`` (docs/benchmarks.md), fo
 as above. The fingerprint's chance matches on unknown music under noise reach 0.5 over the
 horizon (spectral's stay below 0.45), while its true matches climb past 0.7 within two seconds."""
 
-CALIBRATED_THRESHOLDS: dict[tuple[str, str], dict[str, float]] = {
+CALIBRATED_WINDOW_HOP_S: dict[str, float] = {
+    "spectral": 0.1,
+    "fingerprint": 0.25,
+    "vggish": 0.1,
+}
+"""``tracker.window_hop_s`` when the config does not set it. The spectral encoder only matches a
+live window within ~0.05 s of an indexed one, so it needs a fifth of the catalog hop; the
+fingerprint was trained with windows shifted by up to half the catalog hop and matches at any
+shift, so half the catalog hop suffices: 2.5x fewer windows to embed and search per station with
+the same plays on the benchmark streams (docs/benchmarks.md)."""
+
+CALIBRATED_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
     ("matcher", "min_confidence"): CALIBRATED_MIN_CONFIDENCE,
     ("tracker", "start_confidence"): CALIBRATED_START_CONFIDENCE,
+    ("tracker", "window_hop_s"): CALIBRATED_WINDOW_HOP_S,
 }
 """Every per-encoder default: (config section, key) -> encoder name -> value."""
 
@@ -181,8 +193,8 @@ class StationConfig(_Section):
 
 class TrackerConfig(_Section):
     window_hop_s: float = Field(default=0.1, gt=0)
-    """Hop between live windows embedded per station (one decision per window). Live windows fall
-    anywhere between the catalog's; a hop of a fifth of the catalog hop keeps one within 0.05 s."""
+    """Hop between live windows embedded per station. Live windows fall anywhere between the
+    catalog's; unset in a config file, it is calibrated per encoder (``CALIBRATED_WINDOW_HOP_S``)."""
     horizon_s: float = Field(default=4.0, gt=0)
     """Sliding horizon of hits the voting looks at; short enough that a new track dominates it
     within ~2 s (latency), long enough to hold several time-consistent windows."""
@@ -261,13 +273,13 @@ class Config(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _encoder_calibrated_thresholds(cls, data: Any) -> Any:
-        """Fill each per-encoder calibrated threshold from the configured encoder unless it is set."""
+    def _encoder_calibrated_defaults(cls, data: Any) -> Any:
+        """Fill each per-encoder calibrated setting from the configured encoder unless it is set."""
         if not isinstance(data, dict):
             return data
         encoder = data.get("encoder")
         name = encoder.get("name") if isinstance(encoder, dict) else getattr(encoder, "name", None)
-        for (section, key), calibrated in CALIBRATED_THRESHOLDS.items():
+        for (section, key), calibrated in CALIBRATED_DEFAULTS.items():
             values = data.get(section)
             if values is None:
                 values = {}
@@ -290,10 +302,10 @@ class Config(_Section):
 
 
 def with_encoder(config: Config, name: EncoderName) -> Config:
-    """``config`` with another encoder; a threshold left at the old encoder's calibrated default
+    """``config`` with another encoder; a setting left at the old encoder's calibrated default
     follows to the new encoder's (an explicitly different one is kept)."""
     update: dict[str, Any] = {"encoder": config.encoder.model_copy(update={"name": name})}
-    for (section, key), calibrated in CALIBRATED_THRESHOLDS.items():
+    for (section, key), calibrated in CALIBRATED_DEFAULTS.items():
         values = update.get(section, getattr(config, section))
         if getattr(values, key) == calibrated.get(config.encoder.name):
             update[section] = values.model_copy(update={key: calibrated[name]})

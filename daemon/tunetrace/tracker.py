@@ -15,10 +15,11 @@ Rules, each there to prevent a specific failure:
   wins the confirmations; that emits exactly one end and one start.  While the current play still
   has evidence, another track must beat it by ``switch_margin``: a duplicate recording in the
   catalog (an album and a single version, a remaster) matches as well as the playing one, and
-  without the margin noise alone would make the play flap between the two.  Music repeats itself, so a
-  same-track alignment that was heard *alongside* the current one (a loop or chorus matching at
-  two positions) is remembered as an alias of the play: if the play later moves to it, that
-  corrects its position instead of starting a new play.
+  without the margin noise alone would make the play flap between the two.
+* **Same track, other position**: a new play (a new airing) only after a break in the evidence.
+  Music repeats itself (loops, choruses, ambient pieces that match at many offsets), so a
+  same-track alignment whose evidence follows the play's without a break, or that was heard
+  alongside it earlier (remembered as an alias), corrects the play's position instead.
 * **End** when the current play has had no supporting window for ``end_after_s`` (silence, talk,
   other music); it is back-dated to the last supporting window.
 * ``started_s`` is back-dated to the earliest window that supported the new track, never before
@@ -33,9 +34,10 @@ from tunetrace.config import TrackerConfig
 
 _MAX_ALIASES = 8
 """Repeat positions remembered per play (a looped track matches at a handful of them)."""
-REALIGN_OVERLAP_S = 2.0
-"""A same-track alignment whose support overlaps the current one's by this much is a correction
-of an ambiguous (repeated) position, not a jump: a real jump starts where the old position ends."""
+REALIGN_GAP_S = 1.0
+"""A same-track alignment whose evidence starts less than this after the play's last evidence
+continues the play at a corrected position: the audio never stopped matching the track. A station
+airing the track again (a restart) leaves a longer break: a fade, a jingle, silence, talk."""
 
 
 @dataclass(frozen=True)
@@ -218,10 +220,10 @@ class PlayTracker:
         elif current is not None:
             if current_support is not None or self._near(best.alignment_s, current.alignment_s):
                 return None
-            heard_together = current.last_support_s - best.first_aligned_s >= REALIGN_OVERLAP_S
-            if heard_together or self._is_alias(best.alignment_s):
-                # The new position was heard alongside the old one: an ambiguous repeat resolving,
-                # not a jump. The play continues at the better-supported position.
+            unbroken = best.first_aligned_s - current.last_support_s < REALIGN_GAP_S
+            if unbroken or self._is_alias(best.alignment_s):
+                # An ambiguous repeat resolving, not a new airing: the play continues at the
+                # better-supported position.
                 self._current = replace(
                     current, alignment_s=best.alignment_s,
                     aliases=(*current.aliases, current.alignment_s)[-_MAX_ALIASES:],

@@ -67,7 +67,7 @@ def _prepare(config: TrainConfig, args: argparse.Namespace) -> int:
 
     cache = config.data.cache_dir
     train_tracks: list[Path] = []
-    for source in (*config.data.train_sources, *config.data.val_sources):
+    for source in (*config.data.train_sources, *config.data.val_sources, *config.data.holdout_sources):
         spec = SourceSpec(source.name, source.path)
         if args.no_sources:
             tracks = sorted((cache / source.name).glob("*.npy"))

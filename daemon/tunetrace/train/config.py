@@ -28,6 +28,9 @@ class DataConfig(_Section):
     train_sources: tuple[SourceConfig, ...] = ()
     val_sources: tuple[SourceConfig, ...] = ()
     """Never trained on: only used for the validation metric and the quick evaluation."""
+    holdout_sources: tuple[SourceConfig, ...] = ()
+    """Music in neither set: the quick evaluation's interfering music and its false-positive
+    negatives (unset: the last training source, which flatters both figures)."""
     codecs: tuple[str, ...] = ("libmp3lame:64", "libmp3lame:128", "aac:64")
     """``ffmpeg-encoder:kbit/s`` copies precomputed by ``prepare --codecs``."""
 

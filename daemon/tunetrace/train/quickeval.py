@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunetrace.config import EncoderConfig, MatcherConfig
+from tunetrace.config import EncoderConfig, MatcherConfig, parse_config
 from tunetrace.encoders import create_encoder
 from tunetrace.encoders.base import Encoder
 from tunetrace.matcher import CatalogShape, VotingParams, decisive, vote
@@ -153,8 +153,10 @@ def evaluate(
     snippet_s: float,
     conditions: list[str],
     seed: int = 7,
+    matcher: MatcherConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    matcher = MatcherConfig()
+    """Hit and false-positive rates per condition; ``matcher`` defaults to ``MatcherConfig()``."""
+    matcher = matcher or MatcherConfig()
     started = time.monotonic()
     catalog = build_catalog(encoder, catalog_pool)
     log.info("catalog: %d windows in %.1f s", len(catalog.track), time.monotonic() - started)
@@ -199,12 +201,19 @@ def _share(
 def run_quickeval(config: TrainConfig, args: argparse.Namespace) -> int:
     cache = config.data.cache_dir
     catalog_pool = load_pool(cache, [s.name for s in config.data.val_sources])
-    others = load_pool(cache, [config.data.train_sources[-1].name])
+    if config.data.holdout_sources:
+        others = load_pool(cache, [s.name for s in config.data.holdout_sources])
+    else:
+        log.warning("data.holdout_sources is not set: interfering music and false positives come from "
+                    "the training source %s, which the model has heard", config.data.train_sources[-1].name)
+        others = load_pool(cache, [config.data.train_sources[-1].name])
     model_path: Path | None = args.model
     encoder = create_encoder(EncoderConfig(name=args.encoder, model_path=model_path, threads=1))
     conditions = args.conditions.split(",") if args.conditions else list(CONDITIONS)
+    matcher = parse_config({"encoder": {"name": args.encoder}}).matcher  # the encoder's calibrated threshold
     results = evaluate(
-        encoder, catalog_pool, others, queries=args.queries, snippet_s=args.snippet_s, conditions=conditions
+        encoder, catalog_pool, others, queries=args.queries, snippet_s=args.snippet_s, conditions=conditions,
+        matcher=matcher,
     )
     print(json.dumps({"encoder": encoder.info.encoder_id, "results": results}, indent=2))
     return 0
