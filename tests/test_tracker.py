@@ -216,19 +216,27 @@ def test_a_repeat_never_heard_alongside_is_a_position_jump() -> None:
     assert kinds(run(tracker, 0.0, 80.0, evidence)) == [f"start:{A}", f"end:{A}", f"start:{A}", f"end:{A}"]
 
 
-def test_the_track_aired_again_after_a_break_is_a_new_play() -> None:
-    tracker = PlayTracker(PARAMS)
+def moved_at_40_s(
+    break_s: float, alignment_s: float, end_s: float | None = None,
+) -> Callable[[float], list[Evidence]]:
+    """Track A from 0 s; at 40 s, after ``break_s`` of nothing, its evidence is at ``alignment_s``."""
+    resumed_s = 40.0 + break_s
 
     def evidence(t: float) -> list[Evidence]:
         if t < 1.5:
             return []
         if t < 40.0:
             return [playing(A, t, 0.0, since_s=0.0)]
-        if t < 43.5:  # a 3 s jingle, then the station starts the track again at its 10 s mark
+        if t < resumed_s + 0.5 or (end_s is not None and t >= end_s + 0.5):
             return []
-        return [playing(A, t, -33.0, since_s=43.0)]
+        return [playing(A, t if end_s is None else min(t, end_s), alignment_s, since_s=resumed_s)]
 
-    events = run(tracker, 0.0, 70.0, evidence)
+    return evidence
+
+
+def test_the_track_aired_again_after_a_break_is_a_new_play() -> None:
+    # a 3 s jingle, then the station starts the track again at its 10 s mark
+    events = run(PlayTracker(PARAMS), 0.0, 70.0, moved_at_40_s(3.0, -33.0))
 
     assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{A}"]
     second = events[2][1]
@@ -240,16 +248,7 @@ def test_the_track_aired_again_after_a_break_is_a_new_play() -> None:
 def test_an_unbroken_move_to_another_position_corrects_the_play() -> None:
     """Ambient or looped music matches at many offsets; when the evidence moves to another one
     without a break, the audio never stopped being this track: one play, position corrected."""
-    tracker = PlayTracker(PARAMS)
-
-    def evidence(t: float) -> list[Evidence]:
-        if t < 1.5:
-            return []
-        if t < 40.0:
-            return [playing(A, t, 0.0, since_s=0.0)]
-        return [playing(A, min(t, 60.0), -30.0, since_s=40.0)] if t < 60.5 else []
-
-    events = run(tracker, 0.0, 80.0, evidence)
+    events = run(PlayTracker(PARAMS), 0.0, 80.0, moved_at_40_s(0.0, -30.0, end_s=60.0))
 
     assert kinds(events) == [f"start:{A}", f"end:{A}"]
     ended = events[1][1]
