@@ -15,7 +15,7 @@ from tunetrace.encoders.fingerprint import SHIPPED_MODEL, FingerprintEncoder
 from tunetrace.errors import ModelError
 from tunetrace.train import augment
 from tunetrace.train.config import AugmentConfig
-from tunetrace.train.data import AudioPool, align, estimate_lag
+from tunetrace.train.data import AudioPool, CodecSpec, align, codec_roundtrip, estimate_lag
 
 SR = 8000
 
@@ -115,6 +115,20 @@ def test_codec_alignment_recovers_delay() -> None:
     lag = estimate_lag(audio, delayed)
     assert lag == 321
     np.testing.assert_allclose(align(delayed, lag, audio.size), audio, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "codec", [CodecSpec("libmp3lame", 64), CodecSpec("aac", 64), CodecSpec("libmp3lame", 128)], ids=str
+)
+def test_codec_copies_are_lossy_but_aligned_and_full_length(codec: CodecSpec) -> None:
+    """The precomputed codec augmentation: a real ffmpeg round trip, sample-aligned to the
+    original (the training pair shares its time axis), audibly changed but the same music."""
+    audio = _music_like(4.0, 11)
+    copy = codec_roundtrip(audio, SR, codec)
+    assert copy.shape == audio.shape
+    residual = float(np.sqrt(np.mean((copy - audio) ** 2)) / np.sqrt(np.mean(audio**2)))
+    assert 0.01 < residual < 0.3, f"{codec.tag}: relative error {residual:.4f}"  # 0.056-0.075 measured
+    assert estimate_lag(audio, copy) == 0
 
 
 def test_pair_sampler_shapes_and_determinism() -> None:

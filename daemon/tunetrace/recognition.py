@@ -50,7 +50,11 @@ from tunetrace.windows import WindowSpec
 log = logging.getLogger(__name__)
 
 _MAX_CANDIDATES = 3
-_ALIGNMENTS_PER_TRACK = 3
+_ALIGNMENTS_PER_TRACK = 6
+"""Positions reported per track and decision. Looped music matches at several positions at once;
+if the play's own position drops out of this list while the track is still heard, the tracker
+takes the track as moved and corrects the position to a repeat (3 was too few for a looped
+warzone piece: the e2e play ended 23 s, one loop, off its true position)."""
 _PLAUSIBLE_WINDOWS = 2
 _DISTINCT_ALIGNMENT_S = 1.0
 """Alignments of one track closer than this are the same position (within voting tolerance)."""
