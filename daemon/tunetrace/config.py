@@ -283,10 +283,10 @@ class Config(_Section):
             values = data.get(section)
             if values is None:
                 values = {}
-            threshold = calibrated.get(name or EncoderConfig().name)
+            value = calibrated.get(name or EncoderConfig().name)
             # Not a mapping, already set, or an unknown encoder: their own validation speaks.
-            if isinstance(values, dict) and key not in values and threshold is not None:
-                data = {**data, section: {**values, key: threshold}}
+            if isinstance(values, dict) and key not in values and value is not None:
+                data = {**data, section: {**values, key: value}}
         return data
 
     @model_validator(mode="after")

@@ -187,13 +187,10 @@ def _best_alignment(
     )
     winner = int(np.argmax(evidence_per_centre))  # the first centre on ties
     winner_rows = near[winner]
-    best = (
-        float(evidence_per_centre[winner]),
-        float(np.median(alignments[winner_rows])),
-        int(np.count_nonzero(first & (pair_centre == winner))),
-    )
+    evidence = float(evidence_per_centre[winner])
+    alignment = float(np.median(alignments[winner_rows]))
+    confirmed = int(np.count_nonzero(first & (pair_centre == winner)))
     supporting = frozenset(track_rows[winner_rows, 0].astype(np.int64).tolist())
-    evidence, alignment, confirmed = best
     chance = min(possible, _chance_agreements(track_id, n_windows, params, catalog))
     confidence = max(0.0, evidence - chance) / max(1.0, possible - chance)
     return Candidate(

@@ -72,7 +72,7 @@ class TrackerParams:
     start_confirmations: int
     end_after_s: float
     position_jump_s: float
-    switch_margin: float = 0.0
+    switch_margin: float
 
     @classmethod
     def from_config(cls, config: TrackerConfig) -> TrackerParams:
