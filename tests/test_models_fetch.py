@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +12,7 @@ from typing import BinaryIO, ClassVar
 
 import pytest
 
+from tests.fixtures.ports import free_loopback_port
 from tunetrace import models_fetch
 from tunetrace.errors import ModelError
 from tunetrace.models_fetch import (
@@ -79,10 +79,7 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/release"
+    return f"http://127.0.0.1:{free_loopback_port()}/release"
 
 
 QUIET = UrllibDownloader(progress=False, timeout_s=5)

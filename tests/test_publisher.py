@@ -29,12 +29,12 @@ from tests.fixtures.mqtt import (
     WAIT_S,
     Mosquitto,
     Received,
-    free_port,
     make_event,
     make_play,
     schema_validator,
     subscribed,
 )
+from tests.fixtures.ports import free_loopback_port
 from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MqttConfig
 from tunetrace.publisher import MqttPublisher, Topics
@@ -382,7 +382,9 @@ def test_an_unreachable_broker_is_warned_about_once_per_outage(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="tunetrace.publisher")
-    config = MqttConfig(host="127.0.0.1", port=free_port(), reconnect_initial_s=0.02, reconnect_max_s=0.05)
+    config = MqttConfig(
+        host="127.0.0.1", port=free_loopback_port(), reconnect_initial_s=0.02, reconnect_max_s=0.05
+    )
 
     def attempts(level: int) -> int:
         return sum("unreachable" in r.getMessage() and r.levelno == level for r in caplog.records)
@@ -498,7 +500,7 @@ def test_events_of_a_killed_process_are_delivered_by_the_next_one(
 ) -> None:
     prefix = unique_prefix()
     outbox = tmp_path / "outbox.db"
-    dead_port = free_port()  # nothing listens: the child can only queue
+    dead_port = free_loopback_port()  # nothing listens: the child can only queue
 
     async def scenario() -> None:
         child = _spawn_child("queue", str(dead_port), prefix, str(outbox), "4")
@@ -515,7 +517,9 @@ def test_events_of_a_killed_process_are_delivered_by_the_next_one(
 
 
 def test_close_without_a_broker_returns_promptly_and_keeps_events(tmp_path: Path) -> None:
-    config = MqttConfig(host="127.0.0.1", port=free_port(), reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    config = MqttConfig(
+        host="127.0.0.1", port=free_loopback_port(), reconnect_initial_s=0.05, reconnect_max_s=0.1
+    )
 
     async def scenario() -> float:
         publisher = MqttPublisher(config, tmp_path / "outbox.db", ["radio-one"])
