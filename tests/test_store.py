@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,54 @@ def test_long_text_fields_are_clipped_not_refused(store: CatalogStore) -> None:
     add(store, track, unit_vectors(2, 114))
     stored = store.get_tracks([track.track_id])[track.track_id]
     assert stored.title == "é" * 511  # 1023 bytes of UTF-8, cut at a character boundary
+
+
+class _RecordingClient:
+    """The real client, noting which requests went out without a timeout."""
+
+    def __init__(self, client: object) -> None:
+        self._client = client
+        self.without_timeout: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._client, name)
+        if name in {"create_schema", "prepare_index_params", "close"}:  # local, no request
+            return method
+
+        def call(*args: object, **kwargs: object) -> object:
+            if kwargs.get("timeout") is None:
+                self.without_timeout.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_opening_a_catalog_never_waits_without_a_timeout(tmp_path: Path) -> None:
+    """A server that accepts the connection and then hangs must fail startup, not block it."""
+    from pymilvus import MilvusClient
+
+    real = MilvusClient(uri=str(tmp_path / "catalog.db"))  # type: ignore[operator]
+    recording = _RecordingClient(real)
+    store = CatalogStore(recording, "t", INFO, is_lite=True, timeout_s=7.0)  # type: ignore[arg-type]
+    try:
+        store._check_or_create(create=True)  # creates the collections
+        store._check_or_create(create=False)  # and reopens them
+    finally:
+        real.close()
+    assert recording.without_timeout == []
+
+
+class _FailingClient:
+    def __getattr__(self, name: str) -> object:
+        def fail(*args: object, **kwargs: object) -> object:
+            from pymilvus.exceptions import MilvusException
+
+            raise MilvusException(code=2, message="server is restarting")
+
+        return fail
+
+
+def test_a_failing_request_while_opening_is_a_catalog_error_that_says_why() -> None:
+    store = CatalogStore(_FailingClient(), "t", INFO, is_lite=False, timeout_s=1.0)  # type: ignore[arg-type]
+    with pytest.raises(CatalogError, match="server is restarting"):
+        store._check_or_create(create=True)

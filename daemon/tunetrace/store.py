@@ -128,11 +128,11 @@ class CatalogStore:
 
     def _check_or_create(self, *, create: bool) -> None:
         expected = {**asdict(self._info), "schema_version": SCHEMA_VERSION}
-        if self._client.has_collection(self._meta):
-            self._client.load_collection(self._meta)
-            rows = self._client.query(
+        if self._has(self._meta):
+            self._call(lambda: self._client.load_collection(self._meta, timeout=self._timeout_s))
+            rows = self._call(lambda: self._client.query(
                 self._meta, filter='key == "catalog"', output_fields=["value"], timeout=self._timeout_s,
-            )
+            ))
             if rows:
                 recorded = json.loads(rows[0]["value"])
                 if recorded != expected:
@@ -144,14 +144,15 @@ class CatalogStore:
                 "the catalog is empty or does not exist yet; run `tunetrace ingest PATH...` first"
             )
         self._create_collections()
-        self._client.upsert(
+        self._call(lambda: self._client.upsert(
             self._meta,
             [{"key": "catalog", "value": json.dumps(expected), "placeholder": [0.0] * _PLACEHOLDER_DIM}],
-        )
+            timeout=self._timeout_s,
+        ))
         self._load()
 
     def _create_collections(self) -> None:
-        if not self._client.has_collection(self._vectors):
+        if not self._has(self._vectors):
             schema = self._client.create_schema(auto_id=True, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("track_id", DataType.INT64)
@@ -165,10 +166,11 @@ class CatalogStore:
                     "embedding", index_type="HNSW", metric_type=self._info.metric,
                     params={"M": 16, "efConstruction": 200},
                 )
-            self._client.create_collection(
-                self._vectors, schema=schema, index_params=index, consistency_level=_CONSISTENCY
-            )
-        if not self._client.has_collection(self._tracks):
+            self._call(lambda: self._client.create_collection(
+                self._vectors, schema=schema, index_params=index, consistency_level=_CONSISTENCY,
+                timeout=self._timeout_s,
+            ))
+        if not self._has(self._tracks):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("track_id", DataType.INT64, is_primary=True)
             for name in ("title", "artist", "album", "source_path", "content_hash"):
@@ -178,7 +180,7 @@ class CatalogStore:
             schema.add_field("ingested_at", DataType.DOUBLE)
             schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=_PLACEHOLDER_DIM)
             self._create_with_placeholder_index(self._tracks, schema)
-        if not self._client.has_collection(self._meta):
+        if not self._has(self._meta):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
             schema.add_field("value", DataType.VARCHAR, max_length=4096)
@@ -188,13 +190,16 @@ class CatalogStore:
     def _create_with_placeholder_index(self, name: str, schema: Any) -> None:
         index = self._client.prepare_index_params()
         index.add_index("placeholder", index_type="FLAT", metric_type="L2")
-        self._client.create_collection(
-            name, schema=schema, index_params=index, consistency_level=_CONSISTENCY
-        )
+        self._call(lambda: self._client.create_collection(
+            name, schema=schema, index_params=index, consistency_level=_CONSISTENCY, timeout=self._timeout_s,
+        ))
 
     def _load(self) -> None:
         for name in (self._vectors, self._tracks, self._meta):
-            self._client.load_collection(name)
+            self._call(lambda name=name: self._client.load_collection(name, timeout=self._timeout_s))
+
+    def _has(self, name: str) -> bool:
+        return bool(self._call(lambda: self._client.has_collection(name, timeout=self._timeout_s)))
 
     # -- tracks ----------------------------------------------------------------------------------
 
