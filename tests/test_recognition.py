@@ -4,6 +4,7 @@ as the daemon, on the stream clock, so the plays of a known schedule are checked
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from tests.fixtures.audio import Clip, write_wav
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
 from tunetrace.bench_live import EPOCH, plays_from_events, run_stream
 from tunetrace.decode import decode_file
+from tunetrace.recognition import StreamClock
+from tunetrace.sources.base import AudioBlock
 
 RATE = 8000
 
@@ -34,10 +37,10 @@ def test_a_schedule_of_excerpts_yields_one_play_each_with_back_dated_times_and_p
 
     private = private_catalog_copy(clip_catalog, tmp_path / "data")
     config = clip_catalog.config.model_copy(update={"data_dir": private})
-    events, _ = asyncio.run(run_stream(config, wav))
+    sinks, _ = asyncio.run(run_stream(config, wav))
 
     ids = [clip_catalog.tracks[c.path].track_id for c in real_clips]
-    plays = plays_from_events(events[0])
+    plays = plays_from_events(sinks[0].events)
     assert [p.track_id for p in plays] == [ids[0], ids[1], ids[0]]
     expected = [(2.0, 22.0, 10.0), (34.0, 56.0, 3.0), (56.0, 70.0, 20.0)]
     for play, (start_s, end_s, position_s) in zip(plays, expected, strict=True):
@@ -48,6 +51,19 @@ def test_a_schedule_of_excerpts_yields_one_play_each_with_back_dated_times_and_p
         assert play.end_s == pytest.approx(end_s, abs=2.0)
         assert play.position_start_s == pytest.approx(position_s + (play.start_s - start_s), abs=0.6)
         assert play.decided_s - start_s < 6.0, "now-playing latency on the stream clock"
-    kinds = [e.kind for _, e in events[0]]
+    kinds = [e.kind for _, e in sinks[0].events]
     assert kinds == ["play_started", "play_ended"] * 3
-    assert all(e.play.started_at >= EPOCH for _, e in events[0])
+    assert all(e.play.started_at >= EPOCH for _, e in sinks[0].events)
+
+
+def test_the_stream_clock_maps_a_play_time_back_onto_the_stream() -> None:
+    """Play times are wall-clock; the benchmark scores them on the stream through this inverse."""
+    clock = StreamClock(RATE)
+    assert clock.stream_s_at(EPOCH) is None, "no stream clock before the first block"
+    arrived = EPOCH + timedelta(seconds=0.37)  # the source's start-up delay
+    block = AudioBlock(start_sample=5 * RATE, samples=np.zeros(RATE // 10, np.float32), captured_at=arrived)
+    clock.update(block)
+    for stream_s in (0.0, 5.0, 123.45):
+        wall = clock.wall(stream_s)
+        assert wall == arrived + timedelta(seconds=stream_s - 5.0)
+        assert clock.stream_s_at(wall) == pytest.approx(stream_s, abs=1e-6)

@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -159,7 +160,17 @@ class PlayRecord:
     position_start_s: float
 
 
-def plays_from_events(events: list[tuple[float, PlayEvent]]) -> list[PlayRecord]:
+def plays_from_events(
+    events: list[tuple[float, PlayEvent]], stream_s_at: Callable[[datetime], float | None] | None = None,
+) -> list[PlayRecord]:
+    """``stream_s_at`` maps a play's wall-clock times back onto the stream (the station's own clock);
+    without it wall time counts from ``EPOCH``, which holds only for a file read as fast as possible
+    (on a paced stream the first audio arrives after the source's start-up, a few tenths of a second)."""
+
+    def on_stream(wall: datetime) -> float:
+        mapped = stream_s_at(wall) if stream_s_at is not None else None
+        return mapped if mapped is not None else (wall - EPOCH).total_seconds()
+
     decided: dict[str, float] = {}
     plays = []
     for stream_s, event in events:
@@ -167,8 +178,8 @@ def plays_from_events(events: list[tuple[float, PlayEvent]]) -> list[PlayRecord]
             decided[event.play.play_id] = stream_s
         elif event.play.ended_at is not None:
             plays.append(PlayRecord(
-                event.play.track_id, (event.play.started_at - EPOCH).total_seconds(),
-                (event.play.ended_at - EPOCH).total_seconds(), decided[event.play.play_id],
+                event.play.track_id, on_stream(event.play.started_at), on_stream(event.play.ended_at),
+                decided[event.play.play_id],
                 event.play.position_start_s,
             ))
     return sorted(plays, key=lambda p: p.start_s)
@@ -263,14 +274,14 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-StationEvents = list[tuple[float, PlayEvent]]
 
 
 async def run_stream(
     config: Config, wav: Path, stations: int = 1, model: SharedModel | None = None,
     *, realtime: bool = False, rss_samples: list[float] | None = None, rss_every_s: float = 300.0,
-) -> tuple[list[StationEvents], float]:
-    """Run ``stations`` copies of the stream through the pipeline; events per station, wall seconds.
+) -> tuple[list[CollectingSink], float]:
+    """Run ``stations`` copies of the stream through the pipeline; each station's sink (its events,
+    and the station for its clock), wall seconds.
 
     ``model``: an already opened encoder and catalog (opened, and closed after, when ``None``).
     ``realtime``: read the stream at its real pace (a 60-minute stream takes an hour, as on air).
@@ -321,7 +332,7 @@ async def run_stream(
     executor.shutdown()
     if closer is not None:
         closer.close()
-    return [s.events for s in sinks], wall_s
+    return sinks, wall_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,12 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         rss_start = rss_mib()
         cpu_start = time.process_time() + helper_cpu_s()
         rss_samples: list[float] = []
-        station_events, wall_s = asyncio.run(run_stream(
+        station_sinks, wall_s = asyncio.run(run_stream(
             config, wav, args.stations, model, realtime=args.realtime, rss_samples=rss_samples,
         ))
         cpu_s = time.process_time() + helper_cpu_s() - cpu_start
         rss_end = rss_mib()
-    plays = plays_from_events(station_events[0])
+    first = station_sinks[0]
+    plays = plays_from_events(first.events, first.station.stream_s_at if first.station else None)
     if args.show:
         for segment in segments:
             print(f"truth {segment.start_s:7.1f}-{segment.end_s:7.1f} {segment.kind:8} {segment.label} "

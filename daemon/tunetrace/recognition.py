@@ -232,6 +232,13 @@ class StreamClock:
         anchor = self._anchor_at or datetime.now(UTC)
         return anchor + timedelta(seconds=stream_s - self._anchor_s)
 
+    def stream_s_at(self, wall: datetime) -> float | None:
+        """The inverse of ``wall``: where on the stream a wall-clock time falls (``None`` before the
+        first block)."""
+        if self._anchor_at is None:
+            return None
+        return self._anchor_s + (wall - self._anchor_at).total_seconds()
+
     def now_s(self) -> float | None:
         """Stream time now, extrapolated from the newest block (used while a source is down);
         ``None`` before the first block (there is no stream clock yet)."""
@@ -327,6 +334,10 @@ class Station:
     def stream_s(self) -> float:
         """Stream time of the newest decision (end of the newest processed window)."""
         return self._last_stream_s
+
+    def stream_s_at(self, wall: datetime) -> float | None:
+        """Where on this station's stream a wall-clock time (a play's ``started_at``) falls."""
+        return self._clock.stream_s_at(wall)
 
     def progressing(self, stall_s: float) -> bool:
         """For the watchdog: windows were processed, or the source is legitimately (re)connecting."""
