@@ -19,7 +19,7 @@ WINDOW_S = 1.0
 PARAMS = VotingParams.from_config(MatcherConfig(), catalog_hop_s=HOP_S)
 MIN_CONFIDENCE = MatcherConfig().min_confidence
 
-TRUE_TRACK = 7_000_000_000_000_000_001  # ids are 63-bit: they must survive the voting unchanged
+TRUE_TRACK = 7_000_000_000_000_000_001  # any int64 id must survive the voting unchanged
 LONG_TRACK = 42
 
 

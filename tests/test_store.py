@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tunetrace.store as store_module
 from tests.fixtures.milvus import MilvusServer, unique_prefix
 from tunetrace.config import MilvusConfig
 from tunetrace.encoders.base import EncoderInfo
@@ -121,6 +122,30 @@ def test_a_catalog_built_with_another_encoder_is_refused_with_what_to_do(backend
     # Refusing must not damage the catalog: the right encoder still opens it.
     with backend.open(create=False) as reopened:
         assert [t.title for t in reopened.tracks()] == ["a"]
+
+
+def test_a_catalog_of_an_older_layout_is_refused_with_what_to_do(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with monkeypatch.context() as older:
+        older.setattr(store_module, "SCHEMA_VERSION", 1)
+        with backend.open(create=True) as store:
+            add(store, make_track("a", 4), unit_vectors(4, 1))
+    for create in (False, True):
+        with pytest.raises(CatalogMismatchError) as raised:
+            backend.open(create=create)
+        message = str(raised.value)
+        assert "catalog layout 1" in message and f"reads {store_module.SCHEMA_VERSION}" in message
+        assert "re-ingest with `tunetrace ingest`" in message
+
+
+def test_track_ids_are_stable_distinct_and_exact_in_javascript() -> None:
+    hashes = [f"sha256-of-recording-{i}" for i in range(5000)]
+    ids = [track_id_for(h) for h in hashes]
+    assert all(0 <= i < 2**53 for i in ids), "JSON numbers above 2**53 are rounded by JavaScript"
+    assert len(set(ids)) == len(ids)
+    assert ids == [track_id_for(h) for h in hashes]
+    assert max(ids) > 2**50, "the whole range is used (collisions stay rare)"
 
 
 def test_each_vector_finds_its_own_track_and_offset(store: CatalogStore) -> None:

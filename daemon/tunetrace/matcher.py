@@ -75,7 +75,7 @@ def vote(
     n_windows = len(hits)
     if n_windows == 0:
         return []
-    # Track ids are 63-bit: keep them out of the float array, which holds a dense index instead.
+    # Track ids are int64: keep them out of the float array, which holds a dense index instead.
     track_index: dict[int, int] = {}
     rows: list[tuple[int, int, float, float, float]] = []  # window, track idx, alignment, sim, time
     for window, window_hits in enumerate(hits):

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 # the warning is about its packaging, not about anything a user can act on.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", module="milvus_lite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version of the catalog's layout and ids; a catalog of another version is refused with what to do.
+2: track ids are 53-bit (were 63-bit, which JavaScript consumers of the MQTT payloads rounded)."""
 _MAX_TEXT = 1024
 _PLACEHOLDER_DIM = 2  # Milvus requires a vector field in every collection
 _QUERY_PAGE = 1000
@@ -72,9 +74,16 @@ class Hit:
     similarity: float
 
 
+TRACK_ID_BITS = 53
+"""Track ids travel as JSON numbers (MQTT, the play log); JavaScript reads integers exactly only
+below 2**53 (Home Assistant's frontend, Node-RED), so ids stay under that. Collisions stay
+negligible: about one in 18,000 for a million recordings."""
+
+
 def track_id_for(content_hash: str) -> int:
-    """A stable 63-bit id derived from the content hash: the same recording gets the same id everywhere."""
-    return int.from_bytes(hashlib.sha256(content_hash.encode()).digest()[:8], "big") & (2**63 - 1)
+    """A stable id derived from the content hash: the same recording gets the same id everywhere."""
+    digest = hashlib.sha256(content_hash.encode()).digest()[:8]
+    return int.from_bytes(digest, "big") & ((1 << TRACK_ID_BITS) - 1)
 
 
 def _clip(text: str) -> str:
@@ -135,6 +144,8 @@ class CatalogStore:
             ))
             if rows:
                 recorded = json.loads(rows[0]["value"])
+                if recorded.get("schema_version") != SCHEMA_VERSION:
+                    raise CatalogMismatchError(_schema_message(recorded.get("schema_version")))
                 if recorded != expected:
                     raise CatalogMismatchError(_mismatch_message(recorded, expected))
                 self._load()
@@ -350,6 +361,15 @@ def _mismatch_message(recorded: dict[str, Any], expected: dict[str, Any]) -> str
         f"encoder is {expected['encoder_id']!r} ({differences}). Either set encoder.name back to "
         "the catalog's encoder, or point milvus.uri / milvus.collection_prefix at a new catalog "
         "and re-ingest with `tunetrace ingest`."
+    )
+
+
+def _schema_message(recorded: object) -> str:
+    return (
+        f"this catalog was made by another version of tunetrace (catalog layout {recorded!r}, this "
+        f"version reads {SCHEMA_VERSION}: track ids are now {TRACK_ID_BITS}-bit so that JavaScript "
+        "reads them exactly). Point data_dir (or milvus.uri / milvus.collection_prefix) at a new "
+        "catalog and re-ingest with `tunetrace ingest`."
     )
 
 
