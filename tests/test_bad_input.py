@@ -22,7 +22,7 @@ from tunetrace.cli import main
 from tunetrace.config import IngestConfig, MilvusConfig, load_config
 from tunetrace.encoders import create_encoder
 from tunetrace.encoders.spectral import SpectralEncoder
-from tunetrace.store import CatalogStore
+from tunetrace.store.milvus import CatalogStore
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
-from tunetrace.decode import decode_file, iter_pcm_blocks, probe_tags
+from tunetrace.audio.decode import decode_file, iter_pcm_blocks, probe_tags
 from tunetrace.errors import DecodeError
 
 SOURCE_RATE = 44100

@@ -17,11 +17,12 @@ from scipy.signal import correlate
 
 from tests.fixtures.audio import Clip, cut_clip
 from tests.fixtures.milvus import BuiltCatalog
+from tunetrace.audio.decode import decode_file, probe_tags
+from tunetrace.audio.resample import speed_change
 from tunetrace.config import parse_config
-from tunetrace.decode import decode_file, probe_tags
 from tunetrace.encoders import create_encoder
-from tunetrace.identify import Identification, Recognizer, change_speed
-from tunetrace.store import CatalogStore
+from tunetrace.identify import Identification, Recognizer
+from tunetrace.store.milvus import CatalogStore
 
 DEFAULTS = parse_config(None)
 ENCODER = create_encoder(DEFAULTS.encoder)
@@ -96,7 +97,7 @@ def test_a_sped_up_excerpt_is_found_at_its_speed(
 ) -> None:
     clip = real_clips[0]
     audio = decode_file(clip.path, RATE)[round(10 * RATE) : round(22 * RATE)]
-    played_fast = change_speed(audio, 1.04)  # 4% fast, as some stations do
+    played_fast = speed_change(audio, 1.04)  # 4% fast, as some stations do
     assert played_fast.size == pytest.approx(audio.size / 1.04, abs=2)
 
     result = recognizer(clip_store, speed_ratios=[0.96, 1.0, 1.04]).identify(played_fast)

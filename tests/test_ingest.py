@@ -16,14 +16,14 @@ import pytest
 
 from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
 from tests.fixtures.milvus import write_config
+from tunetrace.audio.decode import decode_file
 from tunetrace.catalog.ingest import FileOutcome, IngestSummary, ingest
 from tunetrace.catalog.scan import scan_paths
 from tunetrace.cli import main
 from tunetrace.config import IngestConfig, MilvusConfig
-from tunetrace.decode import decode_file
 from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.errors import ConfigError
-from tunetrace.store import CatalogStore
+from tunetrace.store.milvus import CatalogStore
 
 ENCODER = SpectralEncoder()
 pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process

@@ -27,11 +27,10 @@ import pytest
 from tests.fixtures.audio import Clip, write_wav
 from tests.fixtures.milvus import BuiltCatalog
 from tests.fixtures.streams import IcecastServer, PulseNullSink
+from tunetrace.audio.decode import decode_file
 from tunetrace.config import Config, parse_config
-from tunetrace.decode import decode_file
-from tunetrace.events import Play, PlayEvent
+from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.service import Service
-from tunetrace.sinks import StationHealth
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +56,10 @@ class RecordingSink:
     async def publish_health(self, station: str, health: StationHealth) -> None:
         self.health.append(health)
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        return None
+
+    async def close(self, deadline_s: float) -> None:
         return None
 
     def kinds(self) -> list[tuple[str, int]]:

@@ -19,7 +19,7 @@ from tests.fixtures.audio import Clip
 from tests.fixtures.milvus import MilvusServer, build_catalog, unique_prefix
 from tests.fixtures.mqtt import Mosquitto, Received, schema_validator, subscribed
 from tunetrace.config import parse_config
-from tunetrace.publisher import Topics
+from tunetrace.publish.topics import Topics
 from tunetrace.service import Service
 
 pytestmark = [pytest.mark.slow, pytest.mark.milvus_server]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tunetrace.config import MatcherConfig
-from tunetrace.matcher import CatalogShape, VotingParams, _chance_agreements, vote
-from tunetrace.store import Hit
+from tunetrace.store import CatalogShape, Hit
+from tunetrace.voting.vote import VotingParams, _chance_agreements, vote
 
 HOP_S = 0.5
 WINDOW_S = 1.0

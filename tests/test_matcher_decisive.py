@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunetrace.matcher import FULL_EVIDENCE_WINDOWS, Candidate, decisive
+from tunetrace.voting.vote import FULL_EVIDENCE_WINDOWS, Candidate, decisive
 
 HOP_S = 0.5
 FULL_SPAN_S = (FULL_EVIDENCE_WINDOWS - 1) * HOP_S

@@ -13,21 +13,18 @@ from typing import BinaryIO, ClassVar
 import pytest
 
 from tests.fixtures.ports import free_loopback_port
-from tunetrace import models_fetch
-from tunetrace.errors import ModelError
-from tunetrace.models_fetch import (
+from tunetrace.cli.models import add_models_parser, destination, run_models
+from tunetrace.encoders import weights
+from tunetrace.encoders.weights import (
     MODELS,
     VGGISH_PCA_PARAMS,
     VGGISH_WEIGHTS,
-    DownloadError,
     ModelSpec,
     UrllibDownloader,
-    add_models_parser,
-    destination,
     expected_sha256_prefix,
     fetch_model,
-    run_models,
 )
+from tunetrace.errors import DownloadError, ModelError
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -89,7 +86,7 @@ def test_release_names_carry_hash_prefixes() -> None:
     assert expected_sha256_prefix(VGGISH_WEIGHTS) == "10086976"
     assert expected_sha256_prefix(VGGISH_PCA_PARAMS) == "970ea276"
     assert MODELS["vggish"].files == (VGGISH_WEIGHTS, VGGISH_PCA_PARAMS)
-    url = models_fetch.file_url(MODELS["vggish"], VGGISH_WEIGHTS)
+    url = weights.file_url(MODELS["vggish"], VGGISH_WEIGHTS)
     assert url == (
         "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tunetrace.outbox import Outbox
+from tunetrace.publish.outbox import Outbox
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_concurrent_appends_from_threads_are_all_kept(tmp_path: Path) -> None:
 _KILLED_CHILD = """
 import os, signal, sys
 from pathlib import Path
-from tunetrace.outbox import Outbox
+from tunetrace.publish.outbox import Outbox
 outbox = Outbox(Path(sys.argv[1]), max_events=100)
 for i in range(7):
     outbox.append("t", b"x", f"id-{i}")

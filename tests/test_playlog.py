@@ -10,9 +10,8 @@ from typing import Any
 
 from tests.fixtures.mqtt import make_event, schema_validator
 from tunetrace.config import PlayLogConfig
-from tunetrace.events import PlayEvent
-from tunetrace.playlog import PlayLog
-from tunetrace.sinks import StationHealth
+from tunetrace.events import PlayEvent, StationHealth
+from tunetrace.publish.playlog import PlayLog
 
 LOGGED_AT = datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
 
@@ -22,7 +21,7 @@ def write(log: PlayLog, events: list[PlayEvent]) -> None:
         async with asyncio.timeout(30):
             for event in events:
                 await log.publish_event(event)
-            await log.close()
+            await log.close(deadline_s=1.0)
 
     asyncio.run(scenario())
 
@@ -57,7 +56,7 @@ def test_now_playing_and_health_are_not_logged(tmp_path: Path) -> None:
     async def scenario() -> None:
         await log.publish_now_playing("radio-one", None)
         await log.publish_health("radio-one", health)
-        await log.close()
+        await log.close(deadline_s=1.0)
 
     asyncio.run(scenario())
     assert not path.exists()
@@ -89,7 +88,7 @@ def test_concurrent_events_are_written_in_call_order(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with asyncio.timeout(30):
             await asyncio.gather(*(log.publish_event(e) for e in events))
-            await log.close()
+            await log.close(deadline_s=1.0)
 
     asyncio.run(scenario())
     assert [r["event_id"] for r in lines(path)] == [e.event_id for e in events]

@@ -37,8 +37,9 @@ from tests.fixtures.mqtt import (
 from tests.fixtures.ports import free_loopback_port
 from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MqttConfig
-from tunetrace.publisher import MqttPublisher, Topics
-from tunetrace.sinks import StationHealth
+from tunetrace.events import StationHealth
+from tunetrace.publish.mqtt import MqttPublisher
+from tunetrace.publish.topics import Topics
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -381,7 +382,7 @@ def test_password_never_appears_in_logs(
 def test_an_unreachable_broker_is_warned_about_once_per_outage(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="tunetrace.publisher")
+    caplog.set_level(logging.DEBUG, logger="tunetrace.publish.mqtt")
     config = MqttConfig(
         host="127.0.0.1", port=free_loopback_port(), reconnect_initial_s=0.02, reconnect_max_s=0.05
     )
@@ -531,7 +532,7 @@ def test_close_without_a_broker_returns_promptly_and_keeps_events(tmp_path: Path
 
     assert run(scenario()) < 1.0
     # The event waits for the next start.
-    from tunetrace.outbox import Outbox
+    from tunetrace.publish.outbox import Outbox
 
     with Outbox(tmp_path / "outbox.db", max_events=10) as outbox:
         assert len(outbox) == 1
@@ -557,7 +558,7 @@ def test_close_gives_up_on_a_hung_broker_within_its_deadline(mosquitto: Mosquitt
             mosquitto.resume()
 
     assert run(scenario()) < 1.0 + 1.0 + 0.5  # deadline + goodbye grace + scheduling slack
-    from tunetrace.outbox import Outbox
+    from tunetrace.publish.outbox import Outbox
 
     with Outbox(tmp_path / "outbox.db", max_events=10) as outbox:
         assert len(outbox) == 3  # kept for the next start

@@ -12,9 +12,9 @@ import pytest
 
 from tests.fixtures.audio import Clip, write_wav
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
-from tunetrace.bench_live import EPOCH, plays_from_events, run_stream
-from tunetrace.decode import decode_file
-from tunetrace.recognition import StreamClock
+from tunetrace.audio.decode import decode_file
+from tunetrace.evaluation.live import EPOCH, plays_from_events, run_stream
+from tunetrace.pipeline import StreamClock
 from tunetrace.sources.base import AudioBlock
 
 RATE = 8000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tunetrace.audio.windows import WindowSpec, frame
 from tunetrace.ringbuffer import RingBuffer
-from tunetrace.windows import WindowSpec, frame
 
 RATE = 100
 SPEC = WindowSpec(RATE, window_s=1.0, hop_s=0.25)  # 100-sample windows every 25 samples

@@ -256,45 +256,26 @@ def test_dockerfile_runs_the_daemon_unprivileged_at_the_units_path() -> None:
     assert "ExecStart=/opt/tunetrace/bin/tunetrace serve" in unit
 
 
-class HangingCatalog:
-    """A real ``Catalog`` whose searches hang once ``hang`` is set: a stuck Milvus, a stuck pipeline."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.hang = threading.Event()
-        self.release = threading.Event()
-        self.searches = 0
-
-    def search(self, vectors: object, top_k: int) -> list[list[object]]:
-        self.searches += 1
-        if self.hang.is_set():
-            self.release.wait(30)
-        return [[] for _ in range(len(vectors))]  # type: ignore[arg-type]
-
-    def get_tracks(self, track_ids: object) -> dict[int, object]:
-        return {}
-
-
 def test_watchdog_is_fed_only_while_the_pipeline_progresses(
     tmp_path: Path, notify_socket: NotifySocket,
 ) -> None:
     import asyncio
 
+    from tests.fakes import FakeCatalog
     from tests.fixtures.audio import synthetic_music, write_wav
     from tunetrace.config import parse_config
     from tunetrace.encoders.spectral import SpectralEncoder
-    from tunetrace.matcher import CatalogShape
-    from tunetrace.service import Service, SharedModel
-    from tunetrace.sinks import LogSink
+    from tunetrace.pipeline import SharedModel
+    from tunetrace.publish.base import LogSink
+    from tunetrace.service import Service
 
     wav = write_wav(tmp_path / "m.wav", synthetic_music(5.0, 8000, seed=1), 8000)
     config = parse_config({
         "data_dir": str(tmp_path),
         "stations": [{"name": "wd", "source": {"url": str(wav), "realtime": True, "loop": True}}],
     })
-    catalog = HangingCatalog()
-    model = SharedModel(SpectralEncoder(), catalog, CatalogShape(1, {1: 1}))  # type: ignore[arg-type]
+    catalog = FakeCatalog()
+    model = SharedModel(SpectralEncoder(), catalog, catalog.shape)
     notifier = SdNotifier(str(notify_socket.path), watchdog_usec=400_000)  # ping every 0.2 s
     service = Service(config, sinks=[LogSink()], notifier=notifier, model=model)
 

@@ -13,7 +13,7 @@ from scipy.signal import resample_poly
 
 from tests.fixtures.audio import synthetic_music, write_wav
 from tests.fixtures.streams import IcecastServer
-from tunetrace.decode import decode_file
+from tunetrace.audio.decode import decode_file
 from tunetrace.sources import AudioBlock, Backoff, BackoffPolicy, RunnerParams, SourceError, SourceRunner
 from tunetrace.sources.ffmpeg import FfmpegSource, ffmpeg_args, input_args, redact_url
 from tunetrace.sources.soundcard import StreamResampler

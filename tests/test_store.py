@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tunetrace.store as store_module
+import tunetrace.store.milvus as store_module
 from tests.fixtures.milvus import MilvusServer, unique_prefix
 from tunetrace.config import MilvusConfig
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.errors import CatalogError, CatalogMismatchError
-from tunetrace.store import CatalogStore, Track, track_id_for
+from tunetrace.store import Track, track_id_for
+from tunetrace.store.milvus import CatalogStore
 
 INFO = SpectralEncoder().info
 

@@ -20,7 +20,7 @@ from tunetrace.encoders import create_encoder
 from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.errors import CatalogError
 from tunetrace.identify import Recognizer
-from tunetrace.store import CatalogStore
+from tunetrace.store.milvus import CatalogStore
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunetrace.features import log_mel
+from tunetrace.audio.features import log_mel
 from tunetrace.train.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from tunetrace.train.data import AudioPool
 

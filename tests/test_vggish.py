@@ -29,9 +29,9 @@ from tunetrace.encoders.vggish import (
     log_mel_examples,
     postprocess,
 )
+from tunetrace.encoders.weights import VGGISH_PCA_PARAMS, VGGISH_WEIGHTS
 from tunetrace.errors import ModelError
 from tunetrace.hashing import file_sha256
-from tunetrace.models_fetch import VGGISH_PCA_PARAMS, VGGISH_WEIGHTS
 
 SR = 16000
 

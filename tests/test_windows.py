@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tunetrace.windows import WindowSpec, frame, frame_stream
+from tunetrace.audio.windows import WindowSpec, frame, frame_stream
 
 SPEC = WindowSpec(sample_rate=8000, window_s=1.0, hop_s=0.5)
 

@@ -2,10 +2,12 @@
 
 The package reads like the data flows::
 
-    sources -> ringbuffer -> encoders -> store -> matcher -> tracker -> publisher
-                                 \\-> catalog (ingest) / identify (one-shot) / evaluation
+    sources -> ringbuffer -> encoders -> store -> voting -> tracker -> publish
+                                  \\-> catalog (ingest) / identify (one-shot) / evaluation
 
-with ``service`` wiring the live pipeline and ``cli`` on top.
+``pipeline`` wires one station, ``service`` runs them all (signals, systemd, ordered shutdown),
+``cli`` is on top; ``audio`` (decode, windows, features, resampling) is shared by every stage, and
+the values and policy every stage shares are ``errors``, ``config``, ``events`` and ``backoff``.
 """
 
 import os as _os

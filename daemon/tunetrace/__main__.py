@@ -1,3 +1,3 @@
-from tunetrace.cli import main
+from tunetrace.cli.main import main
 
 raise SystemExit(main())

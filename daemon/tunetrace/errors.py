@@ -3,7 +3,9 @@
     TunetraceError
     ├── ConfigError          bad config file: names the key and the fix; the CLI exits 78 (EX_CONFIG)
     ├── DecodeError          one input file could not be decoded; other files go on
+    ├── SourceError          a live source failed (stream gone, device lost); the station reconnects
     ├── ModelError           encoder weights missing or malformed; says which file to place where
+    │   └── DownloadError    weights could not be downloaded (offline, HTTP error, timeout)
     └── CatalogError         store unreachable, or a catalog built by another encoder
         └── CatalogMismatchError
 """
@@ -23,6 +25,10 @@ class DecodeError(TunetraceError):
     """An audio input could not be decoded."""
 
 
+class SourceError(TunetraceError):
+    """One source session failed (connection refused, decoder exited, device vanished)."""
+
+
 class ModelError(TunetraceError):
     """Encoder weights are missing, unreadable or do not match the expected layout."""
 
@@ -33,3 +39,8 @@ class CatalogError(TunetraceError):
 
 class CatalogMismatchError(CatalogError):
     """The catalog was built with a different encoder, dimension, window or hop."""
+
+
+class DownloadError(ModelError):
+    """A file could not be downloaded (offline, HTTP error, timeout); the message says what to
+    place where by hand."""

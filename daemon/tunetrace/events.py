@@ -1,4 +1,4 @@
-"""The records the live daemon produces: plays and the events that start and end them."""
+"""The values the live daemon produces: plays, the events that start and end them, station health."""
 
 from __future__ import annotations
 
@@ -58,3 +58,25 @@ class PlayEvent:
 
     def to_json(self) -> dict[str, Any]:
         return {"event": self.kind, "event_id": self.event_id, "play": self.play.to_json()}
+
+
+@dataclass(frozen=True)
+class StationHealth:
+    """A station's pipeline state, published periodically and on every change of ``source_up``,
+    ``silent`` or ``catalog_up``."""
+
+    source_up: bool
+    """The source is delivering audio (not reconnecting, not stalled)."""
+    silent: bool
+    """Audio arrives but has been below the silence threshold for ``silence_after_s``."""
+    dropped_windows: int
+    """Windows not recognised since start: skipped because recognition fell behind capture, or
+    lost while the catalog could not be searched."""
+    windows_processed: int
+    """Windows embedded and searched since start."""
+    last_audio_at: datetime | None
+    """UTC wall-clock time the last audio block arrived (``None``: never)."""
+    reconnects: int
+    """Times the source was (re)started after a failure since start."""
+    catalog_up: bool = True
+    """The last catalog search succeeded (``False`` while Milvus is unreachable: windows are lost)."""

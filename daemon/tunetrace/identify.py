@@ -8,16 +8,15 @@ the configured ratios; the best time-consistent answer wins and reports its rati
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from math import gcd
 
 import numpy as np
-from scipy.signal import resample_poly
 
+from tunetrace.audio.resample import speed_change
+from tunetrace.audio.windows import frame
 from tunetrace.config import MatcherConfig
 from tunetrace.encoders.base import Encoder
-from tunetrace.matcher import Candidate, CatalogShape, VotingParams, decisive, vote
-from tunetrace.store import CatalogStore, Track
-from tunetrace.windows import frame
+from tunetrace.store import Catalog, CatalogShape, Track, catalog_shape
+from tunetrace.voting import Candidate, VotingParams, decisive, vote
 
 _CONTRAST_CANDIDATES = 8
 """Candidates ranked per query: enough to find the best track other than the winner."""
@@ -42,34 +41,15 @@ class Identification:
         return self.track is not None
 
 
-def catalog_shape(store: CatalogStore) -> CatalogShape:
-    tracks = store.tracks()
-    return CatalogShape(
-        total_vectors=sum(t.n_vectors for t in tracks),
-        track_vectors={t.track_id: t.n_vectors for t in tracks},
-    )
-
-
-def change_speed(audio: np.ndarray, speed_ratio: float) -> np.ndarray:
-    """Undo (or apply) a playback speed change by resampling: ratio 1.03 shortens audio by 3%."""
-    if abs(speed_ratio - 1.0) < 1e-9:
-        return audio
-    precision = 1000
-    up, down = precision, round(precision * speed_ratio)
-    divisor = gcd(up, down)
-    resampled: np.ndarray = resample_poly(audio, up // divisor, down // divisor).astype(np.float32)
-    return resampled
-
-
 class Recognizer:
-    def __init__(self, encoder: Encoder, store: CatalogStore, config: MatcherConfig) -> None:
+    def __init__(self, encoder: Encoder, store: Catalog, config: MatcherConfig) -> None:
         self._encoder = encoder
         self._store = store
         self._config = config
         info = encoder.info
         self._query_spec = info.window_spec.with_hop(config.query_hop_s or info.hop_s / 10)
         self._params = VotingParams.from_config(config, info.hop_s)
-        self._shape = catalog_shape(store)
+        self._shape = catalog_shape(store.tracks())
 
     @property
     def shape(self) -> CatalogShape:
@@ -77,14 +57,14 @@ class Recognizer:
 
     def refresh(self) -> None:
         """Re-read the catalog's track list (after an ingest by another process)."""
-        self._shape = catalog_shape(self._store)
+        self._shape = catalog_shape(self._store.tracks())
 
     def identify(self, audio: np.ndarray) -> Identification:
         """``audio``: mono float32 at the encoder's sample rate."""
         best: Candidate | None = None
         for ratio in self._config.speed_ratios:
             # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
-            restored = change_speed(audio, 1.0 / ratio)
+            restored = speed_change(audio, 1.0 / ratio)
             windows, starts = frame(restored, self._query_spec)
             if windows.shape[0] == 0:
                 continue

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunetrace.windows import WindowSpec
+from tunetrace.audio.windows import WindowSpec
 
 
 @dataclass(frozen=True)

@@ -21,69 +21,34 @@ pings and systemd restarts the service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol
 
-from tunetrace.config import Config, StationConfig
-from tunetrace.encoders.base import Encoder
-from tunetrace.matcher import CatalogShape
-from tunetrace.recognition import Catalog, LiveMatcher, Station, live_params
+from tunetrace.config import Config
+from tunetrace.pipeline import SharedModel, Station, build_station, open_model
+from tunetrace.publish.base import EventSink, FanoutSink, LogSink
 from tunetrace.sdnotify import SdNotifier
-from tunetrace.sinks import EventSink, FanoutSink, LogSink
-from tunetrace.sources import create_source, runner_params
-from tunetrace.store import CatalogStore
 
 log = logging.getLogger(__name__)
 
-BATCH_WINDOWS_MAX = 64
 _CLOSE_CATALOG_S = 2.0
-RING_CAPACITY_S = 30.0
-"""Audio each station's ring holds: room to catch up after a slow batch without dropping."""
-
-
-@dataclass(frozen=True)
-class SharedModel:
-    encoder: Encoder
-    catalog: Catalog
-    shape: CatalogShape
-
-
-def build_station(
-    station: StationConfig, config: Config, model: SharedModel, sink: EventSink,
-    executor: ThreadPoolExecutor, *, until_eof: bool = False,
-    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> Station:
-    """One station's pipeline with its own source, ring, matcher and tracker (shared model)."""
-    info = model.encoder.info
-    source = create_source(station.source, info.sample_rate)
-    params = live_params(model.encoder, config.matcher, config.tracker, station.source.silence_threshold_dbfs)
-    matcher = LiveMatcher(model.encoder, model.catalog, model.shape, params)
-    return Station(
-        station, source, runner_params(station.source, info.sample_rate), matcher, model.catalog,
-        config.tracker, sink, executor, sample_rate=info.sample_rate, window_s=info.window_s,
-        ring_capacity_s=RING_CAPACITY_S, max_pending_windows=config.service.max_pending_windows,
-        batch_windows=min(BATCH_WINDOWS_MAX, config.encoder.batch_size),
-        health_interval_s=config.service.health_interval_s, until_eof=until_eof, wall_clock=wall_clock,
-    )
+_SINK_CLOSE_MARGIN_S = 0.5
+"""Of the shutdown budget, kept back from the sinks' flush so their goodbye still fits."""
 
 
 def default_sinks(config: Config) -> list[EventSink]:
     """The play log always; the MQTT publisher when ``mqtt`` is configured; a log line otherwise."""
-    from tunetrace.playlog import PlayLog
+    from tunetrace.publish.playlog import PlayLog
 
     sinks: list[EventSink] = [PlayLog.from_config(config.playlog, config.data_dir)]
     if config.mqtt is None:
         sinks.append(LogSink())
         return sinks
-    from tunetrace.publisher import MqttPublisher
+    from tunetrace.publish.mqtt import MqttPublisher
 
     sinks.append(MqttPublisher(
         config.mqtt, config.data_dir / "mqtt-outbox.sqlite3", [s.name for s in config.stations],
@@ -100,9 +65,12 @@ class Service:
         sinks: Sequence[EventSink] | None = None,
         notifier: SdNotifier | None = None,
         model: SharedModel | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``sinks``/``model`` replace the configured ones (embedding, tests, benchmarks)."""
+        """``sinks``/``model`` replace the configured ones (embedding, tests, benchmarks);
+        ``monotonic`` is the clock of every timing decision (watchdog, shutdown budget)."""
         self._config = config
+        self._monotonic = monotonic
         self._model = model
         self._sinks = list(sinks) if sinks is not None else None
         self._notifier = notifier or SdNotifier.from_environment()
@@ -141,11 +109,11 @@ class Service:
             max_workers=max(1, min(4, len(config.stations))), thread_name_prefix="tunetrace-embed",
         )
         try:
-            for candidate in sinks:
-                start = getattr(candidate, "start", None)
-                if start is not None:
-                    await start()
-            self.stations = [build_station(s, config, model, sink, executor) for s in config.stations]
+            await sink.start()
+            self.stations = [
+                build_station(s, config, model, sink, executor, monotonic=self._monotonic)
+                for s in config.stations
+            ]
             if not self.stations:
                 log.warning("no stations configured: nothing to recognise (add `stations:` to the config)")
             tracks = len(model.shape.track_vectors)
@@ -171,13 +139,15 @@ class Service:
 
     async def _shutdown(self, sink: EventSink, executor: ThreadPoolExecutor, closer: _Closer) -> None:
         deadline_s = self._config.service.shutdown_timeout_s
-        started = time.monotonic()
+        started = self._monotonic()
         self._notifier.stopping("ending open plays")
         try:
             async with asyncio.timeout(deadline_s):
                 for station in self.stations:
                     await station.finish()
-                await sink.close()
+                # The sinks get what is left, less a margin for their own goodbye (MQTT's offline).
+                left_s = deadline_s - (self._monotonic() - started)
+                await sink.close(max(0.0, left_s - _SINK_CLOSE_MARGIN_S))
         except TimeoutError:
             log.error("shutdown exceeded %.1f s; some events may be unpublished", deadline_s)
         executor.shutdown(wait=False, cancel_futures=True)
@@ -186,7 +156,7 @@ class Service:
                 await asyncio.to_thread(closer.close)
         except TimeoutError:
             log.warning("the catalog did not close within %.0f s; exiting anyway", _CLOSE_CATALOG_S)
-        log.info("stopped in %.2f s", time.monotonic() - started)
+        log.info("stopped in %.2f s", self._monotonic() - started)
 
     async def _watchdog(self) -> None:
         interval_s = self._notifier.watchdog_interval_s
@@ -211,26 +181,5 @@ class _NothingToClose:
         return None
 
 
-def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
-    """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape."""
-    from tunetrace.identify import catalog_shape
-    from tunetrace.runtime import open_encoder, open_store
-
-    data_dir_ready(config.data_dir)
-    encoder = open_encoder(config)
-    store = open_store(config, encoder, create=False)
-    shape = catalog_shape(store)
-    if not shape.track_vectors:
-        log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested",
-                    config.milvus_uri())
-    return SharedModel(encoder, store, shape), store
-
-
 async def serve(config: Config, *, sinks: Sequence[EventSink] | None = None) -> int:
     return await Service(config, sinks=sinks).run()
-
-
-def data_dir_ready(path: Path) -> None:
-    """Create the data directory (systemd's ``StateDirectory=`` normally already has)."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(parents=True, exist_ok=True)

@@ -12,17 +12,20 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tunetrace.audio.decode import iter_pcm_blocks, probe_tags
+from tunetrace.audio.windows import frame_stream
 from tunetrace.catalog.scan import SidecarEntry, content_hash, load_sidecar, scan_paths
 from tunetrace.config import IngestConfig
-from tunetrace.decode import iter_pcm_blocks, probe_tags
 from tunetrace.encoders.base import Encoder
 from tunetrace.errors import CatalogError, DecodeError
-from tunetrace.store import CatalogStore, Track, track_id_for
-from tunetrace.windows import frame_stream
+from tunetrace.store import Track, track_id_for
+
+if TYPE_CHECKING:
+    from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
 

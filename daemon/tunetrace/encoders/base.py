@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from tunetrace.windows import WindowSpec
+from tunetrace.audio.windows import WindowSpec
 
 Metric = Literal["IP", "L2"]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from tunetrace.audio.features import MelSpec, log_mel
 from tunetrace.config import EncoderConfig
 from tunetrace.encoders.base import EncoderInfo, l2_normalise
 from tunetrace.errors import ModelError
-from tunetrace.features import MelSpec, log_mel
 from tunetrace.hashing import file_sha256
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "fingerprint.onnx"

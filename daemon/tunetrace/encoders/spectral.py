@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tunetrace.audio.features import MelSpec, log_mel
 from tunetrace.encoders.base import EncoderInfo, l2_normalise
-from tunetrace.features import MelSpec, log_mel
 
 SAMPLE_RATE = 8000
 WINDOW_S = 1.0

@@ -3,7 +3,7 @@
 Front end, as in the reference ``vggish_input.py`` / ``mel_features.py``: 16 kHz mono, 25 ms
 periodic-Hann frames (400 samples) every 10 ms (160), |rfft| with n_fft 512, 64 HTK-mel bands from
 125 to 7500 Hz, ``log(mel + 0.01)``; one example is 96 frames x 64 bands.
-``tunetrace.features.log_mel`` already computes exactly that (same framing without centring, same
+``tunetrace.audio.features.log_mel`` already computes exactly that (same framing without centring, same
 window, same mel-domain triangles with the DC bin zeroed; it works in float32 where the reference
 uses float64, a difference of ~1e-6 in log units), so it is reused unchanged.
 
@@ -31,18 +31,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tunetrace.audio.features import MelSpec, log_mel
 from tunetrace.config import EncoderConfig
 from tunetrace.encoders.base import EncoderInfo, l2_normalise
-from tunetrace.errors import ModelError
-from tunetrace.features import MelSpec, log_mel
-from tunetrace.hashing import file_sha256
-from tunetrace.models_fetch import (
+from tunetrace.encoders.weights import (
     MODELS,
     VGGISH_PCA_PARAMS,
     VGGISH_WEIGHTS,
     default_model_dir,
     file_url,
 )
+from tunetrace.errors import ModelError
+from tunetrace.hashing import file_sha256
 
 if TYPE_CHECKING:
     import torch

@@ -13,6 +13,7 @@ from enum import Enum
 
 import numpy as np
 
+from tunetrace.audio.resample import speed_change
 from tunetrace.evaluation import degrade
 
 
@@ -71,7 +72,7 @@ class Condition:
                     raise ValueError(f"{self.name} needs interfering music")
                 out = degrade.mix_at_snr(degrade.fit_length(body, n_samples), interference, self.snr_db)
             case Kind.SPEED:
-                out = degrade.speed_change(segment, self.speed_ratio)[
+                out = speed_change(segment, self.speed_ratio)[
                     round(preroll_samples / self.speed_ratio):
                 ]
             case Kind.REVERB:

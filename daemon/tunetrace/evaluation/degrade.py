@@ -1,5 +1,8 @@
 """The degradations a broadcast recording meets on its way to the monitor, as small pure functions.
 
+The one home of every degradation: the evaluation builds its conditions from them and the
+training recipe (``train.augment``) its augmentations.
+
 Each function takes mono float32 audio (and its sample rate where it matters) and returns new
 float32 audio; randomness only ever enters through an explicit ``numpy.random.Generator``, so a
 seed reproduces an evaluation exactly.  The MP3 round trip is the one exception to "pure": it runs
@@ -11,12 +14,13 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
-from math import gcd
+from functools import cache
 from typing import Any
 
 import numpy as np
 
-from tunetrace.decode import _tool
+from tunetrace.audio.decode import _tool
+from tunetrace.audio.resample import resample
 from tunetrace.errors import DecodeError
 
 TELEPHONE_LOW_HZ = 300.0
@@ -78,33 +82,6 @@ def white_noise(audio: np.ndarray, snr: float, rng: np.random.Generator) -> np.n
     return mix_at_snr(audio, rng.standard_normal(audio.size), snr)
 
 
-def _ratio(value: float, precision: int = 1000) -> tuple[int, int]:
-    """``value`` as a reduced fraction ``up/down`` with ``down == precision`` before reduction."""
-    up, down = round(value * precision), precision
-    divisor = gcd(up, down)
-    return up // divisor, down // divisor
-
-
-def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
-    """Polyphase resampling between two integer rates (anti-aliased)."""
-    if from_hz == to_hz:
-        return _f32(audio)
-    divisor = gcd(from_hz, to_hz)
-    return _f32(signal.resample_poly(audio, to_hz // divisor, from_hz // divisor))
-
-
-def speed_change(audio: np.ndarray, speed_ratio: float) -> np.ndarray:
-    """Play ``audio`` ``speed_ratio`` times as fast by resampling, as broadcast playout does.
-
-    Tempo and pitch move together (``1.03``: 3% faster, 3% higher, 3% shorter), so the output has
-    ``len(audio) / speed_ratio`` samples.
-    """
-    if abs(speed_ratio - 1.0) < 1e-9:
-        return _f32(audio)
-    down, up = _ratio(speed_ratio)  # fewer samples out when faster: resample by 1/ratio
-    return _f32(signal.resample_poly(audio, up, down))
-
-
 def synthetic_impulse_response(
     sample_rate: int, rng: np.random.Generator, rt60_s: float | None = None,
     rt60_range_s: tuple[float, float] = (0.4, 0.6),
@@ -130,14 +107,7 @@ def reverb(audio: np.ndarray, impulse_response: np.ndarray) -> np.ndarray:
 
 def band_pass(audio: np.ndarray, sample_rate: int, low_hz: float, high_hz: float) -> np.ndarray:
     """Zero-phase Butterworth band-pass (forwards and backwards: no group delay, so offsets stay)."""
-    nyquist = sample_rate / 2.0
-    if high_hz >= nyquist:
-        sos = signal.butter(TELEPHONE_FILTER_ORDER, low_hz, "highpass", fs=sample_rate, output="sos")
-    else:
-        sos = signal.butter(
-            TELEPHONE_FILTER_ORDER, [low_hz, high_hz], "bandpass", fs=sample_rate, output="sos"
-        )
-    return _f32(signal.sosfiltfilt(sos, audio))
+    return band_limit(audio, sample_rate, low_hz, high_hz, TELEPHONE_FILTER_ORDER)
 
 
 def telephone(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -145,6 +115,122 @@ def telephone(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     narrow = resample(audio, sample_rate, TELEPHONE_RATE_HZ)
     narrow = band_pass(narrow, TELEPHONE_RATE_HZ, TELEPHONE_LOW_HZ, TELEPHONE_HIGH_HZ)
     return resample(narrow, TELEPHONE_RATE_HZ, sample_rate)
+
+
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+SMALL_SPEAKER_BAND_HZ = (400.0, 3800.0)
+QUIET_RMS = 1e-3
+"""Audio quieter than this (about -60 dBFS) is silence: no fingerprint can identify it."""
+
+
+def apply_gain(audio: np.ndarray, gain_db: float) -> np.ndarray:
+    return (audio * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
+
+
+def white_noise_samples(n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance Gaussian noise (for mixing at a chosen SNR)."""
+    return rng.standard_normal(n_samples).astype(np.float32)
+
+
+def pink_noise(n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """1/f noise: white noise shaped in the frequency domain by 1/sqrt(f), unit RMS."""
+    spectrum = np.fft.rfft(rng.standard_normal(n_samples))
+    freqs = np.arange(spectrum.size, dtype=np.float64)
+    freqs[0] = 1.0
+    pink = np.fft.irfft(spectrum / np.sqrt(freqs), n_samples)
+    return (pink / max(rms(pink), 1e-12)).astype(np.float32)
+
+
+def synthetic_ir(
+    rt60_s: float, sample_rate: int, rng: np.random.Generator, length_s: float = 0.5
+) -> np.ndarray:
+    """A room impulse response: direct path plus exponentially decaying noise (60 dB in ``rt60_s``).
+
+    Early reflections are sparse spikes in the first 50 ms; the response is normalised to unit
+    energy so reverb does not change loudness much.
+    """
+    n = max(2, round(length_s * sample_rate))
+    t = np.arange(n) / sample_rate
+    tail = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60_s)
+    early = np.zeros(n)
+    taps = rng.integers(1, max(2, round(0.05 * sample_rate)), size=6)
+    early[taps] = rng.uniform(-0.6, 0.6, size=taps.size)
+    ir = 0.3 * tail + early
+    ir[0] = 1.0
+    return _f32(ir / np.sqrt(np.sum(ir**2)))
+
+
+@cache
+def _butter(sample_rate: int, low_hz: float | None, high_hz: float | None, order: int) -> np.ndarray:
+    nyquist = sample_rate / 2.0
+    if low_hz and high_hz and high_hz < nyquist:
+        return np.asarray(signal.butter(order, [low_hz, high_hz], "bandpass", fs=sample_rate, output="sos"))
+    if low_hz:
+        return np.asarray(signal.butter(order, low_hz, "highpass", fs=sample_rate, output="sos"))
+    assert high_hz is not None
+    return np.asarray(
+        signal.butter(order, min(high_hz, nyquist * 0.99), "lowpass", fs=sample_rate, output="sos")
+    )
+
+
+def band_limit(
+    audio: np.ndarray, sample_rate: int, low_hz: float | None, high_hz: float | None, order: int = 6
+) -> np.ndarray:
+    """Zero-phase Butterworth band limiting (``None`` leaves that edge open)."""
+    sos = _butter(sample_rate, low_hz, high_hz, order)
+    return _f32(signal.sosfiltfilt(sos, audio))
+
+
+def telephone_band(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The 300–3400 Hz band of a narrow-band phone line, at the audio's own rate."""
+    return band_limit(audio, sample_rate, *TELEPHONE_BAND_HZ)
+
+
+def small_speaker(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A laptop/phone loudspeaker: no bass below ~400 Hz, a presence bump around 2 kHz."""
+    limited = band_limit(audio, sample_rate, *SMALL_SPEAKER_BAND_HZ, order=4)
+    b, a = signal.iirpeak(2000.0, 2.0, fs=sample_rate)
+    return _f32(0.7 * limited + 0.5 * signal.lfilter(b, a, limited))
+
+
+@cache
+def band_response(
+    fft_size: int, sample_rate: int, low_hz: float | None, high_hz: float | None, order: int = 6
+) -> np.ndarray:
+    """|H(f)|² at the ``rfft`` bins of ``fft_size``: the zero-phase filter ``band_limit`` applies.
+
+    Cached, because the training augmenter asks for the same few responses thousands of times.
+    """
+    sos = _butter(sample_rate, low_hz, high_hz, order)
+    _, h = signal.sosfreqz(sos, worN=np.fft.rfftfreq(fft_size, 1.0 / sample_rate), fs=sample_rate)
+    response = (np.abs(h) ** 2).astype(np.float32)
+    response.setflags(write=False)
+    return _f32(response)
+
+
+def _grid(value_hz: float, step_hz: float = 50.0) -> float:
+    """Random cut-offs snap to a grid so their responses can be cached."""
+    return float(round(value_hz / step_hz) * step_hz)
+
+
+def random_eq_response(fft_size: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """One random equaliser magnitude response: telephone, small speaker, low-pass, or tilt+bumps."""
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return band_response(fft_size, sample_rate, *TELEPHONE_BAND_HZ)
+    freqs_hz = np.fft.rfftfreq(fft_size, 1.0 / sample_rate)
+    if kind == 1:
+        low = _grid(rng.uniform(250.0, 600.0))
+        bump = 1.0 + 0.8 * np.exp(-0.5 * ((freqs_hz - rng.uniform(1500, 3000)) / 400.0) ** 2)
+        return _f32(band_response(fft_size, sample_rate, low, None, 4) * bump)
+    if kind == 2:
+        return band_response(fft_size, sample_rate, None, _grid(rng.uniform(1500.0, 3500.0)), 4)
+    octaves = np.log2(np.maximum(freqs_hz, 50.0) / 1000.0)
+    gain_db = rng.uniform(-6.0, 6.0) * octaves
+    for _ in range(3):
+        centre = rng.uniform(-3.0, 2.0)
+        gain_db += rng.uniform(-10.0, 10.0) * np.exp(-0.5 * ((octaves - centre) / 0.4) ** 2)
+    return _f32(10.0 ** (gain_db / 20.0))
 
 
 def _ffmpeg(args: list[str], data: bytes, what: str) -> bytes:

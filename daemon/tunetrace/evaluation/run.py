@@ -17,14 +17,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tunetrace.audio.decode import decode_file, probe_tags
 from tunetrace.catalog.ingest import FileOutcome, IngestSummary, ingest
 from tunetrace.catalog.scan import content_hash, scan_paths
 from tunetrace.config import Config, MatcherConfig
-from tunetrace.decode import decode_file, probe_tags
+from tunetrace.encoders import create_encoder
 from tunetrace.encoders.base import Encoder
 from tunetrace.errors import DecodeError, TunetraceError
 from tunetrace.evaluation.conditions import Condition
@@ -38,8 +39,10 @@ from tunetrace.evaluation.excerpts import (
     redraw_quiet,
 )
 from tunetrace.identify import Identification, Recognizer
-from tunetrace.runtime import open_encoder, open_store
-from tunetrace.store import CatalogStore, track_id_for
+from tunetrace.store import open_catalog, track_id_for
+
+if TYPE_CHECKING:
+    from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
 
@@ -285,10 +288,10 @@ def run_evaluation(config: Config, options: EvalOptions) -> EvalRun:
         raise TunetraceError(
             f"{options.holdout_dir}: needs at least two audio files (queries, and other music to mix in)"
         )
-    encoder = open_encoder(config)
+    encoder = create_encoder(config.encoder, config.data_dir)
     sample_rate = encoder.info.sample_rate
     excluded: list[str] = []
-    with open_store(config, encoder, create=True) as store:
+    with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True) as store:
         summary = _ingest_catalog(catalog_files, encoder, store, config, options.progress)
         excluded.extend(f.reason for f in summary.failures)
         tracks, truth = _source_tracks(catalog_files, holdout_files, store, excluded)

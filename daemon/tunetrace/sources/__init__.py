@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import SourceConfig
+from tunetrace.errors import SourceError
 from tunetrace.sources.base import (
     AudioBlock,
     AudioSource,
     RunnerParams,
-    SourceError,
     SourceRunner,
     SourceState,
 )

@@ -26,13 +26,9 @@ from typing import Protocol
 import numpy as np
 
 from tunetrace.backoff import Backoff, BackoffPolicy
-from tunetrace.errors import TunetraceError
+from tunetrace.errors import SourceError
 
 log = logging.getLogger(__name__)
-
-
-class SourceError(TunetraceError):
-    """One source session failed (connection refused, decoder exited, device vanished)."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +70,12 @@ class RunnerParams:
 class SourceState:
     """What the service reads about a source; written only by its ``SourceRunner``."""
 
-    def __init__(self) -> None:
+    def __init__(self, now_monotonic: float | None = None) -> None:
         self.up = False
         self.silent = False
         self.reconnects = 0
         self.last_audio_at: datetime | None = None
-        self.progress_monotonic = time.monotonic()
+        self.progress_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
         """Last time the runner made progress: a block arrived or a (re)connect was attempted."""
         self.last_error: str | None = None
 
@@ -104,12 +100,16 @@ class SourceRunner:
         on_change: Callable[[], None] | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
         until_eof: bool = False,
     ) -> None:
         self._source = source
         self._params = params
-        self.state = state or SourceState()
+        self._monotonic = monotonic
+        self.state = state or SourceState(monotonic())
         self._on_change = on_change or (lambda: None)
+        self.changed = asyncio.Event()
+        """Set on every change of ``state.up`` or ``state.silent``; the consumer clears it."""
         self._backoff = Backoff(params.backoff, rng)
         self._wall_clock = wall_clock
         self._until_eof = until_eof
@@ -120,9 +120,14 @@ class SourceRunner:
         self._last_audio: tuple[int, float] | None = None
         """Stream index one past the newest block, and the monotonic time it arrived."""
 
+    @property
+    def realtime(self) -> bool:
+        """Audio arrives at the pace of the air (a stream, a sound card), not as fast as read."""
+        return self._source.realtime
+
     async def blocks(self) -> AsyncIterator[AudioBlock]:
         while True:
-            self.state.progress_monotonic = time.monotonic()
+            self.state.progress_monotonic = self._monotonic()
             if self._source.realtime:
                 self._advance_over_outage()
             delivered = False
@@ -161,7 +166,7 @@ class SourceRunner:
         if self._last_audio is None:
             return
         sample_then, monotonic_then = self._last_audio
-        elapsed_s = time.monotonic() - monotonic_then
+        elapsed_s = self._monotonic() - monotonic_then
         self._next_sample = max(self._next_sample, sample_then + round(elapsed_s * self._params.sample_rate))
 
     async def _session_with_stall_timeout(self) -> AsyncIterator[np.ndarray]:
@@ -185,9 +190,9 @@ class SourceRunner:
 
     async def _sleep_with_progress(self, delay_s: float) -> None:
         """Backoff is legitimate progress: keep the watchdog's view fresh while waiting."""
-        deadline = time.monotonic() + delay_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            self.state.progress_monotonic = time.monotonic()
+        deadline = self._monotonic() + delay_s
+        while (remaining := deadline - self._monotonic()) > 0:
+            self.state.progress_monotonic = self._monotonic()
             await asyncio.sleep(min(remaining, 1.0))
 
     def _stamp(self, samples: np.ndarray) -> AudioBlock:
@@ -202,9 +207,9 @@ class SourceRunner:
             captured_at = self._origin + timedelta(seconds=self._next_sample / rate)
         block = AudioBlock(self._next_sample, samples, captured_at)
         self._next_sample += samples.size
-        self._last_audio = (self._next_sample, time.monotonic())
+        self._last_audio = (self._next_sample, self._monotonic())
         self.state.last_audio_at = now
-        self.state.progress_monotonic = time.monotonic()
+        self.state.progress_monotonic = self._monotonic()
         return block
 
     def _update_silence(self, samples: np.ndarray) -> None:
@@ -216,7 +221,7 @@ class SourceRunner:
         if silent != self.state.silent:
             self.state.silent = silent
             log.info("%s: %s", self._source.description, "silence" if silent else "audio again")
-            self._on_change()
+            self._changed()
 
     def _set_up(self, *, up: bool, error: str | None) -> None:
         self.state.last_error = error
@@ -225,4 +230,8 @@ class SourceRunner:
             if not up:
                 self._silent_samples = 0
                 self.state.silent = False
-            self._on_change()
+            self._changed()
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self._on_change()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from tunetrace.sources.base import SourceError
+from tunetrace.errors import SourceError
 
 log = logging.getLogger(__name__)
 

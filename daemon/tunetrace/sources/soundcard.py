@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import resample_poly
 
-from tunetrace.sources.base import SourceError
+from tunetrace.errors import SourceError
 
 log = logging.getLogger(__name__)
 

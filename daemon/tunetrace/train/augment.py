@@ -1,167 +1,27 @@
 """Degradations a broadcast-monitoring fingerprint must survive, in NumPy/SciPy (no torch).
 
-Every function takes and returns float32 mono audio and is deterministic given its arguments
-(randomness comes in through an explicit ``numpy.random.Generator``), so evaluation can reuse
-them to build reproducible test conditions. ``PairSampler`` composes them into the
-(clean, degraded) training pairs of the contrastive objective.
+The degradations themselves live in ``evaluation.degrade`` (one home, shared with the evaluation);
+``PairSampler`` composes them into the (clean, degraded) training pairs of the contrastive
+objective.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
 
 import numpy as np
-from scipy import signal as sps
 
+from tunetrace.evaluation.degrade import (
+    QUIET_RMS,
+    mix_at_snr,
+    pink_noise,
+    random_eq_response,
+    rms,
+    synthetic_ir,
+    white_noise_samples,
+)
 from tunetrace.train.config import AugmentConfig
 from tunetrace.train.data import AudioPool
-
-TELEPHONE_BAND_HZ = (300.0, 3400.0)
-SMALL_SPEAKER_BAND_HZ = (400.0, 3800.0)
-QUIET_RMS = 1e-3
-"""Anchors quieter than this (about -60 dBFS) are silence: no fingerprint can identify them."""
-
-
-def _f32(values: Any) -> np.ndarray:
-    """float32 view/copy with a concrete type for the checker (SciPy returns untyped arrays)."""
-    out: np.ndarray = np.asarray(values, dtype=np.float32)
-    return out
-
-
-def rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)) + 1e-20))
-
-
-def apply_gain(audio: np.ndarray, gain_db: float) -> np.ndarray:
-    return (audio * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
-
-
-def white_noise(n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.standard_normal(n_samples).astype(np.float32)
-
-
-def pink_noise(n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """1/f noise: white noise shaped in the frequency domain by 1/sqrt(f), unit RMS."""
-    spectrum = np.fft.rfft(rng.standard_normal(n_samples))
-    freqs = np.arange(spectrum.size, dtype=np.float64)
-    freqs[0] = 1.0
-    pink = np.fft.irfft(spectrum / np.sqrt(freqs), n_samples)
-    return (pink / max(rms(pink), 1e-12)).astype(np.float32)
-
-
-def add_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``audio`` plus ``noise`` scaled so that the signal-to-noise power ratio is ``snr_db``."""
-    scale = rms(audio) / max(rms(noise), 1e-12) / (10.0 ** (snr_db / 20.0))
-    return _f32(audio + scale * noise[: audio.size])
-
-
-def speed_change(audio: np.ndarray, ratio: float) -> np.ndarray:
-    """Play ``audio`` ``ratio`` times faster by resampling (pitch moves too, like a fast turntable).
-
-    The output has ``round(len / ratio)`` samples; linear interpolation is ample at these ratios.
-    """
-    n_out = round(audio.size / ratio)
-    positions = np.arange(n_out, dtype=np.float64) * ratio
-    return _f32(np.interp(positions, np.arange(audio.size), audio))
-
-
-def synthetic_ir(
-    rt60_s: float, sample_rate: int, rng: np.random.Generator, length_s: float = 0.5
-) -> np.ndarray:
-    """A room impulse response: direct path plus exponentially decaying noise (60 dB in ``rt60_s``).
-
-    Early reflections are sparse spikes in the first 50 ms; the response is normalised to unit
-    energy so reverb does not change loudness much.
-    """
-    n = max(2, round(length_s * sample_rate))
-    t = np.arange(n) / sample_rate
-    tail = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60_s)
-    early = np.zeros(n)
-    taps = rng.integers(1, max(2, round(0.05 * sample_rate)), size=6)
-    early[taps] = rng.uniform(-0.6, 0.6, size=taps.size)
-    ir = 0.3 * tail + early
-    ir[0] = 1.0
-    return _f32(ir / np.sqrt(np.sum(ir**2)))
-
-
-def reverb(audio: np.ndarray, ir: np.ndarray) -> np.ndarray:
-    """Convolve with ``ir`` and keep the original length (the tail beyond the end is cut)."""
-    return _f32(sps.fftconvolve(audio, ir)[: audio.size])
-
-
-@cache
-def _butter(sample_rate: int, low_hz: float | None, high_hz: float | None, order: int) -> np.ndarray:
-    nyquist = sample_rate / 2.0
-    if low_hz and high_hz and high_hz < nyquist:
-        return np.asarray(sps.butter(order, [low_hz, high_hz], "bandpass", fs=sample_rate, output="sos"))
-    if low_hz:
-        return np.asarray(sps.butter(order, low_hz, "highpass", fs=sample_rate, output="sos"))
-    assert high_hz is not None
-    return np.asarray(
-        sps.butter(order, min(high_hz, nyquist * 0.99), "lowpass", fs=sample_rate, output="sos")
-    )
-
-
-def band_limit(
-    audio: np.ndarray, sample_rate: int, low_hz: float | None, high_hz: float | None, order: int = 6
-) -> np.ndarray:
-    """Zero-phase Butterworth band limiting (``None`` leaves that edge open)."""
-    sos = _butter(sample_rate, low_hz, high_hz, order)
-    return _f32(sps.sosfiltfilt(sos, audio))
-
-
-def telephone(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The 300–3400 Hz band of a narrow-band phone line."""
-    return band_limit(audio, sample_rate, *TELEPHONE_BAND_HZ)
-
-
-def small_speaker(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """A laptop/phone loudspeaker: no bass below ~400 Hz, a presence bump around 2 kHz."""
-    limited = band_limit(audio, sample_rate, *SMALL_SPEAKER_BAND_HZ, order=4)
-    b, a = sps.iirpeak(2000.0, 2.0, fs=sample_rate)
-    return _f32(0.7 * limited + 0.5 * sps.lfilter(b, a, limited))
-
-
-@cache
-def band_response(
-    fft_size: int, sample_rate: int, low_hz: float | None, high_hz: float | None, order: int = 6
-) -> np.ndarray:
-    """|H(f)|² at the ``rfft`` bins of ``fft_size``: the zero-phase filter ``band_limit`` applies.
-
-    Cached, because the training augmenter asks for the same few responses thousands of times.
-    """
-    sos = _butter(sample_rate, low_hz, high_hz, order)
-    _, h = sps.sosfreqz(sos, worN=np.fft.rfftfreq(fft_size, 1.0 / sample_rate), fs=sample_rate)
-    response = (np.abs(h) ** 2).astype(np.float32)
-    response.setflags(write=False)
-    return _f32(response)
-
-
-def _grid(value_hz: float, step_hz: float = 50.0) -> float:
-    """Random cut-offs snap to a grid so their responses can be cached."""
-    return float(round(value_hz / step_hz) * step_hz)
-
-
-def random_eq_response(fft_size: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """One random equaliser magnitude response: telephone, small speaker, low-pass, or tilt+bumps."""
-    kind = int(rng.integers(4))
-    if kind == 0:
-        return band_response(fft_size, sample_rate, *TELEPHONE_BAND_HZ)
-    freqs_hz = np.fft.rfftfreq(fft_size, 1.0 / sample_rate)
-    if kind == 1:
-        low = _grid(rng.uniform(250.0, 600.0))
-        bump = 1.0 + 0.8 * np.exp(-0.5 * ((freqs_hz - rng.uniform(1500, 3000)) / 400.0) ** 2)
-        return _f32(band_response(fft_size, sample_rate, low, None, 4) * bump)
-    if kind == 2:
-        return band_response(fft_size, sample_rate, None, _grid(rng.uniform(1500.0, 3500.0)), 4)
-    octaves = np.log2(np.maximum(freqs_hz, 50.0) / 1000.0)
-    gain_db = rng.uniform(-6.0, 6.0) * octaves
-    for _ in range(3):
-        centre = rng.uniform(-3.0, 2.0)
-        gain_db += rng.uniform(-10.0, 10.0) * np.exp(-0.5 * ((octaves - centre) / 0.4) ** 2)
-    return _f32(10.0 ** (gain_db / 20.0))
 
 
 @dataclass(frozen=True)
@@ -273,7 +133,7 @@ class PairSampler:
         for i in np.flatnonzero(rng.random(len(windows)) < cfg.noise_probability):
             kind = cfg.noise_kinds[int(rng.integers(len(cfg.noise_kinds)))]
             if kind == "white":
-                noise = white_noise(self.window, rng)
+                noise = white_noise_samples(self.window, rng)
             elif kind == "pink":
                 start = int(rng.integers(self.pink.size - self.window))
                 noise = self.pink[start : start + self.window]
@@ -281,5 +141,5 @@ class PairSampler:
                 track, start = self._anchor(rng)
                 noise = self.pool.tracks[track][start : start + self.window]
             if rms(out[i]) > QUIET_RMS * 0.1:
-                out[i] = add_noise(out[i], noise, float(rng.uniform(*cfg.snr_db)))
+                out[i] = mix_at_snr(out[i], noise, float(rng.uniform(*cfg.snr_db)))
         return out

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunetrace.decode import _tool, decode_file
+from tunetrace.audio.decode import _tool, decode_file
 from tunetrace.errors import DecodeError
 
 log = logging.getLogger(__name__)

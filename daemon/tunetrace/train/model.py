@@ -5,7 +5,7 @@ on Contrastive Learning" (ICASSP 2021): 1 s segments, a small strided convolutio
 projection trained with NT-Xent. Convolutions here are plain 3x3 (not separable) and the channel
 widths are far smaller, to train in an hour on two CPU cores and to run at >500 windows/s.
 
-``TorchLogMel`` reproduces ``tunetrace.features.log_mel`` exactly, so training sees the features
+``TorchLogMel`` reproduces ``tunetrace.audio.features.log_mel`` exactly, so training sees the features
 that NumPy inference computes.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from tunetrace.features import MelSpec
+from tunetrace.audio.features import MelSpec
 from tunetrace.train.config import ModelConfig
 
 SAMPLE_RATE = 8000

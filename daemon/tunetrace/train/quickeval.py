@@ -20,22 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
+from tunetrace.audio.resample import speed_change
+from tunetrace.audio.windows import frame
 from tunetrace.config import EncoderConfig, MatcherConfig, parse_config
 from tunetrace.encoders import create_encoder
 from tunetrace.encoders.base import Encoder
-from tunetrace.matcher import CatalogShape, VotingParams, decisive, vote
-from tunetrace.store import Hit
-from tunetrace.train.augment import (
-    add_noise,
+from tunetrace.evaluation.degrade import (
+    mix_at_snr,
     reverb,
-    speed_change,
     synthetic_ir,
-    telephone,
-    white_noise,
+    telephone_band,
+    white_noise_samples,
 )
+from tunetrace.store import CatalogShape, Hit
 from tunetrace.train.config import TrainConfig
 from tunetrace.train.data import AudioPool, CodecSpec, codec_roundtrip, load_pool
-from tunetrace.windows import frame
+from tunetrace.voting import VotingParams, decisive, vote
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 8000
@@ -62,14 +62,14 @@ def _other_music(n: int, rng: np.random.Generator, others: AudioPool) -> np.ndar
 
 CONDITIONS: dict[str, Degrade] = {
     "clean": lambda x, rng, o: x,
-    "white_10db": lambda x, rng, o: add_noise(x, white_noise(x.size, rng), 10.0),
-    "white_0db": lambda x, rng, o: add_noise(x, white_noise(x.size, rng), 0.0),
-    "music_5db": lambda x, rng, o: add_noise(x, _other_music(x.size, rng, o), 5.0),
+    "white_10db": lambda x, rng, o: mix_at_snr(x, white_noise_samples(x.size, rng), 10.0),
+    "white_0db": lambda x, rng, o: mix_at_snr(x, white_noise_samples(x.size, rng), 0.0),
+    "music_5db": lambda x, rng, o: mix_at_snr(x, _other_music(x.size, rng, o), 5.0),
     "mp3_64k": lambda x, rng, o: codec_roundtrip(x, SAMPLE_RATE, CodecSpec("libmp3lame", 64)),
     "speed_0.97": lambda x, rng, o: speed_change(x, 0.97),
     "speed_1.03": lambda x, rng, o: speed_change(x, 1.03),
     "reverb": lambda x, rng, o: reverb(x, synthetic_ir(0.7, SAMPLE_RATE, rng, 0.8)),
-    "telephone": lambda x, rng, o: telephone(x, SAMPLE_RATE),
+    "telephone": lambda x, rng, o: telephone_band(x, SAMPLE_RATE),
 }
 
 

@@ -1,6 +1,6 @@
 """Live-recognition benchmark: a synthetic broadcast with a known schedule through the real pipeline.
 
-``python -m tunetrace.bench_live --config CFG --minutes 30`` builds a "radio stream" from the
+``python -m tunetrace.evaluation.live --config CFG --minutes 30`` builds a "radio stream" from the
 catalog's own files: excerpts of catalog tracks (random positions and lengths), silence gaps,
 real music that is not in the catalog (``--unknown``) and noise bursts, optionally buried in white
 noise at ``--snr-db``.  The stream is written to a WAV file and read by the real ``FfmpegSource``
@@ -38,14 +38,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.io import wavfile
 
+from tunetrace.audio.decode import decode_file
 from tunetrace.config import Config, SourceConfig, StationConfig, load_config
-from tunetrace.decode import decode_file
-from tunetrace.events import Play, PlayEvent
-from tunetrace.recognition import Station
-from tunetrace.sinks import StationHealth
+from tunetrace.events import Play, PlayEvent, StationHealth
+from tunetrace.pipeline import Station
 
 if TYPE_CHECKING:
-    from tunetrace.service import SharedModel
+    from tunetrace.pipeline import SharedModel
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,10 @@ class CollectingSink:
     async def publish_health(self, station: str, health: StationHealth) -> None:
         return None
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        return None
+
+    async def close(self, deadline_s: float) -> None:
         return None
 
 
@@ -285,7 +287,7 @@ async def run_stream(
     ``realtime``: read the stream at its real pace (a 60-minute stream takes an hour, as on air).
     ``rss_samples``: filled with the resident memory every ``rss_every_s`` while the stream runs.
     """
-    from tunetrace.service import build_station, open_model
+    from tunetrace.pipeline import build_station, open_model
 
     closer = None
     if model is None:
@@ -335,7 +337,7 @@ async def run_stream(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tunetrace.bench_live", description=(__doc__ or "").split("\n\n")[0],
+        prog="python -m tunetrace.evaluation.live", description=(__doc__ or "").split("\n\n")[0],
     )
     parser.add_argument("--config", "-c", type=Path, required=True,
                         help="config whose catalog holds the tracks (their source files must be readable)")
@@ -357,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     rng = random.Random(args.seed)  # noqa: S311 - a reproducible schedule, not a secret
 
-    from tunetrace.service import open_model
+    from tunetrace.pipeline import open_model
 
     # Opened once: Milvus Lite serves a database from the process that first opened it.
     model, store = open_model(config)

@@ -1,8 +1,10 @@
 """Does an IVF_FLAT index make Milvus Lite searches cheaper than FLAT? (docs/benchmarks.md)
 
+A benchmark of the store itself, so it lives beside the only module allowed to import pymilvus.
+
 28,800 random 128-d unit vectors (the size of the benchmark catalog), 400 noisy queries searched
 5 at a time (what a live station sends), CPU of this process plus the Lite server child per query
-vector, and recall@10 against exact search.  Run: ``PYTHONPATH=daemon python docs/bench/lite_index_check.py``.
+vector, and recall@10 against exact search.  Run: ``python -m tunetrace.store.lite_index_check``.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
 
-from tunetrace.bench_live import helper_cpu_s
+from tunetrace.evaluation.live import helper_cpu_s
 
 N_VECTORS, DIMENSION, N_QUERIES, PER_SEARCH = 28_800, 128, 400, 5
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    normalised: np.ndarray = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    return normalised
 
 
 def main() -> None:
@@ -30,9 +34,10 @@ def main() -> None:
     queries = unit(picked + 0.3 * rng.standard_normal((N_QUERIES, DIMENSION)))
     truth = np.argsort(-(queries @ data.T), axis=1)[:, :10]
     client = MilvusClient(str(Path(tempfile.mkdtemp()) / "index-check.db"))
-    for collection, index_type, build, probes in [
+    cases: list[tuple[str, str, dict[str, int], list[int | None]]] = [
         ("flat", "FLAT", {}, [None]), ("ivf", "IVF_FLAT", {"nlist": 128}, [8, 16, 32]),
-    ]:
+    ]
+    for collection, index_type, build, probes in cases:
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=DIMENSION)
@@ -45,10 +50,11 @@ def main() -> None:
         for nprobe in probes:
             params = {"metric_type": "IP"} | ({"params": {"nprobe": nprobe}} if nprobe else {})
             cpu_start = time.process_time() + helper_cpu_s()
-            found = []
+            found: list[list[dict[str, int]]] = []
             for i in range(0, N_QUERIES, PER_SEARCH):
-                found += client.search(collection, data=list(queries[i : i + PER_SEARCH]), limit=10,
+                result: Any = client.search(collection, data=list(queries[i : i + PER_SEARCH]), limit=10,
                                        search_params=params)
+                found += list(result)
             cpu_ms = (time.process_time() + helper_cpu_s() - cpu_start) / N_QUERIES * 1e3
             recall = np.mean([len({h["id"] for h in hits} & set(truth[q])) / 10
                               for q, hits in enumerate(found)])

@@ -2,16 +2,17 @@
 
 Used for docs/evaluation.md: calibrate ``min_confidence`` on the calibration run (seed 2, nexuiz
 hold-out) and check it out of sample on the reported run (seed 1, wesnoth hold-out).  Run from the
-repository root:  python docs/eval/spectral/threshold_check.py
+repository root:  python -m tunetrace.evaluation.threshold_check [RUN_DIR]   (default docs/eval/spectral)
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
+DEFAULT_RUN_DIR = Path("docs/eval/spectral")
 TARGET_FP = 0.005
 LENGTHS = ("3", "5", "10")
 
@@ -48,9 +49,9 @@ def calibrate(rows: list[dict[str, str]], min_windows: int, length: str | None =
     return 0.0 if len(scores) <= allowed else math.floor(scores[allowed] * 100) / 100 + 0.01
 
 
-def main() -> None:
-    calibration = load(HERE / "calibration" / "results.csv")
-    reported = load(HERE / "results.csv")
+def main(run_dir: Path = DEFAULT_RUN_DIR) -> None:
+    calibration = load(run_dir / "calibration" / "results.csv")
+    reported = load(run_dir / "results.csv")
     pooled = calibrate(calibration, 3)
     print(f"calibrated min_confidence (FP <= {100 * TARGET_FP:g}%, all lengths pooled): {pooled:.2f}")
     for length in LENGTHS:
@@ -67,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_RUN_DIR)

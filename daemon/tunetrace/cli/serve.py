@@ -22,8 +22,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from tunetrace.cli.common import configure_logging
     from tunetrace.config import load_config
-    from tunetrace.runtime import configure_logging
     from tunetrace.service import Service
 
     config = load_config(args.config)  # ConfigError -> exit 78 in cli.main

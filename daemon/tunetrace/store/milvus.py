@@ -1,4 +1,4 @@
-"""The catalog in Milvus: the only module that imports pymilvus.
+"""The catalog in Milvus: the only module that imports pymilvus (and grpc).
 
 Three collections share a prefix:
 
@@ -14,13 +14,12 @@ interrupted half-way leaves only orphan vectors, which search ignores and re-ing
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from tunetrace.config import MilvusConfig
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.errors import CatalogError, CatalogMismatchError
+from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, track_id_for
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +49,6 @@ _SEARCH_BATCH = 256
 # be found on reopen, a re-ingest would not see the track it just added, and a delete could miss
 # rows it should replace. Strong makes every read see every earlier write.
 _CONSISTENCY = "Strong"
-
-
-@dataclass(frozen=True)
-class Track:
-    track_id: int
-    title: str
-    artist: str
-    album: str
-    duration_s: float
-    source_path: str
-    content_hash: str
-    n_vectors: int
-    ingested_at: float
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One nearest-neighbour result for one query window."""
-
-    query_index: int
-    track_id: int
-    offset_s: float
-    similarity: float
-
-
-TRACK_ID_BITS = 53
-"""Track ids travel as JSON numbers (MQTT, the play log); JavaScript reads integers exactly only
-below 2**53 (Home Assistant's frontend, Node-RED), so ids stay under that. Collisions stay
-negligible: about one in 18,000 for a million recordings."""
-
-
-def track_id_for(content_hash: str) -> int:
-    """A stable id derived from the content hash: the same recording gets the same id everywhere."""
-    digest = hashlib.sha256(content_hash.encode()).digest()[:8]
-    return int.from_bytes(digest, "big") & ((1 << TRACK_ID_BITS) - 1)
 
 
 def _clip(text: str) -> str:

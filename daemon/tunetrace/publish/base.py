@@ -8,39 +8,23 @@ interface this small lets tests collect events with a plain in-memory sink inste
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
-from tunetrace.events import Play, PlayEvent
+from tunetrace.events import Play, PlayEvent, StationHealth
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StationHealth:
-    """A station's pipeline state, published periodically and on every change of ``source_up``,
-    ``silent`` or ``catalog_up``."""
-
-    source_up: bool
-    """The source is delivering audio (not reconnecting, not stalled)."""
-    silent: bool
-    """Audio arrives but has been below the silence threshold for ``silence_after_s``."""
-    dropped_windows: int
-    """Windows not recognised since start: skipped because recognition fell behind capture, or
-    lost while the catalog could not be searched."""
-    windows_processed: int
-    """Windows embedded and searched since start."""
-    last_audio_at: datetime | None
-    """UTC wall-clock time the last audio block arrived (``None``: never)."""
-    reconnects: int
-    """Times the source was (re)started after a failure since start."""
-    catalog_up: bool = True
-    """The last catalog search succeeded (``False`` while Milvus is unreachable: windows are lost)."""
-
-
 class EventSink(Protocol):
+    """Where decisions go. The service calls ``start`` once before the first event and ``close``
+    once at the end of shutdown; the publish methods in between must not block on a network."""
+
+    async def start(self) -> None:
+        """Open files and connections (a broker connects in the background: return at once)."""
+        ...
+
     async def publish_event(self, event: PlayEvent) -> None:
         """``play_started`` / ``play_ended``; an implementation must not lose it (persist or retry)."""
         ...
@@ -51,8 +35,9 @@ class EventSink(Protocol):
 
     async def publish_health(self, station: str, health: StationHealth) -> None: ...
 
-    async def close(self) -> None:
-        """Flush what is pending and release resources; called once, at the end of shutdown."""
+    async def close(self, deadline_s: float) -> None:
+        """Flush what is pending within ``deadline_s`` (what is left of the service's shutdown
+        budget) and release resources; what cannot be flushed in time must stay recoverable."""
         ...
 
 
@@ -82,7 +67,10 @@ class LogSink:
     async def publish_health(self, station: str, health: StationHealth) -> None:
         self._log.debug("%s: health %s", station, health)
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        return None
+
+    async def close(self, deadline_s: float) -> None:
         return None
 
 
@@ -104,9 +92,15 @@ class FanoutSink:
         for sink in self._sinks:
             await _guarded(sink.publish_health(station, health), sink, "publish_health")
 
-    async def close(self) -> None:
+    async def start(self) -> None:
         for sink in self._sinks:
-            await _guarded(sink.close(), sink, "close")
+            await _guarded(sink.start(), sink, "start")
+
+    async def close(self, deadline_s: float) -> None:
+        """Each sink in order gets what is left of ``deadline_s``."""
+        deadline = time.monotonic() + deadline_s
+        for sink in self._sinks:
+            await _guarded(sink.close(max(0.0, deadline - time.monotonic())), sink, "close")
 
 
 async def _guarded(call: Awaitable[None], sink: object, what: str) -> None:

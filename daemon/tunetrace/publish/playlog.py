@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tunetrace.config import PlayLogConfig
-from tunetrace.events import Play, PlayEvent
-from tunetrace.sinks import StationHealth
+from tunetrace.events import Play, PlayEvent, StationHealth
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,11 @@ class PlayLog:
     async def publish_health(self, station: str, health: StationHealth) -> None:
         return None
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        return None
+
+    async def close(self, deadline_s: float) -> None:
+        """Close the file; every line was already written and flushed when it was published."""
         async with self._lock:
             await asyncio.to_thread(self._close_file)
 

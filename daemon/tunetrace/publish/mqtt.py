@@ -1,7 +1,8 @@
 """MQTT publishing of now-playing, play events, health and Home Assistant discovery.
 
-The only module that imports aiomqtt.  Topics and payloads are documented in ``docs/mqtt.md``
-and pinned by the JSON Schemas in ``tunetrace/schemas/``.
+The only module that imports aiomqtt.  Topics and payloads are pure functions in
+``publish.topics``, documented in ``docs/mqtt.md`` and pinned by the JSON Schemas in
+``tunetrace/schemas/``.
 
 Lifecycle (for the service)::
 
@@ -34,33 +35,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
-import re
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 
-from tunetrace import __version__
 from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MqttConfig
 from tunetrace.errors import ConfigError
-from tunetrace.events import Play, PlayEvent
-from tunetrace.outbox import Outbox
-from tunetrace.sinks import StationHealth
+from tunetrace.events import Play, PlayEvent, StationHealth
+from tunetrace.publish.outbox import Outbox
+from tunetrace.publish.topics import (
+    OFFLINE,
+    ONLINE,
+    Topics,
+    discovery_configs,
+    encode,
+    health_payload,
+    now_playing_payload,
+)
 
 log = logging.getLogger(__name__)
-
-ONLINE = b"online"
-OFFLINE = b"offline"
 
 _OPERATION_TIMEOUT_S = 10.0
 """How long one publish may wait for its PUBACK before the connection is considered broken."""
@@ -76,141 +77,6 @@ _AUTH_REFUSED_CODES = frozenset({4, 5, 134, 135})
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-# -- topics and payloads ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Every topic the daemon publishes, derived from ``topic_prefix`` and ``discovery_prefix``."""
-
-    prefix: str
-    discovery_prefix: str = "homeassistant"
-
-    @property
-    def status(self) -> str:
-        return f"{self.prefix}/status"
-
-    def now_playing(self, station: str) -> str:
-        return f"{self.prefix}/{station}/now_playing"
-
-    def events(self, station: str) -> str:
-        return f"{self.prefix}/{station}/events"
-
-    def health(self, station: str) -> str:
-        return f"{self.prefix}/{station}/health"
-
-    @property
-    def node_id(self) -> str:
-        """Home Assistant node id: the prefix with characters HA rejects replaced by ``_``."""
-        return re.sub(r"[^A-Za-z0-9_-]", "_", self.prefix)
-
-    def discovery(self, object_id: str) -> str:
-        return f"{self.discovery_prefix}/sensor/{self.node_id}/{object_id}/config"
-
-
-def now_playing_payload(station: str, play: Play | None, updated_at: datetime) -> dict[str, Any]:
-    """Retained now-playing state; ``playing: false`` with null fields is the explicit "nothing"."""
-    return {
-        "station": station,
-        "playing": play is not None,
-        "title": play.title if play else None,
-        "artist": play.artist if play else None,
-        "album": play.album if play else None,
-        "confidence": round(play.confidence, 3) if play else None,
-        "play": play.to_json() if play else None,
-        "updated_at": updated_at.isoformat(),
-    }
-
-
-def health_state(health: StationHealth) -> str:
-    """One word for dashboards: ``down`` beats ``catalog_down`` beats ``silent`` beats ``ok``."""
-    if not health.source_up:
-        return "down"
-    if not health.catalog_up:
-        return "catalog_down"
-    return "silent" if health.silent else "ok"
-
-
-def health_payload(station: str, health: StationHealth, updated_at: datetime) -> dict[str, Any]:
-    return {
-        "station": station,
-        "state": health_state(health),
-        "source_up": health.source_up,
-        "silent": health.silent,
-        "dropped_windows": health.dropped_windows,
-        "windows_processed": health.windows_processed,
-        "last_audio_at": health.last_audio_at.isoformat() if health.last_audio_at else None,
-        "reconnects": health.reconnects,
-        "catalog_up": health.catalog_up,
-        "updated_at": updated_at.isoformat(),
-    }
-
-
-@dataclass(frozen=True)
-class _SensorSpec:
-    key: str
-    name: str
-    icon: str
-    value_template: str
-    unit: str | None = None
-
-
-_NOW_PLAYING_SENSORS = (
-    _SensorSpec("title", "Title", "mdi:music", "{{ value_json.title if value_json.playing else None }}"),
-    _SensorSpec("artist", "Artist", "mdi:account-music",
-                "{{ value_json.artist if value_json.playing else None }}"),
-    _SensorSpec("confidence", "Confidence", "mdi:percent",
-                "{{ (value_json.confidence * 100) | round(1) if value_json.playing else None }}", unit="%"),
-)
-_HEALTH_SENSOR = _SensorSpec("source", "Source", "mdi:radio-tower", "{{ value_json.state }}")
-
-
-def discovery_configs(
-    topics: Topics, station_names: Sequence[str], display_names: Mapping[str, str] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Home Assistant MQTT discovery: one device per station with title/artist/confidence/source sensors.
-
-    Returns ``{config topic: config payload}``; all are published retained.  A template that
-    renders ``None`` makes HA show the sensor as "unknown" while nothing is playing.
-    """
-    display_names = display_names or {}
-    configs: dict[str, dict[str, Any]] = {}
-    for station in station_names:
-        device = {
-            "identifiers": [f"{topics.node_id}_{station}"],
-            "name": display_names.get(station, station),
-            "manufacturer": "tunetrace",
-            "model": "tunetrace station monitor",
-            "sw_version": __version__,
-        }
-        sensors = [(spec, topics.now_playing(station)) for spec in _NOW_PLAYING_SENSORS]
-        sensors.append((_HEALTH_SENSOR, topics.health(station)))
-        for spec, state_topic in sensors:
-            object_id = f"{station}_{spec.key}"
-            config: dict[str, Any] = {
-                "name": spec.name,
-                "unique_id": f"{topics.node_id}_{object_id}",
-                "state_topic": state_topic,
-                "value_template": spec.value_template,
-                "json_attributes_topic": state_topic,
-                "availability_topic": topics.status,
-                "payload_available": ONLINE.decode(),
-                "payload_not_available": OFFLINE.decode(),
-                "icon": spec.icon,
-                "device": device,
-                "origin": {"name": "tunetrace", "sw_version": __version__},
-            }
-            if spec.unit:
-                config["unit_of_measurement"] = spec.unit
-                config["state_class"] = "measurement"
-            configs[topics.discovery(object_id)] = config
-    return configs
-
-
-def _encode(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 # -- the publisher ---------------------------------------------------------------------------------
@@ -264,10 +130,10 @@ class MqttPublisher:
         self._dirty: dict[str, None] = {}
         if config.discovery:
             for topic, payload in discovery_configs(self._topics, station_names, display_names).items():
-                self._set_retained(topic, _encode(payload))
+                self._set_retained(topic, encode(payload))
         for station in station_names:
             self._set_retained(self._topics.now_playing(station),
-                               _encode(now_playing_payload(station, None, clock())))
+                               encode(now_playing_payload(station, None, clock())))
 
     @property
     def topics(self) -> Topics:
@@ -304,20 +170,20 @@ class MqttPublisher:
         outbox = self._require_outbox()
         topic = self._topics.events(event.play.station)
         async with self._append_lock:  # FIFO: keeps the outbox in call order
-            await asyncio.to_thread(outbox.append, topic, _encode(event.to_json()), event.event_id)
+            await asyncio.to_thread(outbox.append, topic, encode(event.to_json()), event.event_id)
         self._wake.set()
 
     async def publish_now_playing(self, station: str, play: Play | None) -> None:
         payload = now_playing_payload(station, play, self._clock())
-        self._set_retained(self._topics.now_playing(station), _encode(payload))
+        self._set_retained(self._topics.now_playing(station), encode(payload))
         self._wake.set()
 
     async def publish_health(self, station: str, health: StationHealth) -> None:
         payload = health_payload(station, health, self._clock())
-        self._set_retained(self._topics.health(station), _encode(payload))
+        self._set_retained(self._topics.health(station), encode(payload))
         self._wake.set()
 
-    async def close(self, deadline_s: float = 3.0) -> None:
+    async def close(self, deadline_s: float) -> None:
         """Deliver what can be delivered within ``deadline_s``, publish ``offline``, disconnect.
 
         Events still undelivered stay in the outbox for the next start.  While the broker is
@@ -449,7 +315,7 @@ class MqttPublisher:
         if not isinstance(error, aiomqtt.MqttError):
             # Not the broker's doing (a full disk under the outbox, a bug): keep the traceback.
             log.error("MQTT publisher failed: %s (retrying in %.1f s)", error, delay_s, exc_info=error)
-        elif isinstance(error, MqttConnectError) and code in _AUTH_REFUSED_CODES:
+        elif isinstance(error, aiomqtt.MqttCodeError) and code in _AUTH_REFUSED_CODES:
             log.error(
                 "MQTT broker %s refused the login as %r: %s; check mqtt.username and mqtt.password "
                 "(retrying in %.1f s)", where, self._config.username, error, delay_s,

@@ -15,13 +15,13 @@ for 3 s and 10 s queries alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tunetrace.config import MatcherConfig
-from tunetrace.store import Hit
+from tunetrace.store.base import CatalogShape, Hit
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,6 @@ class VotingParams:
     @classmethod
     def from_config(cls, config: MatcherConfig, catalog_hop_s: float) -> VotingParams:
         return cls(catalog_hop_s, config.top_k, config.offset_tolerance_s, config.min_similarity)
-
-
-@dataclass(frozen=True)
-class CatalogShape:
-    """What the chance correction needs to know about the catalog."""
-
-    total_vectors: int
-    track_vectors: Mapping[int, int]
 
 
 def vote(

@@ -75,10 +75,10 @@ def add_eval_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tunetrace.cli.common import configure_logging
     from tunetrace.config import load_config, with_encoder
     from tunetrace.evaluation.report import write_report
     from tunetrace.evaluation.run import EvalOptions, run_evaluation
-    from tunetrace.runtime import configure_logging
 
     config = load_config(args.config)
     configure_logging(config.log_level)

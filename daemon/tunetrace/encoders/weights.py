@@ -14,7 +14,6 @@ deliberate forgery; pin full digests in ``ModelSpec`` once a trusted copy has be
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -29,8 +28,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from tunetrace.config import default_data_dir, load_config
-from tunetrace.errors import ModelError
+from tunetrace.config import default_data_dir
+from tunetrace.errors import DownloadError, ModelError
 from tunetrace.hashing import file_sha256
 
 Downloader = Callable[[str, BinaryIO], None]
@@ -40,11 +39,6 @@ TORCHVGGISH_RELEASE = "https://github.com/harritaylor/torchvggish/releases/downl
 VGGISH_WEIGHTS = "vggish-10086976.pth"
 VGGISH_PCA_PARAMS = "vggish_pca_params-970ea276.pth"
 
-
-
-class DownloadError(ModelError):
-    """A file could not be downloaded (offline, HTTP error, timeout); the message says what to
-    place where by hand."""
 
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
@@ -188,71 +182,3 @@ def _download_failed(url: str, target: Path, exc: BaseException) -> str:
         f"could not download {target.name} from {url} ({reason}). "
         f"If this machine is offline, download that URL elsewhere and place the file at {target}"
     )
-
-
-def add_models_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """Register ``models fetch NAME`` on the CLI's subparsers; ``args.func`` is ``run_models``."""
-    models = subparsers.add_parser("models", help="download encoder weights")
-    actions = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    fetch = actions.add_parser(
-        "fetch", help="download a model's weights (checksum-verified, atomic)",
-        description="Download a model's weights into encoder.model_path (when the configured "
-        "encoder is NAME), else <data_dir>/models/NAME. Offline, the error names each file's "
-        "URL and where to place it.",
-    )
-    fetch.add_argument("name", choices=sorted(MODELS), metavar="NAME", help="model: vggish")
-    fetch.add_argument(
-        "--config", "-c", type=Path, default=None,
-        help="YAML config whose data_dir / encoder.model_path pick the destination "
-        "(default: $TUNETRACE_CONFIG, else /etc/tunetrace/tunetrace.yaml, else built-in defaults)",
-    )
-    fetch.add_argument("--dest", type=Path, default=None, help="write into this directory instead")
-    fetch.add_argument("--base-url", default=None, help="download from this mirror instead")
-    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
-    models.set_defaults(func=run_models)
-    return models
-
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_UNAVAILABLE = 69
-"""``EX_UNAVAILABLE``: the download source could not be reached (offline, HTTP error)."""
-
-
-def destination(args: argparse.Namespace) -> Path:
-    """``--dest``, else the configured ``encoder.model_path`` for this model, else the default.
-
-    The config is read so that fetch writes exactly where the encoder will look.
-    """
-    if args.dest is not None:
-        return Path(args.dest)
-    config = load_config(getattr(args, "config", None))
-    if config.encoder.name == args.name and config.encoder.model_path is not None:
-        return config.encoder.model_path
-    return default_model_dir(args.name, config.data_dir)
-
-
-def run_models(args: argparse.Namespace) -> int:
-    """Run ``models fetch``: prints the paths written; non-zero with instructions on failure.
-
-    Exit status: 0 done, 69 download failed (offline, HTTP error), 1 checksum mismatch or
-    unknown model.  A bad config raises ``ConfigError`` for the CLI to report.
-    """
-    dest = destination(args)
-    try:
-        paths = fetch_model(
-            args.name, dest, base_url=args.base_url,
-            downloader=UrllibDownloader(progress=not args.no_progress),
-        )
-    except DownloadError as exc:
-        print(f"tunetrace models fetch: {exc}", file=sys.stderr)
-        print(manual_install_hint(args.name, dest, args.base_url), file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except ModelError as exc:
-        print(f"tunetrace models fetch: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    for path in paths:
-        print(path)
-    return EXIT_OK

@@ -1,51 +1,23 @@
-"""The ``tunetrace`` command line: ingest, identify, catalog, eval, train, models, serve.
-
-Exit codes: 0 success; 1 some inputs failed (the rest were processed); 2 usage; 69 the catalog
-or another service is unavailable; 78 (EX_CONFIG) the configuration is invalid, so systemd's
-``RestartPreventExitStatus=78`` stops a restart loop.
-"""
+"""``tunetrace ingest | identify | catalog | check-config``: the catalog's commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from tunetrace import __version__
-from tunetrace.config import Config, load_config
-from tunetrace.errors import CatalogError, ConfigError, DecodeError, ModelError, TunetraceError
-
-log = logging.getLogger("tunetrace")
-
-EXIT_OK = 0
-EXIT_PARTIAL = 1
-EXIT_UNAVAILABLE = 69
-EXIT_CONFIG = 78
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _add_config_option(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
-    """``--config`` on a command; ``nested`` actions accept it too without overwriting the parent's."""
-    parser.add_argument(
-        "--config", "-c", type=Path, default=argparse.SUPPRESS if nested else None,
-        help="YAML config (default: $TUNETRACE_CONFIG, else /etc/tunetrace/tunetrace.yaml, "
-        "else built-in defaults)",
-    )
-
-
-def _load(args: argparse.Namespace) -> Config:
-    from tunetrace.runtime import configure_logging
-
-    config = load_config(args.config)
-    configure_logging("DEBUG" if getattr(args, "verbose", False) else config.log_level)
-    return config
-
+from tunetrace.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    Subparsers,
+    add_config_option,
+    load,
+)
+from tunetrace.config import load_config
+from tunetrace.errors import DecodeError
 
 # -- ingest -----------------------------------------------------------------------------------
 
@@ -55,9 +27,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     from tunetrace.catalog.ingest import FileOutcome, ingest
     from tunetrace.catalog.scan import scan_paths
-    from tunetrace.runtime import open_encoder, open_store
+    from tunetrace.encoders import create_encoder
+    from tunetrace.store import open_catalog
 
-    config = _load(args)
+    config = load(args)
     missing = [p for p in args.paths if not p.exists()]
     for path in missing:
         what = "a broken symbolic link" if path.is_symlink() else "no such file or folder"
@@ -76,8 +49,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_PARTIAL
-    encoder = open_encoder(config)
-    with open_store(config, encoder, create=True) as store:
+    encoder = create_encoder(config.encoder, config.data_dir)
+    with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True) as store:
         bar = tqdm(total=len(files), unit="file", disable=args.quiet or None, file=sys.stderr)
 
         def progress(outcome: FileOutcome) -> None:
@@ -138,14 +111,15 @@ def _print_identification(record: dict[str, Any], out: TextIO) -> None:
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    from tunetrace.decode import decode_file
+    from tunetrace.audio.decode import decode_file
+    from tunetrace.encoders import create_encoder
     from tunetrace.identify import Recognizer
-    from tunetrace.runtime import open_encoder, open_store
+    from tunetrace.store import open_catalog
 
-    config = _load(args)
-    encoder = open_encoder(config)
+    config = load(args)
+    encoder = create_encoder(config.encoder, config.data_dir)
     failed = 0
-    with open_store(config, encoder, create=False) as store:
+    with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
         recognizer = Recognizer(encoder, store, config.matcher)
         for path in args.files:
             started = time.perf_counter()
@@ -172,11 +146,12 @@ def _cmd_identify(args: argparse.Namespace) -> int:
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
-    from tunetrace.runtime import open_encoder, open_store
+    from tunetrace.encoders import create_encoder
+    from tunetrace.store import open_catalog
 
-    config = _load(args)
-    encoder = open_encoder(config)
-    with open_store(config, encoder, create=False) as store:
+    config = load(args)
+    encoder = create_encoder(config.encoder, config.data_dir)
+    with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
         if args.catalog_command == "list":
             tracks = store.tracks()
             if args.json:
@@ -223,86 +198,35 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- parser -----------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tunetrace",
-        description="Recognise catalog recordings in audio files and live streams.",
-    )
-    parser.add_argument("--version", action="version", version=f"tunetrace {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_catalog_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """Register ingest, identify, catalog and check-config."""
     p = sub.add_parser("ingest", help="add audio files or folders to the catalog")
-    _add_config_option(p)
+    add_config_option(p)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--replace", action="store_true", help="re-ingest files already in the catalog")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("identify", help="identify audio files against the catalog")
-    _add_config_option(p)
+    add_config_option(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
     p.set_defaults(func=_cmd_identify)
 
     p = sub.add_parser("catalog", help="inspect or edit the catalog")
-    _add_config_option(p)
+    add_config_option(p)
     catalog_sub = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     for name, text in (("list", "list tracks"), ("stats", "catalog size and encoder")):
         q = catalog_sub.add_parser(name, help=text)
-        _add_config_option(q, nested=True)
+        add_config_option(q, nested=True)
         q.add_argument("--json", action="store_true")
     q = catalog_sub.add_parser("remove", help="remove a track and its vectors")
-    _add_config_option(q, nested=True)
+    add_config_option(q, nested=True)
     q.add_argument("track_id", type=int, metavar="TRACK_ID")
     p.set_defaults(func=_cmd_catalog)
 
     p = sub.add_parser("check-config", help="validate a config file and exit")
-    _add_config_option(p)
+    add_config_option(p)
     p.set_defaults(func=_cmd_check_config)
-
-    _add_optional_commands(sub)
-    return parser
-
-
-def _add_optional_commands(sub: Any) -> None:
-    """Commands that live beside their implementation (each imports its heavy libraries lazily)."""
-    from tunetrace.evaluation.cli import add_eval_parser
-    from tunetrace.models_fetch import add_models_parser
-    from tunetrace.service_cli import add_serve_parser
-    from tunetrace.train.cli import add_train_parser
-
-    for add_parser in (add_eval_parser, add_train_parser, add_models_parser, add_serve_parser):
-        add_parser(sub)
-
-
-_ERROR_EXITS: dict[type[TunetraceError], tuple[str, int]] = {
-    ConfigError: ("config error", EXIT_CONFIG),
-    ModelError: ("model error", EXIT_CONFIG),
-    CatalogError: ("catalog error", EXIT_UNAVAILABLE),
-}
-
-
-def _exit_for(exc: TunetraceError) -> tuple[str, int]:
-    """The label and exit status of the closest known base class (subclasses included)."""
-    for kind, outcome in _ERROR_EXITS.items():
-        if isinstance(exc, kind):
-            return outcome
-    return ("error", EXIT_PARTIAL)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler = args.func
-    try:
-        return handler(args)
-    except TunetraceError as exc:
-        label, code = _ERROR_EXITS.get(type(exc), _exit_for(exc))
-        print(f"{label}: {exc}", file=sys.stderr)
-        return code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -2,7 +2,7 @@
 # On-air CPU per station with Milvus Lite and with a real Milvus server (docs/benchmarks.md,
 # session 4). Run as root from the repository root: milvus-server binds every interface, so the
 # whole run happens in a private network namespace with only loopback.
-#   sudo unshare -n bash docs/bench/onair_lite_vs_server.sh [OUT_DIR]
+#   sudo unshare -n bash scripts/bench/onair_lite_vs_server.sh [OUT_DIR]
 # MINUTES (default 5) and STATIONS (default 8) change the stream's length and the station count.
 # Needs the warzone2100-music and wesnoth-1.16-music packages and .venv (scripts/setup --test).
 set -euo pipefail
@@ -14,7 +14,7 @@ catalog=/usr/share/games/warzone2100/music/albums/
 W=/usr/share/games/wesnoth/1.16/data/core/music
 unknown=("$W/battle.ogg" "$W/elf-land.ogg" "$W/knolls.ogg" "$W/loyalists.ogg" "$W/wanderer.ogg"
          "$W/northerners.ogg" "$W/frantic.ogg" "$W/suspense.ogg")
-bench=(-m tunetrace.bench_live --minutes "${MINUTES:-5}" --stations "${STATIONS:-8}" --seed 6 --realtime --unknown "${unknown[@]}")
+bench=(-m tunetrace.evaluation.live --minutes "${MINUTES:-5}" --stations "${STATIONS:-8}" --seed 6 --realtime --unknown "${unknown[@]}")
 export PYTHONPATH=daemon
 
 server_cpu_s() {  # CPU seconds of the milvus-server process tree on port 19530

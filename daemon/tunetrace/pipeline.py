@@ -1,0 +1,399 @@
+"""One station's pipeline: source -> ring buffer -> horizon voter -> tracker -> sink.
+
+``Station`` is the asynchronous shell around the synchronous ``HorizonVoter``: a capture task
+writes the ring buffer (never blocking), a recognition task reads windows, hands them to the voter
+in the shared executor, feeds its observations to the ``PlayTracker`` and turns the tracker's
+events into ``Play`` records for the sink.  ``build_station`` assembles one from its config
+section and the shared model (``open_model``: the encoder, the catalog and its shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import uuid4
+
+from tunetrace.audio.windows import WindowSpec
+from tunetrace.backoff import Backoff, BackoffPolicy
+from tunetrace.config import Config, StationConfig
+from tunetrace.encoders import Encoder, create_encoder
+from tunetrace.errors import CatalogError
+from tunetrace.events import Play, PlayEvent, StationHealth
+from tunetrace.publish.base import EventSink
+from tunetrace.ringbuffer import RingBuffer, WindowBatch
+from tunetrace.sources import create_source, runner_params
+from tunetrace.sources.base import AudioBlock, SourceRunner
+from tunetrace.store import Catalog, CatalogShape, Track, catalog_shape, open_catalog
+from tunetrace.tracker import (
+    Observation,
+    PlayEnded,
+    PlayStarted,
+    PlayTracker,
+    TrackerEvent,
+    TrackerParams,
+)
+from tunetrace.voting import HorizonVoter, horizon_params
+
+if TYPE_CHECKING:
+    from tunetrace.store.milvus import CatalogStore
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 1.0
+"""How often a station with no new audio re-checks its tracker (a source outage ends plays)."""
+CATALOG_RETRY = BackoffPolicy(initial_s=0.5, max_s=10.0)
+"""Waits between attempts while catalog searches fail (a Milvus server restarting)."""
+
+
+class StreamClock:
+    """Maps stream time to UTC wall time using the newest block's arrival stamp."""
+
+    def __init__(self, sample_rate: int, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._rate = sample_rate
+        self._monotonic = monotonic
+        self._anchor_s = 0.0
+        self._anchor_at: datetime | None = None
+        self._anchor_monotonic = 0.0
+
+    def update(self, block: AudioBlock) -> None:
+        self._anchor_s = block.start_sample / self._rate
+        self._anchor_at = block.captured_at
+        self._anchor_monotonic = self._monotonic() - block.samples.size / self._rate
+
+    def wall(self, stream_s: float) -> datetime:
+        anchor = self._anchor_at or datetime.now(UTC)
+        return anchor + timedelta(seconds=stream_s - self._anchor_s)
+
+    def stream_s_at(self, wall: datetime) -> float | None:
+        """The inverse of ``wall``: where on the stream a wall-clock time falls (``None`` before the
+        first block)."""
+        if self._anchor_at is None:
+            return None
+        return self._anchor_s + (wall - self._anchor_at).total_seconds()
+
+    def now_s(self) -> float | None:
+        """Stream time now, extrapolated from the newest block (used while a source is down);
+        ``None`` before the first block (there is no stream clock yet)."""
+        if self._anchor_at is None:
+            return None
+        return self._anchor_s + (self._monotonic() - self._anchor_monotonic)
+
+
+@dataclass
+class StationStats:
+    windows_processed: int = 0
+    last_progress_monotonic: float = 0.0
+    """Last time the recognition task finished a batch of windows (the watchdog's input)."""
+
+
+@dataclass(frozen=True)
+class StationParams:
+    """How a station paces its work; derived once by ``build_station``."""
+
+    spec: WindowSpec
+    """The live window spec: the encoder's rate and window, the tracker's live hop."""
+    batch_windows: int
+    """Most windows embedded and searched in one executor call."""
+    min_batch_windows: int
+    """Live audio is searched in batches of at least this many windows (``search_interval_s``)."""
+    max_pending_windows: int
+    """A file read as fast as possible waits while this many windows are unread (live never waits)."""
+    health_interval_s: float
+
+
+class Station:
+    """One station's pipeline; ``run()`` until cancelled, then ``finish()`` ends its open play."""
+
+    def __init__(
+        self,
+        name: str,
+        runner: SourceRunner,
+        ring: RingBuffer,
+        voter: HorizonVoter,
+        tracker: PlayTracker,
+        catalog: Catalog,
+        sink: EventSink,
+        executor: Executor,
+        params: StationParams,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._runner = runner
+        self._health_changed = runner.changed
+        """Set by the runner on every source change and here on every catalog change."""
+        self._ring = ring
+        self._matcher = voter
+        self._tracker = tracker
+        self._catalog = catalog
+        self._sink = sink
+        self._executor = executor
+        self._params = params
+        self._rate = params.spec.sample_rate
+        self._window_s = params.spec.window_s
+        self._monotonic = monotonic
+        self._clock = StreamClock(self._rate, monotonic=monotonic)
+        self._data = asyncio.Event()
+        self._room = asyncio.Event()
+        self._open: Play | None = None
+        self._tracks: dict[int, Track] = {}
+        self.stats = StationStats(last_progress_monotonic=monotonic())
+        self._catalog_up = True
+        self._catalog_retry = Backoff(CATALOG_RETRY)
+        self._last_stream_s = 0.0
+        self._capture_done = False
+
+    def health(self) -> StationHealth:
+        state = self._runner.state
+        return StationHealth(
+            source_up=state.up, silent=state.silent, dropped_windows=self._ring.dropped_windows,
+            windows_processed=self.stats.windows_processed, last_audio_at=state.last_audio_at,
+            reconnects=state.reconnects, catalog_up=self._catalog_up,
+        )
+
+    async def run(self) -> None:
+        """Capture, recognition and health for this station, until cancelled or the source ends."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._capture(), name=f"{self.name}-capture")
+            recognise = group.create_task(self._recognise(), name=f"{self.name}-recognise")
+            health = group.create_task(self._health(), name=f"{self.name}-health")
+            await recognise
+            health.cancel()
+
+    @property
+    def stream_s(self) -> float:
+        """Stream time of the newest decision (end of the newest processed window)."""
+        return self._last_stream_s
+
+    def stream_s_at(self, wall: datetime) -> float | None:
+        """Where on this station's stream a wall-clock time (a play's ``started_at``) falls."""
+        return self._clock.stream_s_at(wall)
+
+    def progressing(self, stall_s: float) -> bool:
+        """For the watchdog: windows were processed, or the source is legitimately (re)connecting."""
+        now = self._monotonic()
+        return (now - self.stats.last_progress_monotonic < stall_s
+                or (not self._runner.state.up and now - self._runner.state.progress_monotonic < stall_s))
+
+    async def _capture(self) -> None:
+        """Write blocks into the ring. Live audio never waits (the reader skips when behind); a file
+        read as fast as possible is the exception: it waits for room so that no window is lost."""
+        try:
+            async for block in self._runner.blocks():
+                self._clock.update(block)
+                self._ring.write(block.start_sample, block.samples)
+                self._data.set()
+                while not self._runner.realtime and self._ring_is_half_full():
+                    self._room.clear()
+                    await self._room.wait()
+        finally:
+            self._capture_done = True
+            self._data.set()
+
+    def _ring_is_half_full(self) -> bool:
+        return self._ring.pending_windows() >= self._params.max_pending_windows // 2
+
+    async def _recognise(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout(_TICK_S):
+                    await self._data.wait()
+            except TimeoutError:
+                pass
+            self._data.clear()
+            if self._batch_incomplete():
+                continue
+            batch = self._ring.read(self._params.batch_windows)
+            self._room.set()
+            if len(batch) == 0:
+                if self._capture_done:
+                    return
+                now_s = self._clock.now_s()
+                if not self._runner.state.up and self._runner.realtime and now_s is not None:
+                    # The source is down: time still passes on the air, so an open play ends.
+                    await self._apply(self._tracker.observe(Observation(now_s)))
+                continue
+            try:
+                observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
+            except CatalogError as exc:
+                await self._catalog_failed(exc, batch)
+                continue
+            if not self._catalog_up:
+                self._catalog_up = True
+                self._catalog_retry.reset()
+                log.info("%s: the catalog answers again; recognition resumes", self.name)
+                self._health_changed.set()
+            self.stats.windows_processed += len(batch)
+            self.stats.last_progress_monotonic = self._monotonic()
+            for observation in observations:
+                self._last_stream_s = observation.stream_s
+                await self._apply(self._tracker.observe(observation))
+            if self._ring.pending_windows():
+                self._data.set()
+
+    def _batch_incomplete(self) -> bool:
+        """Wait for ``search_interval_s`` of new windows while live audio keeps coming."""
+        pending = self._ring.pending_windows()
+        return (
+            0 < pending < self._params.min_batch_windows
+            and self._runner.realtime and self._runner.state.up and not self._capture_done
+        )
+
+    async def _catalog_failed(self, error: CatalogError, batch: WindowBatch) -> None:
+        """Milvus is unreachable or restarting: the batch is lost, not the station.
+
+        Time still passes on the air, so the tracker sees an observation without evidence (an open
+        play ends after ``end_after_s``); each attempt counts as progress for the watchdog (the
+        longest wait, 10 s, is well inside it), since restarting the daemon would not bring the
+        catalog back.
+        """
+        if self._catalog_up:
+            self._catalog_up = False
+            log.warning("%s: catalog search failed, retrying with backoff: %s", self.name, error)
+            self._health_changed.set()
+        self._ring.dropped_windows += len(batch)
+        stream_s = float(batch.start_samples[-1]) / self._rate + self._window_s
+        await self._apply(self._tracker.observe(Observation(stream_s)))
+        self.stats.last_progress_monotonic = self._monotonic()
+        await asyncio.sleep(self._catalog_retry.next_delay_s())
+
+    async def _health(self) -> None:
+        while True:
+            await self._sink.publish_health(self.name, self.health())
+            try:
+                async with asyncio.timeout(self._params.health_interval_s):
+                    await self._health_changed.wait()
+            except TimeoutError:
+                pass
+            self._health_changed.clear()
+
+    async def finish(self) -> None:
+        """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
+        await self._apply(self._tracker.close(self._last_stream_s))
+
+    async def _apply(self, events: list[TrackerEvent]) -> None:
+        for event in events:
+            if isinstance(event, PlayEnded):
+                await self._ended(event)
+            else:
+                await self._started(event)
+        if events and self._open is None:
+            await self._sink.publish_now_playing(self.name, None)
+
+    async def _started(self, event: PlayStarted) -> None:
+        track = await self._track(event.play.track_id)
+        play = Play(
+            play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
+            title=track.title if track else "", artist=track.artist if track else "",
+            album=track.album if track else "", started_at=self._clock.wall(event.play.started_s),
+            position_start_s=event.position_start_s, confidence=event.play.confidence,
+            speed_ratio=event.play.speed_ratio,
+        )
+        self._open = play
+        log.info("%s: now playing %r (position %.1f s)", self.name, play.title, play.position_start_s)
+        await self._sink.publish_event(PlayEvent("play_started", play))
+        await self._sink.publish_now_playing(self.name, play)
+
+    async def _ended(self, event: PlayEnded) -> None:
+        if self._open is None:
+            return
+        play = replace(self._open, confidence=max(self._open.confidence, event.play.confidence)).ended(
+            self._clock.wall(event.ended_s), event.position_end_s,
+        )
+        self._open = None
+        log.info("%s: ended %r after %.1f s", self.name, play.title, play.duration_s or 0.0)
+        await self._sink.publish_event(PlayEvent("play_ended", play))
+
+    async def _track(self, track_id: int) -> Track | None:
+        if track_id not in self._tracks:
+            loop = asyncio.get_running_loop()
+            try:
+                found = await loop.run_in_executor(self._executor, self._catalog.get_tracks, [track_id])
+            except CatalogError as exc:
+                # The play is still recorded (by track id); only its title and artist are missing.
+                log.warning("%s: cannot read track %d's metadata: %s", self.name, track_id, exc)
+                return None
+            if track_id in found:
+                self._tracks[track_id] = found[track_id]
+        return self._tracks.get(track_id)
+
+
+BATCH_WINDOWS_MAX = 64
+RING_CAPACITY_S = 30.0
+"""Audio each station's ring holds: room to catch up after a slow batch without dropping."""
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    encoder: Encoder
+    catalog: Catalog
+    shape: CatalogShape
+
+
+def build_station(
+    station: StationConfig, config: Config, model: SharedModel, sink: EventSink,
+    executor: Executor, *, until_eof: bool = False,
+    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Station:
+    """One station's pipeline: its own source runner, ring, voter and tracker around the shared model.
+
+    The live window spec is derived once here (the encoder's rate and window, the tracker's hop)
+    and every stage gets it, or its own config section, from here.
+    """
+    info = model.encoder.info
+    tracker_config = config.tracker
+    spec = WindowSpec(info.sample_rate, info.window_s, tracker_config.window_hop_s)
+    batch_windows = min(BATCH_WINDOWS_MAX, config.encoder.batch_size)
+    params = StationParams(
+        spec=spec,
+        batch_windows=batch_windows,
+        min_batch_windows=max(1, min(batch_windows, round(
+            tracker_config.search_interval_s / tracker_config.window_hop_s))),
+        max_pending_windows=config.service.max_pending_windows,
+        health_interval_s=config.service.health_interval_s,
+    )
+    source = create_source(station.source, spec.sample_rate)
+    runner = SourceRunner(
+        source, runner_params(station.source, spec.sample_rate), until_eof=until_eof, wall_clock=wall_clock,
+        monotonic=monotonic,
+    )
+    ring = RingBuffer(
+        max(round(RING_CAPACITY_S * spec.sample_rate), spec.window_samples + 2 * spec.hop_samples),
+        spec, params.max_pending_windows,
+    )
+    voter = HorizonVoter(model.encoder, model.catalog, model.shape, horizon_params(
+        model.encoder, config.matcher, tracker_config, station.source.silence_threshold_dbfs,
+    ))
+    tracker = PlayTracker(TrackerParams.from_config(tracker_config))
+    return Station(
+        station.name, runner, ring, voter, tracker, model.catalog, sink, executor, params,
+        monotonic=monotonic,
+    )
+
+
+def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
+    """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape."""
+    data_dir_ready(config.data_dir)
+    encoder = create_encoder(config.encoder, config.data_dir)
+    store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False)
+    shape = catalog_shape(store.tracks())
+    if not shape.track_vectors:
+        log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested",
+                    config.milvus_uri())
+    return SharedModel(encoder, store, shape), store
+
+
+def data_dir_ready(path: Path) -> None:
+    """Create the data directory (systemd's ``StateDirectory=`` normally already has)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(parents=True, exist_ok=True)

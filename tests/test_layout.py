@@ -1,0 +1,86 @@
+"""The tree's seams, pinned: pure stages import without Milvus, and each heavy library has one home."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.fakes import FakeCatalog, fake_track
+from tests.fixtures.audio import synthetic_music
+from tunetrace.audio.windows import WindowSpec, frame
+from tunetrace.config import parse_config
+from tunetrace.encoders.spectral import SpectralEncoder
+from tunetrace.ringbuffer import WindowBatch
+from tunetrace.voting import HorizonVoter, horizon_params
+
+PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "tunetrace"
+
+HOMES = {
+    "pymilvus": "store/",
+    "grpc": "store/",
+    "milvus_lite": "store/",
+    "aiomqtt": "publish/mqtt.py",
+    "sounddevice": "sources/soundcard.py",
+    "onnxruntime": "encoders/",
+}
+"""Each external library and the only place in the package allowed to import it."""
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_each_external_library_is_imported_only_in_its_home() -> None:
+    strays = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        for library in _imported_roots(path) & HOMES.keys():
+            if not relative.startswith(HOMES[library]):
+                strays.append(f"{relative} imports {library} (its home is {HOMES[library]})")
+    assert strays == []
+
+
+def test_importing_voting_loads_no_milvus_client() -> None:
+    probe = (
+        "import sys, tunetrace.voting, tunetrace.pipeline, tunetrace.identify; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pymilvus', 'grpc', 'milvus_lite')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60,
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_the_horizon_voter_finds_a_track_and_its_position_in_a_fake_catalog() -> None:
+    encoder = SpectralEncoder()
+    info = encoder.info
+    rate = info.sample_rate
+    catalog = FakeCatalog()
+    for track_id, seed in ((11, 1), (22, 2)):
+        audio = synthetic_music(40.0, rate, seed=seed)
+        windows, starts = frame(audio, WindowSpec(rate, info.window_s, info.hop_s))
+        track = fake_track(track_id, f"t{track_id}", len(starts), 40.0)
+        catalog.add(track, encoder.embed(windows), starts / rate)
+    config = parse_config({})
+    voter = HorizonVoter(encoder, catalog, catalog.shape, horizon_params(
+        encoder, config.matcher, config.tracker, silence_threshold_dbfs=-60.0,
+    ))
+    query = synthetic_music(40.0, rate, seed=2)[12 * rate : 20 * rate]  # track 22 from 12 s
+    windows, starts = frame(query, WindowSpec(rate, info.window_s, config.tracker.window_hop_s))
+    observations = voter.process(WindowBatch(windows, starts.astype(np.int64)))
+
+    assert observations, "one decision per decision interval"
+    best = observations[-1].candidates[0]
+    assert best.track_id == 22
+    assert abs(best.alignment_s - 12.0) <= 0.5
+    assert catalog.searches >= 1
