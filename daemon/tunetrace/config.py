@@ -215,6 +215,10 @@ class TrackerConfig(_Section):
     """While the playing track still has evidence, another must beat its confidence by this much to
     take over; a duplicate recording in the catalog (album and single version, remaster) would
     otherwise make the play flap between the two."""
+    continue_within_s: float = Field(default=30.0, ge=0)
+    """An outage (source down, daemon restart or crash) up to this long does not split a play: the
+    same recording heard again at the position the clock predicts continues it (same ``play_id``).
+    ``0`` ends a play at every outage."""
     search_interval_s: float = Field(default=0.5, ge=0)
     """A live station searches the catalog once per this much new audio (all its new windows in
     one request). A Milvus Lite search costs tens of ms of CPU whatever its size, so this is what
@@ -249,6 +253,31 @@ class PlayLogConfig(_Section):
     backups: int = Field(default=5, ge=0)
 
 
+class HistoryConfig(_Section):
+    url: SecretStr | None = None
+    """Where the play history lives. ``None``: an SQLite file ``<data_dir>/history.sqlite3``;
+    ``sqlite:///absolute/path.sqlite3``: another SQLite file; ``postgresql://user@host:5432/db``:
+    a PostgreSQL database that a fleet of daemons shares (write the password as ``${ENV_NAME}``)."""
+    retention_days: int | None = Field(default=None, ge=1)
+    """Plays and station intervals that ended more than this many days ago are deleted (each deletion
+    is logged with its count). ``None``: keep everything."""
+    checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often each station records its up/down state and its open play's last evidence: what a
+    crash can lose (the open play is closed at its last checkpointed evidence)."""
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> HistoryConfig:
+        if self.url is not None:
+            url = self.url.get_secret_value()
+            if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+                scheme = url.split("://", 1)[0] if "://" in url else url[:12]
+                raise ValueError(
+                    f"url must start with sqlite:/// or postgresql:// (got a {scheme!r} URL); "
+                    "leave it unset for <data_dir>/history.sqlite3"
+                )
+        return self
+
+
 class ServiceConfig(_Section):
     shutdown_timeout_s: float = Field(default=5.0, gt=0)
     health_interval_s: float = Field(default=30.0, gt=0)
@@ -269,6 +298,7 @@ class Config(_Section):
     mqtt: MqttConfig | None = None
     """``None``: no MQTT; plays still go to the play log."""
     playlog: PlayLogConfig = PlayLogConfig()
+    history: HistoryConfig = HistoryConfig()
     service: ServiceConfig = ServiceConfig()
 
     @model_validator(mode="before")
@@ -296,6 +326,12 @@ class Config(_Section):
         if duplicates:
             raise ValueError(f"stations: names must be unique; repeated: {', '.join(duplicates)}")
         return self
+
+    def history_url(self) -> str:
+        """The history's URL (a secret: may hold a password); SQLite in the data dir by default."""
+        if self.history.url is not None:
+            return self.history.url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'history.sqlite3'}"
 
     def milvus_uri(self) -> str:
         return self.milvus.uri or str(self.data_dir / "catalog.db")
@@ -356,9 +392,8 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"{location}: unknown key{hint}"
     given = error.get("input")
-    shown = "" if isinstance(given, dict) or "token" in location or "password" in location else (
-        f" (got {given!r})"
-    )
+    secret = "token" in location or "password" in location or location.startswith("history.url")
+    shown = "" if isinstance(given, dict) or secret else f" (got {given!r})"
     return f"{location}: {error['msg']}{shown}"
 
 

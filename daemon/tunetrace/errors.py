@@ -6,8 +6,9 @@
     ├── SourceError          a live source failed (stream gone, device lost); the station reconnects
     ├── ModelError           encoder weights missing or malformed; says which file to place where
     │   └── DownloadError    weights could not be downloaded (offline, HTTP error, timeout)
-    └── CatalogError         store unreachable, or a catalog built by another encoder
-        └── CatalogMismatchError
+    ├── CatalogError         store unreachable, or a catalog built by another encoder
+    │   └── CatalogMismatchError
+    └── HistoryError         the play history (SQLite/PostgreSQL) cannot be opened, read or written
 """
 
 from __future__ import annotations
@@ -44,3 +45,7 @@ class CatalogMismatchError(CatalogError):
 class DownloadError(ModelError):
     """A file could not be downloaded (offline, HTTP error, timeout); the message says what to
     place where by hand."""
+
+
+class HistoryError(TunetraceError):
+    """The play history cannot be used; the message names the store (never its password)."""

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from uuid import uuid4
 
 EventKind = Literal["play_started", "play_ended"]
+EndReason = Literal["track_changed", "evidence_lost", "source_down", "shutdown", "crash_recovered"]
+"""Why a play ended, recorded with it everywhere (history, events, play log):
+
+* ``track_changed``: another recording (or the same one at another position) took over;
+* ``evidence_lost``: the audio stopped matching for ``tracker.end_after_s`` (silence, talk, other music);
+* ``source_down``: the stream or sound card failed and did not come back within
+  ``tracker.continue_within_s``;
+* ``shutdown``: the daemon stopped (SIGTERM, Ctrl-C) while the play was running;
+* ``crash_recovered``: the daemon died (kill -9, power cut) during the play; the next start closed it
+  at the last time it had evidence.
+"""
+END_REASONS: tuple[EndReason, ...] = get_args(EndReason)
+INTERRUPTIONS: frozenset[EndReason] = frozenset({"source_down", "shutdown", "crash_recovered"})
+"""End reasons that say the monitoring stopped, not the music: such a play may be continued
+(``tracker.continue_within_s``) when the same recording is heard again where the clock predicts."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,12 @@ class Play:
     ended_at: datetime | None = None
     position_end_s: float | None = None
     speed_ratio: float | None = None
+    end_reason: EndReason | None = None
+    """Why the play ended (``None`` while it runs)."""
+    resumed_at: datetime | None = None
+    """Set when this play continues one that a shutdown, crash or outage interrupted: the same
+    ``play_id`` and ``started_at``, heard again where the clock predicted, within
+    ``tracker.continue_within_s``; the earlier ``play_ended`` is superseded."""
 
     @property
     def duration_s(self) -> float | None:
@@ -35,13 +56,14 @@ class Play:
             return None
         return (self.ended_at - self.started_at).total_seconds()
 
-    def ended(self, at: datetime, position_s: float) -> Play:
-        return replace(self, ended_at=at, position_end_s=position_s)
+    def ended(self, at: datetime, position_s: float, reason: EndReason) -> Play:
+        return replace(self, ended_at=at, position_end_s=position_s, end_reason=reason)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["started_at"] = self.started_at.isoformat()
         data["ended_at"] = self.ended_at.isoformat() if self.ended_at else None
+        data["resumed_at"] = self.resumed_at.isoformat() if self.resumed_at else None
         data["duration_s"] = None if self.duration_s is None else round(self.duration_s, 3)
         for key in ("position_start_s", "position_end_s", "confidence"):
             if data[key] is not None:

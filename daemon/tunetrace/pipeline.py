@@ -27,6 +27,7 @@ from tunetrace.config import Config, StationConfig
 from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.errors import CatalogError
 from tunetrace.events import Play, PlayEvent, StationHealth
+from tunetrace.history.base import Checkpoint, ProgressSink, continues, resumable
 from tunetrace.publish.base import EventSink
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
@@ -107,6 +108,12 @@ class StationParams:
     max_pending_windows: int
     """A file read as fast as possible waits while this many windows are unread (live never waits)."""
     health_interval_s: float
+    continue_within_s: float = 0.0
+    """An interrupted play heard again within this long, where the clock predicts, is continued."""
+    position_tolerance_s: float = 3.0
+    """How far from the predicted position a continued play may be (``tracker.position_jump_s``)."""
+    checkpoint_interval_s: float = 1.0
+    """Stream seconds between two checkpoints to the ``ProgressSink``."""
 
 
 class Station:
@@ -125,7 +132,11 @@ class Station:
         params: StationParams,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        progress: ProgressSink | None = None,
+        resume: Play | None = None,
     ) -> None:
+        """``progress`` receives checkpoints (the history); ``resume`` is the station's last play
+        before this start, continued if it was interrupted and is heard again where predicted."""
         self.name = name
         self._runner = runner
         self._health_changed = runner.changed
@@ -150,6 +161,9 @@ class Station:
         self._catalog_retry = Backoff(CATALOG_RETRY)
         self._last_stream_s = 0.0
         self._capture_done = False
+        self._progress = progress
+        self._resume = resumable(resume)
+        self._next_checkpoint_s: float | None = None
 
     def health(self) -> StationHealth:
         state = self._runner.state
@@ -219,8 +233,10 @@ class Station:
                     return
                 now_s = self._clock.now_s()
                 if not self._runner.state.up and self._runner.realtime and now_s is not None:
-                    # The source is down: time still passes on the air, so an open play ends.
-                    await self._apply(self._tracker.observe(Observation(now_s)))
+                    # The source is down: time still passes on the air; an open play is held for
+                    # continue_within_s, then ends.
+                    await self._apply(self._tracker.observe(Observation(now_s, source_up=False)))
+                    await self._checkpoint(now_s)
                 continue
             try:
                 observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
@@ -237,6 +253,7 @@ class Station:
             for observation in observations:
                 self._last_stream_s = observation.stream_s
                 await self._apply(self._tracker.observe(observation))
+            await self._checkpoint(self._last_stream_s)
             if self._ring.pending_windows():
                 self._data.set()
 
@@ -279,6 +296,26 @@ class Station:
     async def finish(self) -> None:
         """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
         await self._apply(self._tracker.close(self._last_stream_s))
+        await self._checkpoint(self._last_stream_s, force=True)
+
+    async def _checkpoint(self, stream_s: float, *, force: bool = False) -> None:
+        """Tell the history the station's state and its open play's last evidence, at most once
+        per ``checkpoint_interval_s`` of stream time (unless ``force``)."""
+        if self._progress is None:
+            return
+        if not force and self._next_checkpoint_s is not None and stream_s < self._next_checkpoint_s:
+            return
+        self._next_checkpoint_s = stream_s + self._params.checkpoint_interval_s
+        current = self._tracker.current
+        evidence_at = position_s = None
+        if current is not None and self._open is not None:
+            evidence_at = self._clock.wall(current.last_support_s)
+            position_s = current.position_at(current.last_support_s)
+        await self._progress.checkpoint(Checkpoint(
+            station=self.name, at=self._clock.wall(stream_s), source_up=self._runner.state.up,
+            play_id=self._open.play_id if self._open is not None and evidence_at else None,
+            evidence_at=evidence_at, position_s=position_s,
+        ))
 
     async def _apply(self, events: list[TrackerEvent]) -> None:
         for event in events:
@@ -291,15 +328,28 @@ class Station:
 
     async def _started(self, event: PlayStarted) -> None:
         track = await self._track(event.play.track_id)
-        play = Play(
-            play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
-            title=track.title if track else "", artist=track.artist if track else "",
-            album=track.album if track else "", started_at=self._clock.wall(event.play.started_s),
-            position_start_s=event.position_start_s, confidence=event.play.confidence,
-            speed_ratio=event.play.speed_ratio,
-        )
+        started_at = self._clock.wall(event.play.started_s)
+        interrupted, self._resume = self._resume, None
+        if interrupted is not None and continues(
+            interrupted, event.play.track_id, started_at, event.position_start_s,
+            within_s=self._params.continue_within_s, position_tolerance_s=self._params.position_tolerance_s,
+        ):
+            play = replace(
+                interrupted, ended_at=None, position_end_s=None, end_reason=None, resumed_at=started_at,
+                confidence=max(interrupted.confidence, event.play.confidence),
+            )
+            log.info("%s: %r continues after an interruption (%s)", self.name, play.title,
+                     interrupted.end_reason)
+        else:
+            play = Play(
+                play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
+                title=track.title if track else "", artist=track.artist if track else "",
+                album=track.album if track else "", started_at=started_at,
+                position_start_s=event.position_start_s, confidence=event.play.confidence,
+                speed_ratio=event.play.speed_ratio,
+            )
+            log.info("%s: now playing %r (position %.1f s)", self.name, play.title, play.position_start_s)
         self._open = play
-        log.info("%s: now playing %r (position %.1f s)", self.name, play.title, play.position_start_s)
         await self._sink.publish_event(PlayEvent("play_started", play))
         await self._sink.publish_now_playing(self.name, play)
 
@@ -307,10 +357,13 @@ class Station:
         if self._open is None:
             return
         play = replace(self._open, confidence=max(self._open.confidence, event.play.confidence)).ended(
-            self._clock.wall(event.ended_s), event.position_end_s,
+            self._clock.wall(event.ended_s), event.position_end_s, event.reason,
         )
         self._open = None
-        log.info("%s: ended %r after %.1f s", self.name, play.title, play.duration_s or 0.0)
+        if play.end_reason == "source_down":
+            self._resume = play  # the same airing may still be heard after the outage
+        log.info("%s: ended %r after %.1f s (%s)", self.name, play.title, play.duration_s or 0.0,
+                 play.end_reason)
         await self._sink.publish_event(PlayEvent("play_ended", play))
 
     async def _track(self, track_id: int) -> Track | None:
@@ -344,6 +397,7 @@ def build_station(
     executor: Executor, *, until_eof: bool = False,
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     monotonic: Callable[[], float] = time.monotonic,
+    progress: ProgressSink | None = None, resume: Play | None = None,
 ) -> Station:
     """One station's pipeline: its own source runner, ring, voter and tracker around the shared model.
 
@@ -361,6 +415,9 @@ def build_station(
             tracker_config.search_interval_s / tracker_config.window_hop_s))),
         max_pending_windows=config.service.max_pending_windows,
         health_interval_s=config.service.health_interval_s,
+        continue_within_s=tracker_config.continue_within_s,
+        position_tolerance_s=tracker_config.position_jump_s,
+        checkpoint_interval_s=config.history.checkpoint_interval_s,
     )
     source = create_source(station.source, spec.sample_rate)
     runner = SourceRunner(
@@ -377,7 +434,7 @@ def build_station(
     tracker = PlayTracker(TrackerParams.from_config(tracker_config))
     return Station(
         station.name, runner, ring, voter, tracker, model.catalog, sink, executor, params,
-        monotonic=monotonic,
+        monotonic=monotonic, progress=progress, resume=resume,
     )
 
 

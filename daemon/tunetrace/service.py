@@ -1,8 +1,10 @@
 """The live daemon: stations, sinks, signals, systemd notify/watchdog and one ordered shutdown.
 
-Startup: open the encoder and the catalog (off the loop), open the sinks (play log; MQTT when
-configured), build one ``Station`` per configured station sharing the encoder, the catalog and
-one embedding executor, then ``READY=1``.
+Startup: open the encoder and the catalog (off the loop), open the play history (closing the
+plays a crash left open, ``crash_recovered``) and the sinks (play log; MQTT when configured),
+publish the recovered plays' ``play_ended``, build one ``Station`` per configured station sharing
+the encoder, the catalog and one embedding executor (each fed its last play, so an interrupted
+airing heard again is continued), then ``READY=1``.
 
 Shutdown (SIGTERM and SIGINT take the same path, bounded by ``service.shutdown_timeout_s``):
 
@@ -29,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from tunetrace.config import Config
+from tunetrace.events import PlayEvent
+from tunetrace.history.sink import HistorySink
 from tunetrace.pipeline import SharedModel, Station, build_station, open_model
 from tunetrace.publish.base import EventSink, FanoutSink, LogSink
 from tunetrace.sdnotify import SdNotifier
@@ -65,14 +69,19 @@ class Service:
         sinks: Sequence[EventSink] | None = None,
         notifier: SdNotifier | None = None,
         model: SharedModel | None = None,
+        history: HistorySink | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``sinks``/``model`` replace the configured ones (embedding, tests, benchmarks);
-        ``monotonic`` is the clock of every timing decision (watchdog, shutdown budget)."""
+        """``sinks``/``model``/``history`` replace the configured ones (embedding, tests,
+        benchmarks; the history is always kept: it is the record); ``monotonic`` is the clock of
+        every timing decision (watchdog, shutdown budget)."""
         self._config = config
         self._monotonic = monotonic
         self._model = model
         self._sinks = list(sinks) if sinks is not None else None
+        self._history = history or HistorySink.from_url(
+            config.history_url(), [s.name for s in config.stations], config.history,
+        )
         self._notifier = notifier or SdNotifier.from_environment()
         self._stop = asyncio.Event()
         self.stations: list[Station] = []
@@ -103,15 +112,26 @@ class Service:
             model, closer = await asyncio.to_thread(open_model, config)
         else:
             model, closer = self._model, _NothingToClose()
+        history = self._history
+        try:
+            await history.start()  # HistoryError: the daemon does not run without its record
+        except BaseException:
+            await asyncio.to_thread(closer.close)
+            raise
         sinks = self._sinks if self._sinks is not None else default_sinks(config)
-        sink = FanoutSink(sinks)
+        sink = FanoutSink([history, *sinks])
         executor = ThreadPoolExecutor(
             max_workers=max(1, min(4, len(config.stations))), thread_name_prefix="tunetrace-embed",
         )
         try:
             await sink.start()
+            for play in history.recovered:
+                await sink.publish_event(PlayEvent("play_ended", play))
             self.stations = [
-                build_station(s, config, model, sink, executor, monotonic=self._monotonic)
+                build_station(
+                    s, config, model, sink, executor, monotonic=self._monotonic,
+                    progress=history, resume=history.last_play(s.name),
+                )
                 for s in config.stations
             ]
             if not self.stations:

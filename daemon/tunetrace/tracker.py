@@ -21,7 +21,13 @@ Rules, each there to prevent a specific failure:
   same-track alignment whose evidence follows the play's without a break, or that was heard
   alongside it earlier (remembered as an alias), corrects the play's position instead.
 * **End** when the current play has had no supporting window for ``end_after_s`` (silence, talk,
-  other music); it is back-dated to the last supporting window.
+  other music); it is back-dated to the last supporting window.  Each end says why
+  (``events.EndReason``).
+* **Outages** (observations with ``source_up=False``) do not count as lost evidence: the play is
+  held for up to ``continue_within_s`` of outage, and after the source is back the evidence clock
+  restarts, so a short outage of the same recording at the position the clock predicts continues
+  the play instead of splitting it.  A play whose evidence stops across an outage ends
+  ``source_down``.
 * ``started_s`` is back-dated to the earliest window that supported the new track, never before
   the track's position 0 nor before the previous play's end or the start of the stream.
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tunetrace.config import TrackerConfig
+from tunetrace.events import EndReason
 
 _MAX_ALIASES = 8
 """Repeat positions remembered per play (a looped track matches at a handful of them)."""
@@ -62,6 +69,8 @@ class Observation:
 
     stream_s: float
     candidates: tuple[Evidence, ...] = ()
+    source_up: bool = True
+    """``False``: the source is down (no audio arrives); time passes on the air without evidence."""
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,14 @@ class TrackerParams:
     end_after_s: float
     position_jump_s: float
     switch_margin: float
+    continue_within_s: float = 0.0
 
     @classmethod
     def from_config(cls, config: TrackerConfig) -> TrackerParams:
         return cls(
             config.start_confidence, config.keep_confidence, config.min_aligned_windows,
             config.start_confirmations, config.end_after_s, config.position_jump_s,
-            config.switch_margin,
+            config.switch_margin, config.continue_within_s,
         )
 
 
@@ -112,6 +122,7 @@ class PlayStarted:
 class PlayEnded:
     play: OpenPlay
     ended_s: float
+    reason: EndReason
 
     @property
     def position_end_s(self) -> float:
@@ -135,6 +146,10 @@ class PlayTracker:
         self._boundary_s = stream_start_s
         """No new play may start before this: the stream start or the previous play's end."""
         self._last_stream_s = stream_start_s
+        self._down_since_s: float | None = None
+        """Stream time the source went down (``None``: it is up)."""
+        self._up_since_s = stream_start_s
+        """Stream time the source last came back: lost evidence is counted from here at the earliest."""
 
     @property
     def current(self) -> OpenPlay | None:
@@ -144,6 +159,7 @@ class PlayTracker:
         """Feed one decision; returns the plays it ended and started, in that order."""
         now = max(observation.stream_s, self._last_stream_s)
         self._last_stream_s = now
+        self._source_state(observation.source_up, now)
         events: list[TrackerEvent] = []
         support = self._refresh_support(observation.candidates) if self._current is not None else None
         challenger = self._challenger(observation.candidates, current_support=support)
@@ -153,18 +169,43 @@ class PlayTracker:
             self._pending = None
             if self._current is not None:
                 ended_s = min(self._current.last_support_s, max(start.first_aligned_s, self._boundary_s))
-                events.append(self._end(max(ended_s, self._current.started_s)))
+                events.append(self._end(max(ended_s, self._current.started_s), "track_changed"))
             events.append(self._start(start))
-        elif self._current is not None and now - self._current.last_support_s >= self._params.end_after_s:
-            events.append(self._end(self._current.last_support_s))
+        elif self._current is not None:
+            reason = self._lost(self._current, now)
+            if reason is not None:
+                events.append(self._end(self._current.last_support_s, reason))
         return events
+
+    def _source_state(self, up: bool, now: float) -> None:
+        if not up and self._down_since_s is None:
+            self._down_since_s = now
+        elif up and self._down_since_s is not None:
+            self._down_since_s = None
+            self._up_since_s = now
+
+    def _lost(self, play: OpenPlay, now: float) -> EndReason | None:
+        """Whether the open play has lost its evidence, and why (``None``: it goes on).
+
+        While the source is down the play is held up to ``continue_within_s`` of outage; once the
+        source is back, ``end_after_s`` counts from its return, so the resumed audio can show that
+        the same recording is still playing where the clock predicts.
+        """
+        quiet_s = now - play.last_support_s
+        if self._down_since_s is not None:
+            outage_s = now - self._down_since_s
+            held = outage_s < self._params.continue_within_s or quiet_s < self._params.end_after_s
+            return None if held else "source_down"
+        if now - max(play.last_support_s, self._up_since_s) < self._params.end_after_s:
+            return None
+        return "source_down" if self._up_since_s > play.last_support_s else "evidence_lost"
 
     def close(self, stream_s: float) -> list[TrackerEvent]:
         """End the open play (at shutdown): it ends where its evidence ends, at most ``stream_s``."""
         self._pending = None
         if self._current is None:
             return []
-        return [self._end(min(stream_s, self._current.last_support_s))]
+        return [self._end(min(stream_s, self._current.last_support_s), "shutdown")]
 
     def _refresh_support(self, candidates: tuple[Evidence, ...]) -> float | None:
         """Extend the current play's support from any candidate at its track and alignment; returns
@@ -268,10 +309,10 @@ class PlayTracker:
         self._current = play
         return PlayStarted(play)
 
-    def _end(self, ended_s: float) -> PlayEnded:
+    def _end(self, ended_s: float, reason: EndReason) -> PlayEnded:
         play = self._current
         assert play is not None
         self._current = None
         ended_s = max(ended_s, play.started_s)
         self._boundary_s = ended_s
-        return PlayEnded(play, ended_s)
+        return PlayEnded(play, ended_s, reason)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunetrace.config import Config, load_config
-from tunetrace.errors import CatalogError, ConfigError, ModelError, TunetraceError
+from tunetrace.errors import CatalogError, ConfigError, HistoryError, ModelError, TunetraceError
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -61,6 +61,7 @@ ERROR_EXITS: dict[type[TunetraceError], tuple[str, int]] = {
     ConfigError: ("config error", EXIT_CONFIG),
     ModelError: ("model error", EXIT_CONFIG),
     CatalogError: ("catalog error", EXIT_UNAVAILABLE),
+    HistoryError: ("history error", EXIT_UNAVAILABLE),
 }
 
 
