@@ -1,7 +1,7 @@
 """The ``tunetrace`` command line: one parser, each command in the module of its family.
 
-``cli.catalog`` (ingest, identify, catalog, check-config), ``cli.serve``, ``cli.eval``,
-``cli.train``, ``cli.models``; exit codes and shared options live in ``cli.common``.
+``cli.catalog`` (ingest, identify, catalog, check-config), ``cli.serve``, ``cli.report``,
+``cli.eval``, ``cli.train``, ``cli.models``; exit codes and shared options live in ``cli.common``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tunetrace.cli.catalog import add_catalog_parsers
 from tunetrace.cli.common import ERROR_EXITS, Handler, exit_for
 from tunetrace.cli.eval import add_eval_parser
 from tunetrace.cli.models import add_models_parser
+from tunetrace.cli.report import add_report_parser
 from tunetrace.cli.serve import add_serve_parser
 from tunetrace.cli.train import add_train_parser
 from tunetrace.errors import TunetraceError
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunetrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_catalog_parsers(sub)
-    for add_parser in (add_eval_parser, add_train_parser, add_models_parser, add_serve_parser):
+    for add_parser in (
+        add_eval_parser, add_train_parser, add_models_parser, add_serve_parser, add_report_parser,
+    ):
         add_parser(sub)
     return parser
 
