@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.audio",
     "tests.fixtures.milvus",
     "tests.fixtures.mqtt",
+    "tests.fixtures.postgres",
     "tests.fixtures.streams",
 ]

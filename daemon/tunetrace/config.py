@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunetrace.errors import ConfigError
 
@@ -265,17 +273,18 @@ class HistoryConfig(_Section):
     """How often each station records its up/down state and its open play's last evidence: what a
     crash can lose (the open play is closed at its last checkpointed evidence)."""
 
-    @model_validator(mode="after")
-    def _known_scheme(self) -> HistoryConfig:
-        if self.url is not None:
-            url = self.url.get_secret_value()
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            url = value.get_secret_value()
             if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-                scheme = url.split("://", 1)[0] if "://" in url else url[:12]
+                scheme = url.split("://", 1)[0] if "://" in url else "scheme-less"
                 raise ValueError(
-                    f"url must start with sqlite:/// or postgresql:// (got a {scheme!r} URL); "
+                    f"must start with sqlite:/// or postgresql:// (got a {scheme!r} URL); "
                     "leave it unset for <data_dir>/history.sqlite3"
                 )
-        return self
+        return value
 
 
 class ServiceConfig(_Section):
