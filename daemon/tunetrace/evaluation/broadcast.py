@@ -1,0 +1,242 @@
+"""A simulated broadcast with interruptions, through the real pipeline and the real history.
+
+``python -m tunetrace.evaluation.broadcast --config CFG --minutes 60`` renders a schedule of the
+catalog's own music (``evaluation.live``), cuts it where a daemon restart and a crash (kill -9)
+happen, each with audio lost while no daemon listened, and runs each part as one "daemon run":
+the history is opened (crash recovery), a station is built with its last play (continuity), the
+part is read as fast as possible on its own stream clock (wall time = ``EPOCH`` + schedule time),
+and the run ends either cleanly (``finish``: ``shutdown``) or like a kill -9 (nothing more is
+written).  The history must then hold exactly the true airings, each once, and the report's plays
+and airtime per track must match the schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy.io import wavfile
+
+from tunetrace.config import Config, SourceConfig, StationConfig, load_config
+from tunetrace.evaluation.live import EPOCH, CollectingSink, Segment, make_schedule, render
+from tunetrace.events import PlayEvent
+from tunetrace.history import open_history
+from tunetrace.history.report import build_report
+from tunetrace.history.report import render as render_report
+from tunetrace.history.sink import HistorySink
+from tunetrace.pipeline import SharedModel, build_station, open_model
+from tunetrace.publish.base import FanoutSink
+
+log = logging.getLogger(__name__)
+
+Ending = Literal["restart", "crash"]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The daemon run ends at ``at_s`` (schedule time) and the next starts ``gap_s`` later."""
+
+    at_s: float
+    ending: Ending
+    gap_s: float
+
+
+@dataclass(frozen=True)
+class Part:
+    start_s: float
+    end_s: float
+    ending: Ending | None
+    """How this run ends (``None``: cleanly, at the end of the broadcast)."""
+
+
+def plan_cuts(segments: list[Segment], endings: list[tuple[Ending, float]]) -> list[Cut]:
+    """Put each interruption inside a different long catalog track, 12 s after it starts, so
+    that the airing goes on after the gap and continuity, not a boundary, is what is tested."""
+    long_tracks = [s for s in segments if s.kind == "track" and s.end_s - s.start_s >= 30.0]
+    if len(long_tracks) < len(endings):
+        raise ValueError(f"the schedule has {len(long_tracks)} catalog tracks of 30 s or more; "
+                         f"{len(endings)} interruptions need as many")
+    step = len(long_tracks) // len(endings)
+    chosen = [long_tracks[(i * step + step // 2) % len(long_tracks)] for i in range(len(endings))]
+    return [Cut(s.start_s + 12.0, ending, gap_s) for s, (ending, gap_s) in zip(chosen, endings, strict=True)]
+
+
+def parts_of(duration_s: float, cuts: list[Cut]) -> list[Part]:
+    parts, start = [], 0.0
+    for cut in sorted(cuts, key=lambda c: c.at_s):
+        parts.append(Part(start, cut.at_s, cut.ending))
+        start = cut.at_s + cut.gap_s
+    parts.append(Part(start, duration_s, None))
+    return parts
+
+
+async def run_part(
+    config: Config, model: SharedModel, wav: Path, part: Part, station: str,
+) -> list[PlayEvent]:
+    """One daemon run over ``wav`` (the part's audio); returns the events it published."""
+    history = HistorySink.from_url(config.history_url(), [station], config.history)
+    collecting = CollectingSink()
+    sink = FanoutSink([history, collecting])
+    await history.start()
+    for play in history.recovered:
+        await sink.publish_event(PlayEvent("play_ended", play))
+    origin = EPOCH + timedelta(seconds=part.start_s)
+    executor = ThreadPoolExecutor(max_workers=1)
+    built = build_station(
+        StationConfig(name=station, source=SourceConfig(kind="ffmpeg", url=str(wav), realtime=False)),
+        config, model, sink, executor, until_eof=True, wall_clock=lambda: origin,
+        progress=history, resume=history.last_play(station),
+    )
+    collecting.station = built
+    await built.run()
+    if part.ending != "crash":
+        await built.finish()
+    # A crash writes nothing more: its open play stays open in the history, as after a kill -9.
+    await history.close(5.0)
+    executor.shutdown()
+    return [event for _, event in collecting.events]
+
+
+async def broadcast(
+    config: Config, model: SharedModel, audio: np.ndarray, sample_rate: int, parts: list[Part],
+    folder: Path, station: str = "broadcast",
+) -> list[PlayEvent]:
+    events: list[PlayEvent] = []
+    for index, part in enumerate(parts):
+        wav = folder / f"part{index}.wav"
+        piece = audio[round(part.start_s * sample_rate) : round(part.end_s * sample_rate)]
+        wavfile.write(wav, sample_rate, piece)
+        events.extend(await run_part(config, model, wav, part, station))
+    return events
+
+
+@dataclass(frozen=True)
+class Simulation:
+    segments: list[Segment]
+    cuts: list[Cut]
+    events: list[PlayEvent]
+    duration_s: float
+
+
+def simulate(
+    config: Config, model: SharedModel, catalog: list[tuple[int, Path, float]], unknown: list[Path],
+    minutes: float, seed: int, folder: Path, station: str = "broadcast",
+) -> Simulation:
+    """Render a schedule of ``minutes``, interrupt it by a restart and a crash (5 s of audio lost
+    at each), run it through the pipeline into ``config``'s history."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
+    segments = make_schedule(catalog, unknown, minutes * 60, rng)
+    sources = {p.name: p for _, p, _ in catalog} | {p.name: p for p in unknown}
+    rate = model.encoder.info.sample_rate
+    audio = render(segments, sources, rate, None, rng)
+    duration_s = audio.size / rate
+    cuts = plan_cuts(segments, [("restart", 5.0), ("crash", 5.0)])
+    events = asyncio.run(broadcast(config, model, audio, rate, parts_of(duration_s, cuts), folder, station))
+    return Simulation(segments, cuts, events, duration_s)
+
+
+@dataclass(frozen=True)
+class TrackCheck:
+    track_id: int
+    true_plays: int
+    plays: int
+    true_airtime_s: float
+    airtime_s: float
+
+    @property
+    def airtime_error_s(self) -> float:
+        return abs(self.airtime_s - self.true_airtime_s)
+
+
+def compare(segments: list[Segment], config: Config, station: str) -> list[TrackCheck]:
+    """Per catalog track: the schedule's airings and airtime against the history's report."""
+    store = open_history(config.history_url())
+    start, end = EPOCH - timedelta(days=1), EPOCH + timedelta(days=2)
+    try:
+        report = build_report(store.plays(start, end, [station]), store.intervals(start, end, [station]),
+                              start, end, "track", now=end)
+    finally:
+        store.close()
+    truth: dict[int, list[float]] = {}
+    for segment in segments:
+        if segment.kind == "track" and segment.track_id is not None:
+            truth.setdefault(segment.track_id, []).append(segment.end_s - segment.start_s)
+    rows = {r.track_id: r for r in report.rows}
+    checks = []
+    for track_id in sorted(set(truth) | set(rows)):
+        row = rows.get(track_id)
+        checks.append(TrackCheck(
+            track_id, len(truth.get(track_id, [])), row.plays if row else 0,
+            sum(truth.get(track_id, [])), row.airtime_s if row else 0.0,
+        ))
+    return checks
+
+
+def report_table(config: Config, station: str) -> str:
+    store = open_history(config.history_url())
+    start, end = EPOCH - timedelta(days=1), EPOCH + timedelta(days=2)
+    try:
+        report = build_report(store.plays(start, end, [station]), store.intervals(start, end, [station]),
+                              start, end, "track", now=datetime.now(UTC))
+    finally:
+        store.close()
+    return render_report(report, "table")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tunetrace.evaluation.broadcast", description=(__doc__ or "").split("\n\n")[0],
+    )
+    parser.add_argument("--config", "-c", type=Path, required=True,
+                        help="config whose catalog holds the tracks; its history.url receives the run "
+                             "(use a fresh data_dir or history.url)")
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--unknown", type=Path, nargs="*", default=[], help="music NOT in the catalog")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the per-track comparison here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("grpc", "pymilvus", "milvus_lite"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    config = load_config(args.config)
+    model, store = open_model(config)
+    catalog = [(t.track_id, Path(t.source_path), t.duration_s) for t in store.tracks()
+               if Path(t.source_path).is_file() and t.duration_s > 30]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tunetrace-broadcast-") as folder:
+        run = simulate(config, model, catalog, list(args.unknown), args.minutes, args.seed, Path(folder))
+    wall_s = time.perf_counter() - started
+    store.close()
+    checks = compare(run.segments, config, "broadcast")
+    print(report_table(config, "broadcast"))
+    result: dict[str, Any] = {
+        "stream_s": round(run.duration_s, 1),
+        "wall_s": round(wall_s, 1),
+        "cuts": [{"at_s": round(c.at_s, 1), "ending": c.ending, "gap_s": c.gap_s} for c in run.cuts],
+        "end_reasons": sorted({e.play.end_reason or "" for e in run.events if e.kind == "play_ended"}),
+        "tracks": [{**c.__dict__, "airtime_error_s": round(c.airtime_error_s, 2)} for c in checks],
+        "plays_match": all(c.plays == c.true_plays for c in checks),
+        "max_airtime_error_per_play_s": round(max(
+            (c.airtime_error_s / max(1, c.true_plays) for c in checks), default=0.0), 2),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
