@@ -75,7 +75,10 @@ class HistorySink:
 
     async def start(self) -> None:
         """Open the store, apply the retention, close what a crash left open. Raises
-        ``HistoryError`` when the store cannot be opened (the daemon must not run without it)."""
+        ``HistoryError`` when the store cannot be opened (the daemon must not run without it).
+        Idempotent: the service starts the history before the other sinks, then all of them."""
+        if self._store is not None:
+            return
         self._store = await asyncio.to_thread(self._open_store)
         await self._purge()
         self.recovered = await asyncio.to_thread(self._store.recover, self._stations)
