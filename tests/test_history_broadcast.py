@@ -15,7 +15,7 @@ import pytest
 
 from tests.fixtures.audio import Clip
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
-from tunetrace.evaluation.broadcast import compare, simulate
+from tunetrace.evaluation.broadcast import airing_errors, compare, simulate
 from tunetrace.evaluation.live import EPOCH
 from tunetrace.history import open_history
 from tunetrace.pipeline import open_model
@@ -54,3 +54,5 @@ def test_a_broadcast_with_a_restart_and_a_crash_keeps_each_airing_once(
     assert all(c.plays == c.true_plays for c in checks), details
     for check in checks:
         assert check.airtime_error_s <= AIRTIME_TOLERANCE_PER_PLAY_S * check.true_plays, details
+    errors = airing_errors(run.segments, config, "broadcast")
+    assert max(errors) <= AIRTIME_TOLERANCE_PER_PLAY_S, errors

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _TICK_S = 1.0
 """How often a station with no new audio re-checks its tracker (a source outage ends plays)."""
 CATALOG_RETRY = BackoffPolicy(initial_s=0.5, max_s=10.0)
+HEARD_ON_RESUMPTION_S = 2.0
+"""A play whose evidence starts this close to the first audio of a run (or of the source coming
+back) was already playing when monitoring resumed (``history.continues``)."""
 """Waits between attempts while catalog searches fail (a Milvus server restarting)."""
 
 
@@ -164,6 +167,9 @@ class Station:
         self._progress = progress
         self._resume = resumable(resume)
         self._next_checkpoint_s: float | None = None
+        self._resumed_s = 0.0
+        """Stream time monitoring (re)started: the run's first audio, or the source coming back."""
+        self._source_was_up = True
 
     def health(self) -> StationHealth:
         state = self._runner.state
@@ -235,9 +241,13 @@ class Station:
                 if not self._runner.state.up and self._runner.realtime and now_s is not None:
                     # The source is down: time still passes on the air; an open play is held for
                     # continue_within_s, then ends.
+                    self._source_was_up = False
                     await self._apply(self._tracker.observe(Observation(now_s, source_up=False)))
                     await self._checkpoint(now_s)
                 continue
+            if not self._source_was_up:
+                self._source_was_up = True
+                self._resumed_s = float(batch.start_samples[0]) / self._rate
             try:
                 observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
             except CatalogError as exc:
@@ -333,6 +343,7 @@ class Station:
         if interrupted is not None and continues(
             interrupted, event.play.track_id, started_at, event.position_start_s,
             within_s=self._params.continue_within_s, position_tolerance_s=self._params.position_tolerance_s,
+            heard_on_resumption=event.play.started_s - self._resumed_s <= HEARD_ON_RESUMPTION_S,
         ):
             play = replace(
                 interrupted, ended_at=None, position_end_s=None, end_reason=None, resumed_at=started_at,

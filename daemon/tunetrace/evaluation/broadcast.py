@@ -184,6 +184,30 @@ def compare(segments: list[Segment], config: Config, station: str) -> list[Track
     return checks
 
 
+def airing_errors(segments: list[Segment], config: Config, station: str) -> list[float]:
+    """For each true airing, the larger of its start and end errors (seconds) against the history's
+    play of that track that overlaps it most (``inf``: no play overlaps it)."""
+    store = open_history(config.history_url())
+    try:
+        plays = store.plays(EPOCH - timedelta(days=1), EPOCH + timedelta(days=2), [station])
+    finally:
+        store.close()
+    errors = []
+    for segment in (s for s in segments if s.kind == "track"):
+        best, best_overlap = float("inf"), 0.0
+        for play in plays:
+            if play.track_id != segment.track_id or play.ended_at is None:
+                continue
+            start_s = (play.started_at - EPOCH).total_seconds()
+            end_s = (play.ended_at - EPOCH).total_seconds()
+            overlap = min(end_s, segment.end_s) - max(start_s, segment.start_s)
+            if overlap > best_overlap:
+                best_overlap = overlap
+                best = max(abs(start_s - segment.start_s), abs(end_s - segment.end_s))
+        errors.append(best)
+    return errors
+
+
 def report_table(config: Config, station: str) -> str:
     store = open_history(config.history_url())
     start, end = EPOCH - timedelta(days=1), EPOCH + timedelta(days=2)
@@ -220,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     wall_s = time.perf_counter() - started
     store.close()
     checks = compare(run.segments, config, "broadcast")
+    errors = airing_errors(run.segments, config, "broadcast")
     print(report_table(config, "broadcast"))
     result: dict[str, Any] = {
         "stream_s": round(run.duration_s, 1),
@@ -228,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         "end_reasons": sorted({e.play.end_reason or "" for e in run.events if e.kind == "play_ended"}),
         "tracks": [{**c.__dict__, "airtime_error_s": round(c.airtime_error_s, 2)} for c in checks],
         "plays_match": all(c.plays == c.true_plays for c in checks),
+        "airings": len(errors),
+        "airing_boundary_error_max_s": round(max(errors, default=0.0), 2),
+        "airing_boundary_error_median_s": round(float(np.median(errors)), 2) if errors else None,
         "max_airtime_error_per_play_s": round(max(
             (c.airtime_error_s / max(1, c.true_plays) for c in checks), default=0.0), 2),
     }

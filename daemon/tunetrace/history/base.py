@@ -106,15 +106,24 @@ def resumable(previous: Play | None) -> Play | None:
 
 def continues(
     previous: Play, track_id: int, started_at: datetime, position_start_s: float,
-    *, within_s: float, position_tolerance_s: float,
+    *, within_s: float, position_tolerance_s: float, heard_on_resumption: bool = False,
 ) -> bool:
     """Whether a new play is the interrupted ``previous`` airing heard again: the same recording,
-    starting at most ``within_s`` after ``previous`` ended, at the position the clock predicts."""
+    starting at most ``within_s`` after ``previous`` ended, at the position the clock predicts.
+
+    ``heard_on_resumption``: the recording was already playing when monitoring resumed (its
+    evidence starts with the first audio).  Then the position need not match: a recording that
+    repeats itself (a loop, an ambient piece) matches at several positions, and after a restart the
+    tracker has lost the memory of which repeat it was at (it keeps it within a run).  A station
+    cannot have started the same recording again during a gap it was already playing it in.
+    """
     if previous.ended_at is None or previous.position_end_s is None or previous.track_id != track_id:
         return False
     gap_s = (started_at - previous.ended_at).total_seconds()
     if not -position_tolerance_s <= gap_s <= within_s:
         return False
+    if heard_on_resumption:
+        return True
     predicted_s = previous.position_end_s + gap_s
     return abs(position_start_s - predicted_s) <= position_tolerance_s
 
