@@ -15,7 +15,7 @@ import pytest
 
 from tests.fixtures.audio import Clip
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
-from tunetrace.evaluation.broadcast import airing_errors, compare, simulate
+from tunetrace.evaluation.broadcast import airing_errors, compare, monitored_s, simulate
 from tunetrace.evaluation.live import EPOCH
 from tunetrace.history import open_history
 from tunetrace.pipeline import open_model
@@ -56,3 +56,8 @@ def test_a_broadcast_with_a_restart_and_a_crash_keeps_each_airing_once(
         assert check.airtime_error_s <= AIRTIME_TOLERANCE_PER_PLAY_S * check.true_plays, details
     errors = airing_errors(run.segments, config, "broadcast")
     assert max(errors) <= AIRTIME_TOLERANCE_PER_PLAY_S, errors
+    # Monitored time: everything but the two 5 s gaps, less at most one checkpoint lost at the crash.
+    up_s, down_s = monitored_s(config, "broadcast")
+    truth_s = run.duration_s - sum(c.gap_s for c in run.cuts)
+    assert truth_s - config.history.checkpoint_interval_s - 1.0 <= up_s <= truth_s
+    assert down_s == 0.0

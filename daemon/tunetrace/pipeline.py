@@ -170,6 +170,9 @@ class Station:
         self._resumed_s = 0.0
         """Stream time monitoring (re)started: the run's first audio, or the source coming back."""
         self._source_was_up = True
+        self._heard = False
+        self._up_from_s: float | None = None
+        """Where the audio of a (re)started source begins, until a checkpoint has recorded it."""
 
     def health(self) -> StationHealth:
         state = self._runner.state
@@ -243,11 +246,12 @@ class Station:
                     # continue_within_s, then ends.
                     self._source_was_up = False
                     await self._apply(self._tracker.observe(Observation(now_s, source_up=False)))
-                    await self._checkpoint(now_s)
+                    await self._checkpoint(now_s, source_up=False)
                 continue
-            if not self._source_was_up:
-                self._source_was_up = True
+            if not self._source_was_up or not self._heard:
+                self._heard = self._source_was_up = True
                 self._resumed_s = float(batch.start_samples[0]) / self._rate
+                self._up_from_s = self._resumed_s
             try:
                 observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
             except CatalogError as exc:
@@ -263,7 +267,7 @@ class Station:
             for observation in observations:
                 self._last_stream_s = observation.stream_s
                 await self._apply(self._tracker.observe(observation))
-            await self._checkpoint(self._last_stream_s)
+            await self._checkpoint(self._last_stream_s, source_up=True)
             if self._ring.pending_windows():
                 self._data.set()
 
@@ -306,23 +310,31 @@ class Station:
     async def finish(self) -> None:
         """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
         await self._apply(self._tracker.close(self._last_stream_s))
-        await self._checkpoint(self._last_stream_s, force=True)
+        await self._checkpoint(self._last_stream_s, source_up=self._source_was_up, force=True)
 
-    async def _checkpoint(self, stream_s: float, *, force: bool = False) -> None:
-        """Tell the history the station's state and its open play's last evidence, at most once
-        per ``checkpoint_interval_s`` of stream time (unless ``force``)."""
+    async def _checkpoint(self, stream_s: float, *, source_up: bool, force: bool = False) -> None:
+        """Tell the history the station's state at ``stream_s`` and its open play's last evidence,
+        at most once per ``checkpoint_interval_s`` of stream time (unless ``force``).
+
+        ``source_up`` is the state *at* ``stream_s`` (audio was processed there, or the source was
+        down then), not the source's state now: a file read ahead of recognition ends while
+        seconds of its audio are still to be processed."""
         if self._progress is None:
             return
         if not force and self._next_checkpoint_s is not None and stream_s < self._next_checkpoint_s:
             return
         self._next_checkpoint_s = stream_s + self._params.checkpoint_interval_s
+        if source_up and self._up_from_s is not None:
+            # Monitoring began with this audio, not with the first decision a batch later.
+            await self._progress.checkpoint(Checkpoint(self.name, self._clock.wall(self._up_from_s), True))
+        self._up_from_s = None
         current = self._tracker.current
         evidence_at = position_s = None
         if current is not None and self._open is not None:
             evidence_at = self._clock.wall(current.last_support_s)
             position_s = current.position_at(current.last_support_s)
         await self._progress.checkpoint(Checkpoint(
-            station=self.name, at=self._clock.wall(stream_s), source_up=self._runner.state.up,
+            station=self.name, at=self._clock.wall(stream_s), source_up=source_up,
             play_id=self._open.play_id if self._open is not None and evidence_at else None,
             evidence_at=evidence_at, position_s=position_s,
         ))

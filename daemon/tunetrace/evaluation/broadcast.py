@@ -208,6 +208,17 @@ def airing_errors(segments: list[Segment], config: Config, station: str) -> list
     return errors
 
 
+def monitored_s(config: Config, station: str) -> tuple[float, float]:
+    """Seconds the history says the station was monitored (source up) and down."""
+    store = open_history(config.history_url())
+    try:
+        intervals = store.intervals(EPOCH - timedelta(days=1), EPOCH + timedelta(days=2), [station])
+    finally:
+        store.close()
+    return (sum(i.seconds for i in intervals if i.source_up),
+            sum(i.seconds for i in intervals if not i.source_up))
+
+
 def report_table(config: Config, station: str) -> str:
     store = open_history(config.history_url())
     start, end = EPOCH - timedelta(days=1), EPOCH + timedelta(days=2)
@@ -245,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     store.close()
     checks = compare(run.segments, config, "broadcast")
     errors = airing_errors(run.segments, config, "broadcast")
+    up_s, down_s = monitored_s(config, "broadcast")
     print(report_table(config, "broadcast"))
     result: dict[str, Any] = {
         "stream_s": round(run.duration_s, 1),
@@ -252,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         "cuts": [{"at_s": round(c.at_s, 1), "ending": c.ending, "gap_s": c.gap_s} for c in run.cuts],
         "end_reasons": sorted({e.play.end_reason or "" for e in run.events if e.kind == "play_ended"}),
         "tracks": [{**c.__dict__, "airtime_error_s": round(c.airtime_error_s, 2)} for c in checks],
+        "monitored_s": round(up_s, 1),
+        "monitored_truth_s": round(run.duration_s - sum(c.gap_s for c in run.cuts), 1),
+        "down_s": round(down_s, 1),
         "plays_match": all(c.plays == c.true_plays for c in checks),
         "airings": len(errors),
         "airing_boundary_error_max_s": round(max(errors, default=0.0), 2),
