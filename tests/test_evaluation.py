@@ -395,3 +395,13 @@ def test_excerpts_per_track_gives_every_fitting_track_the_same_count() -> None:
     for e in plan:
         counts[e.source] = counts.get(e.source, 0) + 1
     assert counts == dict.fromkeys(range(6), 2)
+
+
+def test_a_package_name_that_is_not_debian_s_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from tunetrace.errors import TunetraceError
+    from tunetrace.evaluation.packages import unpack
+
+    for name in ("fillets; rm -rf /", "../etc", "Capital"):
+        with pytest.raises(TunetraceError, match="is not a Debian package name"):
+            unpack(name, tmp_path)
+    assert list(tmp_path.iterdir()) == []
