@@ -291,3 +291,39 @@ def test_render_of_an_empty_range_says_so() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     report = build_report([], [], start, start + timedelta(days=1), "track", now=start)
     assert "no plays and no monitored time" in render(report, "table")
+
+
+def test_plays_written_while_postgresql_drops_the_connection_are_written_after_it_reconnects(
+    postgres_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    import psycopg
+
+    now = [T0]
+
+    def terminate_daemon_connections() -> None:
+        database = postgres_url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+
+    play = make_play()
+
+    async def scenario() -> None:
+        sink = HistorySink.from_url(postgres_url, ["radio-one"], HistoryConfig(), clock=lambda: now[0])
+        await sink.start()
+        await sink.publish_event(PlayEvent("play_started", play))
+        terminate_daemon_connections()
+        await sink.publish_event(PlayEvent("play_ended", play.ended(at(100), 100.5, "evidence_lost")))
+        now[0] += timedelta(seconds=10)  # past REOPEN_EVERY: the next call reconnects and catches up
+        await sink.checkpoint(Checkpoint("radio-one", at(101), True))
+        await sink.close(1.0)
+
+    asyncio.run(scenario())
+    store = open_history(postgres_url)
+    stored = store.plays(at(-1), at(1))
+    store.close()
+    assert [(p.play_id, p.end_reason) for p in stored] == [(play.play_id, "evidence_lost")]
+    assert "history: cannot record the play" in caplog.text, "the end was written only after reconnecting"
+    assert "answers again" in caplog.text

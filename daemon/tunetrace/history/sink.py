@@ -8,7 +8,11 @@
   station's up/down interval and records the open play's last evidence.
 
 Writes run in a worker thread, one at a time.  A failing store is logged, never fatal: the
-stations keep monitoring and the play log still records every event.
+stations keep monitoring and the play log still records every event.  Plays that could not be
+written are kept (the latest state of each, up to ``MAX_UNWRITTEN_PLAYS``) and written once the
+store answers again; the store is reopened (a new PostgreSQL connection) at most every
+``REOPEN_EVERY``.  Checkpoints are not kept: monitored time while the database is unreachable is
+not recorded.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY = timedelta(hours=1)
 """How often the retention runs while the daemon is up (it also runs at start)."""
+REOPEN_EVERY = timedelta(seconds=5)
+"""After a failed write, how long to wait before reopening the store."""
+MAX_UNWRITTEN_PLAYS = 10_000
+"""Plays kept in memory while the store cannot be written (oldest dropped beyond, logged)."""
 
 T = TypeVar("T")
 
@@ -59,6 +67,10 @@ class HistorySink:
         self.recovered: list[Play] = []
         """Plays closed at start with ``crash_recovered`` (for their ``play_ended``)."""
         self._last_plays: dict[str, Play | None] = {}
+        self._unwritten: dict[str, Play] = {}
+        """Plays whose latest state the store has not accepted yet, by ``play_id``."""
+        self._failed_at: datetime | None = None
+        """When the store last failed (``None``: it works)."""
 
     @classmethod
     def from_url(
@@ -98,9 +110,29 @@ class HistorySink:
         return self._last_plays.get(station)
 
     async def publish_event(self, event: PlayEvent) -> None:
-        await self._call("record the play", lambda store: store.record_play(event.play))
+        play = event.play
+        self._unwritten.pop(play.play_id, None)
+        self._unwritten[play.play_id] = play
+        if len(self._unwritten) > MAX_UNWRITTEN_PLAYS:
+            dropped = next(iter(self._unwritten))
+            del self._unwritten[dropped]
+            log.error("history: unreachable too long; play %s dropped from the history (the play log "
+                      "has it)", dropped)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write the plays the store has not accepted yet, oldest first."""
+        while self._unwritten:
+            play_id, play = next(iter(self._unwritten.items()))
+            written = await self._call("record the play", _recording(play))
+            if written is None:
+                return
+            if self._unwritten.get(play_id) is play:
+                del self._unwritten[play_id]
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        if self._unwritten:
+            await self._flush()
         await self._call("checkpoint", lambda store: store.checkpoint(checkpoint))
         now = self._clock()
         if self._last_purge is not None and now - self._last_purge >= PURGE_EVERY:
@@ -113,6 +145,11 @@ class HistorySink:
         return None
 
     async def close(self, deadline_s: float) -> None:
+        if self._unwritten:
+            await self._flush()
+            if self._unwritten:
+                log.error("history: %d play(s) could not be written before shutdown (the play log "
+                          "has them)", len(self._unwritten))
         async with self._lock:
             if self._store is not None:
                 await asyncio.to_thread(self._store.close)
@@ -124,20 +161,55 @@ class HistorySink:
         if days is None:
             return
         cutoff = self._last_purge - timedelta(days=days)
-        purged = await self._call("apply the retention", lambda store: store.purge(cutoff))
+        result = await self._call("apply the retention", lambda store: store.purge(cutoff))
+        purged = result[0] if result is not None else None
         if purged is not None and (purged.plays or purged.intervals):
             log.info("history retention (%d days): deleted %d play(s) and %d station interval(s) "
                      "that ended before %s", days, purged.plays, purged.intervals,
                      cutoff.isoformat(timespec="seconds"))
 
-    async def _call(self, what: str, call: Callable[[HistoryStore], T]) -> T | None:
+    async def _call(self, what: str, call: Callable[[HistoryStore], T]) -> tuple[T] | None:
+        """``(result,)``, or ``None`` when the store failed (logged once per outage)."""
         async with self._lock:
-            store = self._store
+            store = await self._usable_store()
             if store is None:
-                log.error("history: cannot %s: the history is not open", what)
                 return None
             try:
-                return await asyncio.to_thread(call, store)
+                result = await asyncio.to_thread(call, store)
             except HistoryError as exc:
-                log.error("history: cannot %s: %s", what, exc)
+                if self._failed_at is None:
+                    log.error("history: cannot %s: %s; retrying every %.0f s", what, exc,
+                              REOPEN_EVERY.total_seconds())
+                self._failed_at = self._clock()
                 return None
+            if self._failed_at is not None:
+                log.warning("history: %s answers again", self._where)
+                self._failed_at = None
+            return (result,)
+
+    async def _usable_store(self) -> HistoryStore | None:
+        """The open store; after a failure, a reopened one once ``REOPEN_EVERY`` has passed."""
+        if self._store is None or self._failed_at is None:
+            return self._store
+        if self._clock() - self._failed_at < REOPEN_EVERY:
+            return None
+        old, self._store = self._store, None
+        try:
+            await asyncio.to_thread(old.close)
+        except Exception:  # a broken connection may fail to close; it is dropped either way
+            log.debug("closing the failed history store", exc_info=True)
+        try:
+            self._store = await asyncio.to_thread(self._open_store)
+        except HistoryError as exc:
+            log.debug("history still unreachable: %s", exc)
+            self._failed_at = self._clock()
+            self._store = old  # closed; the next attempt replaces it again
+            return None
+        return self._store
+
+
+def _recording(play: Play) -> Callable[[HistoryStore], None]:
+    def record(store: HistoryStore) -> None:
+        store.record_play(play)
+
+    return record
