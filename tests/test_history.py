@@ -327,3 +327,29 @@ def test_plays_written_while_postgresql_drops_the_connection_are_written_after_i
     assert [(p.play_id, p.end_reason) for p in stored] == [(play.play_id, "evidence_lost")]
     assert "history: cannot record the play" in caplog.text, "the end was written only after reconnecting"
     assert "answers again" in caplog.text
+
+
+def test_the_retention_runs_at_start_and_says_what_it_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+
+    url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    store = open_history(url)
+    store.record_play(make_play(start_s=0).ended(at(60), 60.5, "track_changed"))
+    store.record_play(make_play(start_s=9 * 86400).ended(at(9 * 86400 + 60), 60.5, "track_changed"))
+    store.close()
+
+    async def scenario() -> None:
+        sink = HistorySink.from_url(url, ["radio-one"], HistoryConfig(retention_days=7),
+                                    clock=lambda: at(10 * 86400))
+        await sink.start()
+        await sink.close(1.0)
+
+    with caplog.at_level(logging.INFO, logger="tunetrace.history.sink"):
+        asyncio.run(scenario())
+    assert "history retention (7 days): deleted 1 play(s)" in caplog.text
+    store = open_history(url)
+    assert [p.started_at for p in store.plays(at(-1), at(20 * 86400))] == [at(9 * 86400)]
+    store.close()
