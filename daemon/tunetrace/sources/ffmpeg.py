@@ -128,7 +128,8 @@ class FfmpegSource:
             await stderr_task
             if returncode != 0:
                 reason = stderr_tail[-1] if stderr_tail else f"ffmpeg exited with status {returncode}"
-                raise SourceError(redact_url(reason))  # the runner's log line names the source
+                # The runner's log line names the station: the URL itself stays out of logs.
+                raise SourceError(redact_url(reason.replace(self._url, "<source url>")))
         finally:
             await _stop(process)
             stderr_task.cancel()
