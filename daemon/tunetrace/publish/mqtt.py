@@ -277,15 +277,16 @@ class MqttPublisher:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Publish until closing; a dropped connection surfaces as ``MqttError`` from the watcher."""
-        if not self._swept:
-            await self._sweep_stale_discovery(client)
+        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
         try:
             async with asyncio.TaskGroup() as tasks:
-                watcher = tasks.create_task(_wait_disconnected(client), name="mqtt-connection-watch")
+                watcher = tasks.create_task(_wait_disconnected(client, inbox), name="mqtt-connection-watch")
                 await client.publish(self._topics.status, ONLINE, qos=1, retain=True)
                 self._connected.set()
                 log.info("MQTT connected to %s:%d as %s (TLS %s)", self._config.host, self._config.port,
                          self._config.username or "anonymous", "on" if self._tls_context else "off")
+                if not self._swept:
+                    await self._sweep_stale_discovery(client, inbox)
                 await self._pump(client)
                 self._connected.clear()
                 await client.publish(self._topics.status, OFFLINE, qos=1, retain=True)
@@ -294,7 +295,9 @@ class MqttPublisher:
             # One connection, one cause: re-raise the first failure plainly for ``_run``.
             raise group.exceptions[0] from None
 
-    async def _sweep_stale_discovery(self, client: aiomqtt.Client) -> None:
+    async def _sweep_stale_discovery(
+        self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message],
+    ) -> None:
         """Clear (empty retained payload) this node's discovery configs that are no longer published:
         Home Assistant then deletes the entities of a station removed from the config."""
         wildcard = self._topics.discovery_wildcard
@@ -304,7 +307,7 @@ class MqttPublisher:
             async with asyncio.timeout(_SWEEP_MAX_S):
                 while True:
                     async with asyncio.timeout(_SWEEP_QUIET_S):
-                        message = await anext(client.messages)
+                        message = await inbox.get()
                     if message.retain and message.payload:
                         retained.append(str(message.topic))
         except TimeoutError:
@@ -389,10 +392,11 @@ class MqttPublisher:
             raise ConfigError(f"mqtt.ca_file: cannot load CA bundle {ca_file}: {exc}") from None
 
 
-async def _wait_disconnected(client: aiomqtt.Client) -> None:
-    """Raise ``MqttError`` as soon as the connection drops (nothing is subscribed, so no messages)."""
-    async for _ in client.messages:
-        pass
+async def _wait_disconnected(client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+    """Raise ``MqttError`` as soon as the connection drops; hands the few messages of the discovery
+    sweep (the only subscription, held for a moment after connecting) to ``inbox``."""
+    async for message in client.messages:
+        inbox.put_nowait(message)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
