@@ -218,7 +218,8 @@ def test_home_assistant_discovery_makes_a_bridge_and_each_station_a_device(
         assert title["device"]["via_device"] == bridge_id
         # A dead station's title is unavailable, not "unknown" like nothing recognised.
         assert title["availability_mode"] == "all"
-        assert [a["topic"] for a in title["availability"]] == [f"{prefix}/status", f"{prefix}/{station}/health"]
+        availability = [a["topic"] for a in title["availability"]]
+        assert availability == [f"{prefix}/status", f"{prefix}/{station}/health"]
         confidence = configs[f"homeassistant/sensor/{node}/{station}_confidence/config"]
         assert confidence["device"]["identifiers"] == title["device"]["identifiers"]
         assert confidence["unit_of_measurement"] == "%"
@@ -242,12 +243,13 @@ def test_discovery_configs_of_a_removed_station_are_cleared_at_start(
     other = Topics(unique_prefix())  # another daemon's node: never touched
 
     async def scenario() -> tuple[list[Received], list[Received]]:
-        async with running(MqttPublisher(config_for(mosquitto, prefix), tmp_path / "a.db", ["old-fm", "kept"])) as p:
+        ours_config, theirs_config = config_for(mosquitto, prefix), config_for(mosquitto, other.prefix)
+        async with running(MqttPublisher(ours_config, tmp_path / "a.db", ["old-fm", "kept"])) as p:
             await settled(p)
-        async with running(MqttPublisher(config_for(mosquitto, other.prefix), tmp_path / "b.db", ["old-fm"])) as p:
+        async with running(MqttPublisher(theirs_config, tmp_path / "b.db", ["old-fm"])) as p:
             await settled(p)
         # The config now lists only "kept": the next start removes old-fm's entities.
-        async with running(MqttPublisher(config_for(mosquitto, prefix), tmp_path / "a.db", ["kept"])) as p:
+        async with running(MqttPublisher(ours_config, tmp_path / "a.db", ["kept"])) as p:
             await settled(p)
         async with subscribed(mosquitto, topics.discovery_wildcard) as ours, \
                 subscribed(mosquitto, other.discovery_wildcard) as theirs:

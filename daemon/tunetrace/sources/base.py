@@ -158,6 +158,7 @@ class SourceRunner:
                 self._outage_began("stream ended")
             delay_s = self._backoff.next_delay_s()
             self.state.reconnects += 1
+            self._outage_attempts += 1
             log.debug("reconnect %d in %.1f s", self.state.reconnects, delay_s)
             await self._sleep_with_progress(delay_s)
 
@@ -169,12 +170,11 @@ class SourceRunner:
             log.warning("%s; reconnecting with backoff", reason)
         else:
             log.debug("%s (still down)", reason)
-        self._outage_attempts += 1
 
     def _came_back(self) -> None:
         """Said once per outage, when the first audio of a new session arrives."""
         if self._down_since is not None:
-            log.info("source is back after %.0f s (%d failed attempt(s))",
+            log.info("source is back after %.1f s (%d reconnect attempt(s))",
                      self._monotonic() - self._down_since, self._outage_attempts)
             self._down_since = None
 
