@@ -94,7 +94,8 @@ def test_json_lines_carry_the_station_and_the_exception(tmp_path: Path) -> None:
         log.exception("failed")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["station"] == "radio-one" and first["message"] == "now playing 'Song'"
-    assert first["level"] == "INFO" and first["logger"] == "tunetrace.test" and first["time"].endswith("+00:00")
+    assert first["level"] == "INFO" and first["logger"] == "tunetrace.test"
+    assert first["time"].endswith("+00:00")
     assert second["station"] is None and "ValueError: bad" in second["exception"]
 
     path = tmp_path / "journal"
@@ -159,7 +160,8 @@ def test_a_failing_stream_logs_its_station_never_its_url_or_password(tmp_path: P
             "stations": [{"name": "dead-fm",
                           "source": {"url": url, "reconnect_initial_s": 0.3, "reconnect_max_s": 0.3}}],
         })
-        service = Service(config, sinks=[LogSink()], model=SharedModel(SpectralEncoder(), catalog, catalog.shape))
+        model = SharedModel(SpectralEncoder(), catalog, catalog.shape)
+        service = Service(config, sinks=[LogSink()], model=model)
         task = asyncio.create_task(service.run())
         await asyncio.sleep(3.0)
         service.request_stop()

@@ -58,7 +58,8 @@ class LogSink:
         else:
             self._log.info(
                 "ended %r after %.1f s (position %.1f s)",
-                play.title, play.duration_s or 0.0, play.position_end_s or 0.0, extra={"station": play.station},
+                play.title, play.duration_s or 0.0, play.position_end_s or 0.0,
+                extra={"station": play.station},
             )
 
     async def publish_now_playing(self, station: str, play: Play | None) -> None:

@@ -111,7 +111,9 @@ class FfmpegSource:
         )
         assert process.stdout is not None and process.stderr is not None
         stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES)
-        stderr_task = asyncio.create_task(_drain(process.stderr, stderr_tail, self._url), name="ffmpeg-stderr")
+        stderr_task = asyncio.create_task(
+            _drain(process.stderr, stderr_tail, self._url), name="ffmpeg-stderr",
+        )
         block_bytes = round(BLOCK_S * self._sample_rate) * 4
         try:
             while True:
