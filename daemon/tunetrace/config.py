@@ -2,8 +2,8 @@
 
 Each stage receives only its own frozen section (``EncoderConfig``, ``MilvusConfig`` ...), never the
 root, so a reader can see exactly what a stage depends on.  Strings may reference environment
-variables as ``${NAME}`` so that secrets stay out of the file (and systemd credentials can be
-passed through ``LoadCredential=`` plus an environment file); resolved secrets are ``SecretStr`` and
+variables as ``${NAME}`` (or ``${NAME:-default}``) so that secrets stay out of the file (and
+systemd credentials can be passed through ``LoadCredential=`` plus an environment file); resolved secrets are ``SecretStr`` and
 never appear in logs or ``repr``.
 """
 
@@ -21,7 +21,8 @@ from tunetrace.errors import ConfigError
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/tunetrace/tunetrace.yaml"),)
 ENV_CONFIG = "TUNETRACE_CONFIG"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+"""``${NAME}`` (required) or ``${NAME:-default}`` (the default when unset or empty, as in a shell)."""
 
 
 def default_data_dir() -> Path:
@@ -371,7 +372,9 @@ def _expand_env(value: Any, path: str) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
+            name, default = match.group(1), match.group(2)
+            if default is not None:
+                return os.environ.get(name) or default
             if name not in os.environ:
                 raise ConfigError(
                     f"{path}: refers to environment variable ${{{name}}}, which is not set; "
