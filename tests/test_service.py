@@ -314,7 +314,8 @@ def test_dockerfile_is_one_unprivileged_container_with_a_healthcheck_on_healthz(
 
     # The image's default config: embedded catalog, the user's broker from the environment, HTTP for
     # the HEALTHCHECK; it loads as is, with no variable set.
-    variables = ("MQTT_HOST", "MQTT_PORT", "MQTT_TOPIC_PREFIX", "TUNETRACE_HTTP_LISTEN", "TUNETRACE_LOG_FORMAT")
+    variables = ("MQTT_HOST", "MQTT_PORT", "MQTT_TOPIC_PREFIX", "TUNETRACE_HTTP_LISTEN",
+                 "TUNETRACE_LOG_FORMAT")
     for key in variables:
         monkeypatch.delenv(key, raising=False)
     default = load_config(REPO / "docker" / "tunetrace.yaml")

@@ -3,8 +3,8 @@
 Each stage receives only its own frozen section (``EncoderConfig``, ``MilvusConfig`` ...), never the
 root, so a reader can see exactly what a stage depends on.  Strings may reference environment
 variables as ``${NAME}`` (or ``${NAME:-default}``) so that secrets stay out of the file (and
-systemd credentials can be passed through ``LoadCredential=`` plus an environment file); resolved secrets are ``SecretStr`` and
-never appear in logs or ``repr``.
+systemd credentials can be passed through ``LoadCredential=`` plus an environment file); resolved
+secrets are ``SecretStr`` and never appear in logs or ``repr``.
 """
 
 from __future__ import annotations
