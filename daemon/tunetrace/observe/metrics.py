@@ -22,6 +22,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -40,6 +41,8 @@ class PrometheusMetrics:
     """``PipelineMetrics`` backed by a private ``CollectorRegistry``; ``exposition()`` is /metrics."""
 
     def __init__(self) -> None:
+        # ``*_created`` series double the exposition and no dashboard or alert here reads them.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         ProcessCollector(registry=registry)
