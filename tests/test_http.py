@@ -371,7 +371,6 @@ def test_the_running_service_serves_its_stations_metrics_and_health(tmp_path: Pa
     assert health_down[0] == 503 and "test-fm: the catalog does not answer searches" in health_down[1]
 
 
-@pytest.mark.slow
 def test_status_page_shows_now_playing_in_headless_chromium(tmp_path: Path) -> None:
     """Debian's chromium, headless: the page's script fetched /api/stations and rendered the title."""
     chromium = shutil.which("chromium")
