@@ -272,7 +272,7 @@ def catalog_with(audio: Any, encoder: SpectralEncoder, track_id: int, title: str
     windows, starts = frame(audio, WindowSpec(info.sample_rate, info.window_s, info.hop_s))
     catalog = FakeCatalog()
     track = fake_track(track_id, title, len(starts), len(audio) / info.sample_rate)
-    catalog.add(track, encoder.embed(windows), starts / info.sample_rate)
+    catalog.add_track(track, encoder.embed(windows), starts / info.sample_rate)
     return catalog
 
 

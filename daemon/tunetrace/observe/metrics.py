@@ -42,7 +42,7 @@ class PrometheusMetrics:
 
     def __init__(self) -> None:
         # ``*_created`` series double the exposition and no dashboard or alert here reads them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client 0.26
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         ProcessCollector(registry=registry)
