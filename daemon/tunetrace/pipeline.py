@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -178,7 +179,8 @@ class Station:
 
     async def run(self) -> None:
         """Capture, recognition and health for this station, until cancelled or the source ends."""
-        with station_scope(self.name):  # every line its tasks log names the station
+        # Every line its tasks (and its executor calls, run in a copy of the context) log names it.
+        with station_scope(self.name):
             await self._run()
 
     async def _run(self) -> None:
@@ -245,7 +247,9 @@ class Station:
                     await self._apply(self._tracker.observe(Observation(now_s)))
                 continue
             try:
-                observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
+                observations = await loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, self._matcher.process, batch,
+                )
             except CatalogError as exc:
                 await self._catalog_failed(exc, batch)
                 continue
@@ -352,7 +356,9 @@ class Station:
         if track_id not in self._tracks:
             loop = asyncio.get_running_loop()
             try:
-                found = await loop.run_in_executor(self._executor, self._catalog.get_tracks, [track_id])
+                found = await loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, self._catalog.get_tracks, [track_id],
+                )
             except CatalogError as exc:
                 # The play is still recorded (by track id); only its title and artist are missing.
                 log.warning("cannot read track %d's metadata: %s", track_id, exc)
