@@ -2,7 +2,9 @@
 
 Startup: open the encoder and the catalog (off the loop), open the sinks (play log; MQTT when
 configured), build one ``Station`` per configured station sharing the encoder, the catalog and
-one embedding executor, then ``READY=1``.
+one embedding executor, bind the HTTP server when ``http:`` is configured (metrics, API, status
+page, ``/healthz``: ``observe.http``; it then runs as one more task beside the stations), then
+``READY=1``.
 
 Shutdown (SIGTERM and SIGINT take the same path, bounded by ``service.shutdown_timeout_s``):
 
@@ -190,6 +192,8 @@ class Service:
     async def _shutdown(self, sink: EventSink, executor: ThreadPoolExecutor, closer: _Closer) -> None:
         deadline_s = self._config.service.shutdown_timeout_s
         started = self._monotonic()
+        if self._http is not None:
+            await self._http.close()  # already closed when its task was cancelled; not if startup failed
         self._notifier.stopping("ending open plays")
         try:
             async with asyncio.timeout(deadline_s):
