@@ -338,7 +338,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_the_running_service_serves_its_stations_metrics_and_health(tmp_path: Path) -> None:
-    async def scenario() -> tuple[dict[str, Any], str, int, tuple[int, str]]:
+    async def scenario() -> tuple[dict[str, Any], str, int, tuple[int, str], str]:
         async with live_service(tmp_path) as live:
             station = await wait_for_play(live.base)
             await asyncio.sleep(1.0)
@@ -349,10 +349,11 @@ def test_the_running_service_serves_its_stations_metrics_and_health(tmp_path: Pa
             async with asyncio.timeout(WAIT_S):
                 while (answer := await get(f"{live.base}/healthz"))[0] == 200:  # noqa: ASYNC110
                     await asyncio.sleep(0.2)
+            _, metrics_down, _ = await get(f"{live.base}/metrics")
             live.catalog.failing = False
-            return station, metrics, health_ok, answer[:2]
+            return station, metrics, health_ok, answer[:2], metrics_down
 
-    station, metrics, health_ok, health_down = run(scenario())
+    station, metrics, health_ok, health_down, metrics_down = run(scenario())
     assert station["name"] == "test-fm" and station["display_name"] == "Test FM"
     assert station["state"] == "ok" and station["source_up"]
     assert station["now_playing"]["title"] == TRACK_TITLE
@@ -369,6 +370,10 @@ def test_the_running_service_serves_its_stations_metrics_and_health(tmp_path: Pa
     assert metric(metrics, "tunetrace_embedding_seconds_count") >= 3
     assert health_ok == 200
     assert health_down[0] == 503 and "test-fm: the catalog does not answer searches" in health_down[1]
+    assert metric(metrics_down, "tunetrace_station_source_state", station="test-fm",
+                  tunetrace_station_source_state="catalog_down") == 1
+    assert metric(metrics_down, "tunetrace_station_searches_total", station="test-fm", outcome="error") >= 1
+    assert metric(metrics_down, "tunetrace_station_windows_dropped_total", station="test-fm") > 0
 
 
 def test_status_page_shows_now_playing_in_headless_chromium(tmp_path: Path) -> None:
