@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,15 @@ from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.errors import CatalogError
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.history.base import Checkpoint, ProgressSink, continues, resumable
+from tunetrace.observe.base import (
+    NullMetrics,
+    NullStationMetrics,
+    PipelineMetrics,
+    StationMetrics,
+    source_state,
+)
+from tunetrace.observe.logs import station_scope
+from tunetrace.observe.timing import TimedCatalog, TimedEncoder
 from tunetrace.publish.base import EventSink
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
@@ -134,6 +144,7 @@ class Station:
         executor: Executor,
         params: StationParams,
         *,
+        metrics: StationMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         progress: ProgressSink | None = None,
         resume: Play | None = None,
@@ -141,6 +152,7 @@ class Station:
         """``progress`` receives checkpoints (the history); ``resume`` is the station's last play
         before this start, continued if it was interrupted and is heard again where predicted."""
         self.name = name
+        self._metrics = metrics or NullStationMetrics()
         self._runner = runner
         self._health_changed = runner.changed
         """Set by the runner on every source change and here on every catalog change."""
@@ -173,6 +185,7 @@ class Station:
         self._heard = False
         self._up_from_s: float | None = None
         """Where the audio of a (re)started source begins, until a checkpoint has recorded it."""
+        self._dropped_reported = 0
 
     def health(self) -> StationHealth:
         state = self._runner.state
@@ -182,8 +195,18 @@ class Station:
             reconnects=state.reconnects, catalog_up=self._catalog_up,
         )
 
+    @property
+    def now_playing(self) -> Play | None:
+        """The open play (``None``: nothing recognised is playing)."""
+        return self._open
+
     async def run(self) -> None:
         """Capture, recognition and health for this station, until cancelled or the source ends."""
+        # Every line its tasks (and its executor calls, run in a copy of the context) log names it.
+        with station_scope(self.name):
+            await self._run()
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._capture(), name=f"{self.name}-capture")
             recognise = group.create_task(self._recognise(), name=f"{self.name}-recognise")
@@ -236,6 +259,7 @@ class Station:
             if self._batch_incomplete():
                 continue
             batch = self._ring.read(self._params.batch_windows)
+            self._report_drops()
             self._room.set()
             if len(batch) == 0:
                 if self._capture_done:
@@ -253,17 +277,20 @@ class Station:
                 self._resumed_s = float(batch.start_samples[0]) / self._rate
                 self._up_from_s = self._resumed_s
             try:
-                observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
+                observations = await loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, self._matcher.process, batch,
+                )
             except CatalogError as exc:
                 await self._catalog_failed(exc, batch)
                 continue
             if not self._catalog_up:
                 self._catalog_up = True
                 self._catalog_retry.reset()
-                log.info("%s: the catalog answers again; recognition resumes", self.name)
+                log.info("the catalog answers again; recognition resumes")
                 self._health_changed.set()
             self.stats.windows_processed += len(batch)
             self.stats.last_progress_monotonic = self._monotonic()
+            self._metrics.audio(len(batch) * self._params.spec.hop_s)
             for observation in observations:
                 self._last_stream_s = observation.stream_s
                 await self._apply(self._tracker.observe(observation))
@@ -289,17 +316,25 @@ class Station:
         """
         if self._catalog_up:
             self._catalog_up = False
-            log.warning("%s: catalog search failed, retrying with backoff: %s", self.name, error)
+            log.warning("catalog search failed, retrying with backoff: %s", error)
             self._health_changed.set()
         self._ring.dropped_windows += len(batch)
+        self._report_drops()
         stream_s = float(batch.start_samples[-1]) / self._rate + self._window_s
         await self._apply(self._tracker.observe(Observation(stream_s)))
         self.stats.last_progress_monotonic = self._monotonic()
         await asyncio.sleep(self._catalog_retry.next_delay_s())
 
+    def _report_drops(self) -> None:
+        dropped = self._ring.dropped_windows
+        self._metrics.dropped(dropped - self._dropped_reported)
+        self._dropped_reported = dropped
+
     async def _health(self) -> None:
         while True:
-            await self._sink.publish_health(self.name, self.health())
+            health = self.health()
+            self._metrics.state(source_state(health))
+            await self._sink.publish_health(self.name, health)
             try:
                 async with asyncio.timeout(self._params.health_interval_s):
                     await self._health_changed.wait()
@@ -309,7 +344,8 @@ class Station:
 
     async def finish(self) -> None:
         """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
-        await self._apply(self._tracker.close(self._last_stream_s))
+        with station_scope(self.name):
+            await self._apply(self._tracker.close(self._last_stream_s))
         await self._checkpoint(self._last_stream_s, source_up=self._source_was_up, force=True)
 
     async def _checkpoint(self, stream_s: float, *, source_up: bool, force: bool = False) -> None:
@@ -346,6 +382,7 @@ class Station:
             else:
                 await self._started(event)
         if events and self._open is None:
+            self._metrics.confidence(0.0)
             await self._sink.publish_now_playing(self.name, None)
 
     async def _started(self, event: PlayStarted) -> None:
@@ -361,8 +398,7 @@ class Station:
                 interrupted, ended_at=None, position_end_s=None, end_reason=None, resumed_at=started_at,
                 confidence=max(interrupted.confidence, event.play.confidence),
             )
-            log.info("%s: %r continues after an interruption (%s)", self.name, play.title,
-                     interrupted.end_reason)
+            log.info("%r continues after an interruption (%s)", play.title, interrupted.end_reason)
         else:
             play = Play(
                 play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
@@ -371,8 +407,10 @@ class Station:
                 position_start_s=event.position_start_s, confidence=event.play.confidence,
                 speed_ratio=event.play.speed_ratio,
             )
-            log.info("%s: now playing %r (position %.1f s)", self.name, play.title, play.position_start_s)
+            log.info("now playing %r (position %.1f s)", play.title, play.position_start_s)
         self._open = play
+        self._metrics.play_started()
+        self._metrics.confidence(play.confidence)
         await self._sink.publish_event(PlayEvent("play_started", play))
         await self._sink.publish_now_playing(self.name, play)
 
@@ -385,7 +423,7 @@ class Station:
         self._open = None
         if play.end_reason == "source_down":
             self._resume = play  # the same airing may still be heard after the outage
-        log.info("%s: ended %r after %.1f s (%s)", self.name, play.title, play.duration_s or 0.0,
+        log.info("ended %r after %.1f s (%s)", play.title, play.duration_s or 0.0,
                  play.end_reason)
         await self._sink.publish_event(PlayEvent("play_ended", play))
 
@@ -393,10 +431,12 @@ class Station:
         if track_id not in self._tracks:
             loop = asyncio.get_running_loop()
             try:
-                found = await loop.run_in_executor(self._executor, self._catalog.get_tracks, [track_id])
+                found = await loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, self._catalog.get_tracks, [track_id],
+                )
             except CatalogError as exc:
                 # The play is still recorded (by track id); only its title and artist are missing.
-                log.warning("%s: cannot read track %d's metadata: %s", self.name, track_id, exc)
+                log.warning("cannot read track %d's metadata: %s", track_id, exc)
                 return None
             if track_id in found:
                 self._tracks[track_id] = found[track_id]
@@ -421,6 +461,7 @@ def build_station(
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     monotonic: Callable[[], float] = time.monotonic,
     progress: ProgressSink | None = None, resume: Play | None = None,
+    metrics: PipelineMetrics | None = None,
 ) -> Station:
     """One station's pipeline: its own source runner, ring, voter and tracker around the shared model.
 
@@ -451,13 +492,18 @@ def build_station(
         max(round(RING_CAPACITY_S * spec.sample_rate), spec.window_samples + 2 * spec.hop_samples),
         spec, params.max_pending_windows,
     )
-    voter = HorizonVoter(model.encoder, model.catalog, model.shape, horizon_params(
-        model.encoder, config.matcher, tracker_config, station.source.silence_threshold_dbfs,
-    ))
+    metrics = metrics or NullMetrics()
+    station_metrics = metrics.station(station.name)
+    voter = HorizonVoter(
+        TimedEncoder(model.encoder, metrics), TimedCatalog(model.catalog, station_metrics), model.shape,
+        horizon_params(
+            model.encoder, config.matcher, tracker_config, station.source.silence_threshold_dbfs,
+        ),
+    )
     tracker = PlayTracker(TrackerParams.from_config(tracker_config))
     return Station(
         station.name, runner, ring, voter, tracker, model.catalog, sink, executor, params,
-        monotonic=monotonic, progress=progress, resume=resume,
+        metrics=station_metrics, monotonic=monotonic, progress=progress, resume=resume,
     )
 
 
