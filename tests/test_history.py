@@ -286,6 +286,12 @@ def test_the_report_command_prints_table_csv_and_json(
     assert main([*base[:-2], "--to", "March"]) == 2
     assert "--to 'March': not a date" in capsys.readouterr().err
 
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(f"data_dir: {tmp_path / 'nothing-here'}\n")
+    assert main(["report", "--config", str(elsewhere)]) == 69
+    assert "no play history at" in capsys.readouterr().err
+    assert not (tmp_path / "nothing-here").exists(), "a report creates nothing"
+
 
 def test_render_of_an_empty_range_says_so() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import get_args
 
 from tunetrace.cli.common import EXIT_OK, EXIT_USAGE, Subparsers, add_config_option, load
+from tunetrace.errors import HistoryError
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -72,7 +74,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     config = load(args)
-    store = open_history(config.history_url())  # HistoryError -> exit 69 in cli.main
+    url = config.history_url()
+    if url.startswith("sqlite:///") and not Path("/" + url.removeprefix("sqlite:///").lstrip("/")).exists():
+        raise HistoryError(
+            f"no play history at {url.removeprefix('sqlite://')}: no daemon has run with this config "
+            "yet; pass the daemon's --config (or set history.url)"
+        )
+    store = open_history(url)  # HistoryError -> exit 69 in cli.main
     try:
         stations = tuple(args.station)
         plays = store.plays(start, end, stations)
