@@ -294,7 +294,8 @@ class Station:
         play = Play(
             play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
             title=track.title if track else "", artist=track.artist if track else "",
-            album=track.album if track else "", started_at=self._clock.wall(event.play.started_s),
+            album=track.album if track else "", isrc=track.isrc if track else "",
+            started_at=self._clock.wall(event.play.started_s),
             position_start_s=event.position_start_s, confidence=event.play.confidence,
             speed_ratio=event.play.speed_ratio,
         )
