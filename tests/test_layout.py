@@ -26,6 +26,7 @@ HOMES = {
     "aiomqtt": "publish/mqtt.py",
     "sounddevice": "sources/soundcard.py",
     "onnxruntime": "encoders/",
+    "mutagen": "catalog/tags.py",
 }
 """Each external library and the only place in the package allowed to import it."""
 

@@ -255,6 +255,11 @@ class ServiceConfig(_Section):
     """How often per-station health is published."""
     max_pending_windows: int = Field(default=64, ge=1)
     """Windows queued per station before the oldest are skipped (counted as drops)."""
+    catalog_refresh_s: float = Field(default=60.0, gt=0)
+    """How often the daemon re-reads the catalog's tracks, so that tracks another process ingests
+    into a shared Milvus server (or removes) are recognised (or no longer) without a restart.
+    Changes made through the daemon (``tunetrace ingest``/``catalog remove`` with its config) apply
+    at once."""
 
 
 class Config(_Section):

@@ -276,6 +276,13 @@ class Station:
                 pass
             self._health_changed.clear()
 
+    def catalog_changed(self, shape: CatalogShape, changed: frozenset[int]) -> None:
+        """Tracks were added, removed or re-tagged: vote with the new shape and forget the cached
+        metadata of the changed tracks (on the event loop)."""
+        self._matcher.set_shape(shape)
+        for track_id in changed:
+            self._tracks.pop(track_id, None)
+
     async def finish(self) -> None:
         """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
         await self._apply(self._tracker.close(self._last_stream_s))
@@ -338,6 +345,9 @@ class SharedModel:
     encoder: Encoder
     catalog: Catalog
     shape: CatalogShape
+    """At start; stations get every later change through ``Station.catalog_changed``."""
+    tracks: tuple[Track, ...] = ()
+    """The complete tracks the shape was read from (what later changes are compared with)."""
 
 
 def build_station(
@@ -383,15 +393,25 @@ def build_station(
 
 
 def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
-    """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape."""
+    """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape.
+
+    An empty or new catalog is created rather than refused: tracks can be ingested while the
+    daemon runs (``tunetrace ingest`` hands them to it), so starting before the first ingest is fine.
+    """
     data_dir_ready(config.data_dir)
     encoder = create_encoder(config.encoder, config.data_dir)
-    store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False)
-    shape = catalog_shape(store.tracks())
+    store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True)
+    try:
+        tracks = store.tracks()
+    except BaseException:
+        store.close()
+        raise
+    shape = catalog_shape(tracks)
     if not shape.track_vectors:
-        log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested",
+        log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested "
+                    "(`tunetrace ingest --config <this config> FILE...` works while the daemon runs)",
                     config.milvus_uri())
-    return SharedModel(encoder, store, shape), store
+    return SharedModel(encoder, store, shape, tuple(tracks)), store
 
 
 def data_dir_ready(path: Path) -> None:

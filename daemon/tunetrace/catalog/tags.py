@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mutagen
+# Public names that mutagen's stubs-less __init__ does not re-export explicitly.
+from mutagen import File as MutagenFile  # type: ignore[attr-defined]
+from mutagen import MutagenError  # type: ignore[attr-defined]
 from mutagen.easyid3 import EasyID3
 from mutagen.easymp4 import EasyMP4Tags
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # EasyID3 maps "isrc" to TSRC already; MP4 keeps ISRC as an iTunes freeform atom.
 if "isrc" not in EasyMP4Tags.Set:
-    EasyMP4Tags.RegisterFreeformKey("isrc", "ISRC")
+    EasyMP4Tags.RegisterFreeformKey("isrc", "ISRC")  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,8 @@ class FileTags:
 def read_tags(path: Path) -> FileTags | None:
     """The file's tags, or ``None`` when mutagen does not recognise the format (use ffprobe)."""
     try:
-        audio: Any = mutagen.File(path, easy=True)
-    except (mutagen.MutagenError, OSError, ValueError) as exc:
+        audio: Any = MutagenFile(path, easy=True)
+    except (MutagenError, OSError, ValueError) as exc:
         log.debug("%s: mutagen cannot read its tags: %s", path, exc)
         return None
     if audio is None:

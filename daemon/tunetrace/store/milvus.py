@@ -30,7 +30,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from tunetrace.config import MilvusConfig
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.errors import CatalogError, CatalogMismatchError
-from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, track_id_for
+from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, is_server_uri, track_id_for
 from tunetrace.store.lock import CatalogLock
 
 log = logging.getLogger(__name__)
@@ -385,10 +385,6 @@ def _retrying(connect: Any) -> Any:
             log.warning("Milvus not available yet (%s); retrying", exc.message)
             time.sleep(_CONNECT_RETRY_S * attempt)
     raise AssertionError("unreachable")
-
-
-def is_server_uri(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
 def _lock_if_embedded(uri: str) -> CatalogLock | None:

@@ -1,0 +1,120 @@
+"""The running daemon's catalog: changes (ingest, remove, other processes' writes) reach the stations.
+
+Stations vote with the catalog's *shape* (vectors per track, for the chance correction) and keep
+track metadata they have read; a track not in the shape cannot be recognised, and a re-tagged
+track must not keep its old title. ``LiveCatalog`` reads the complete tracks again after every
+change made through the daemon and periodically (``service.catalog_refresh_s``, for writes by other
+processes on a shared Milvus server), and hands each station the new shape and the ids of the
+tracks that were added, removed or re-tagged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunetrace.catalog.control import Emit, Message
+from tunetrace.config import IngestConfig
+from tunetrace.encoders.base import Encoder
+from tunetrace.store import CatalogShape, Track, catalog_shape
+
+if TYPE_CHECKING:
+    from tunetrace.catalog.ingest import FileOutcome
+    from tunetrace.store.milvus import CatalogStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    shape: CatalogShape
+    changed: frozenset[int]
+    """Tracks added, removed or re-tagged since the previous view."""
+
+
+def diff_tracks(known: Mapping[int, Track], current: Sequence[Track]) -> CatalogChange | None:
+    """What changed between two reads of the catalog's complete tracks (``None``: nothing)."""
+    now = {t.track_id: t for t in current}
+    changed = set(known.keys() ^ now.keys())
+    changed.update(i for i in known.keys() & now.keys() if known[i] != now[i])
+    if not changed:
+        return None
+    return CatalogChange(catalog_shape(current), frozenset(changed))
+
+
+ApplyChange = Callable[[CatalogChange], None]
+
+
+class LiveCatalog:
+    """The daemon's writable catalog; every change is applied to the stations on the event loop."""
+
+    def __init__(
+        self, store: CatalogStore, encoder: Encoder, ingest_config: IngestConfig, batch_size: int,
+        apply: ApplyChange, known: Sequence[Track],
+    ) -> None:
+        self._store = store
+        self._encoder = encoder
+        self._ingest_config = ingest_config
+        self._batch_size = batch_size
+        self._apply = apply
+        self._known = {t.track_id: t for t in known}
+
+    async def refresh(self) -> Message:
+        """Read the complete tracks again; tell the stations what changed."""
+        current = await asyncio.to_thread(self._store.tracks)
+        change = diff_tracks(self._known, current)
+        self._known = {t.track_id: t for t in current}
+        if change is not None:
+            log.info("catalog changed: %d track(s) added, removed or re-tagged; %d track(s) now",
+                     len(change.changed), len(current))
+            self._apply(change)
+        return {"tracks": len(current), "changed": len(change.changed) if change else 0}
+
+    async def ingest(self, paths: list[Path], replace: bool, emit: Emit) -> Message:
+        """Ingest ``paths`` with the daemon's encoder and catalog; each file's outcome is emitted
+        as it finishes, and the new tracks are recognisable once this returns."""
+        from tunetrace.catalog.ingest import ingest
+
+        loop = asyncio.get_running_loop()
+        outcomes: asyncio.Queue[FileOutcome | None] = asyncio.Queue()
+
+        def report(outcome: FileOutcome) -> None:
+            loop.call_soon_threadsafe(outcomes.put_nowait, outcome)
+
+        def work() -> None:
+            try:
+                ingest(
+                    paths, self._encoder, self._store, self._ingest_config, replace=replace,
+                    batch_size=self._batch_size, on_file=report,
+                )
+            finally:
+                loop.call_soon_threadsafe(outcomes.put_nowait, None)
+
+        log.info("ingesting %d file(s) handed over by `tunetrace ingest`", len(paths))
+        worker = asyncio.create_task(asyncio.to_thread(work), name="control-ingest")
+        counts: dict[str, int] = {}
+        while (outcome := await outcomes.get()) is not None:
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            await emit(outcome_message(outcome))
+        await worker
+        refreshed = await self.refresh()
+        return {"counts": counts, "tracks": refreshed["tracks"]}
+
+    async def remove(self, track_id: int) -> Message:
+        removed = await asyncio.to_thread(self._store.remove_track, track_id)
+        refreshed = await self.refresh()
+        return {"removed": removed, "tracks": refreshed["tracks"]}
+
+
+def outcome_message(outcome: FileOutcome) -> Message:
+    """One file's outcome as the control socket carries it (and the CLI prints it)."""
+    track = outcome.track
+    return {
+        "type": "file", "path": str(outcome.path), "status": outcome.status, "reason": outcome.reason,
+        "track_id": track.track_id if track else None, "title": track.title if track else None,
+        "audio_s": round(outcome.audio_s, 3), "n_vectors": track.n_vectors if track else 0,
+    }
