@@ -6,7 +6,6 @@ track's vectors without leaving duplicates, and a renamed copy is still the same
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
 from tests.fixtures.milvus import write_config
-from tunetrace.audio.decode import decode_file
+from tunetrace.audio.decode import audio_stream_sha256, decode_file
 from tunetrace.catalog.ingest import FileOutcome, IngestSummary, ingest
 from tunetrace.catalog.scan import scan_paths
 from tunetrace.cli import main
@@ -64,7 +63,7 @@ def test_every_file_becomes_a_complete_track(synthetic_wavs: list[Path], store: 
         assert track.n_vectors == VECTORS_PER_TRACK
         assert track.duration_s == pytest.approx(DURATION_S, abs=0.01)
         assert track.source_path == str(path.resolve())
-        assert track.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert track.content_hash == audio_stream_sha256(path)  # the audio, not the file's bytes
 
 
 def test_each_indexed_window_is_found_at_its_offset(synthetic_wavs: list[Path], store: CatalogStore) -> None:

@@ -37,6 +37,9 @@ class Metadata:
     artist: str
     album: str
     isrc: str
+    title_is_file_name: bool = False
+    """No tag or CSV row gave a title: it is the file's stem, which does not re-title a track
+    already in the catalog (a renamed copy is the same recording with the same title)."""
 
 
 def file_metadata(path: Path, sidecar: SidecarEntry | None) -> Metadata:
@@ -50,8 +53,9 @@ def file_metadata(path: Path, sidecar: SidecarEntry | None) -> Metadata:
     def pick(csv_value: str | None, tag_value: str, probed_value: str) -> str:
         return csv_value or tag_value or probed_value
 
+    title = pick(sidecar.title if sidecar else None, tagged.title if tagged else "", probed.title)
     return Metadata(
-        title=pick(sidecar.title if sidecar else None, tagged.title if tagged else "", probed.title),
+        title=title, title_is_file_name=title == path.stem and not (sidecar and sidecar.title),
         artist=pick(sidecar.artist if sidecar else None, tagged.artist if tagged else "", probed.artist),
         album=pick(sidecar.album if sidecar else None, tagged.album if tagged else "", probed.album),
         isrc=pick(
@@ -159,8 +163,8 @@ def _register_operators() -> None:
             meta = file_metadata(path, self._sidecar.get(path.resolve()))
             if existing is not None and not self._replace:
                 retagged = replace(
-                    existing, title=meta.title, artist=meta.artist, album=meta.album, isrc=meta.isrc,
-                    source_path=str(path.resolve()),
+                    existing, title=existing.title if meta.title_is_file_name else meta.title,
+                    artist=meta.artist, album=meta.album, isrc=meta.isrc, source_path=str(path.resolve()),
                 )
                 if existing.same_metadata(retagged):
                     return FileOutcome(path, "skipped", "already in the catalog", existing)

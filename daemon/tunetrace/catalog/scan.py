@@ -37,7 +37,10 @@ def content_hash(path: Path) -> str:
 
     It makes re-ingest idempotent and lets a re-tagged file update its track (same id) instead of
     adding a duplicate; hashing the file's bytes, as catalogs of layout 2 did, changed with every tag.
+    Raises ``OSError`` with the system's reason when the file cannot be read at all.
     """
+    with path.open("rb") as handle:  # an unreadable file fails here, in the OS's words
+        handle.read(1)
     return audio_stream_sha256(path)
 
 
