@@ -63,6 +63,11 @@ class LiveCatalog:
         self._apply = apply
         self._known = {t.track_id: t for t in known}
 
+    @property
+    def tracks(self) -> list[Track]:
+        """The complete tracks as of the last refresh."""
+        return list(self._known.values())
+
     async def refresh(self) -> Message:
         """Read the complete tracks again; tell the stations what changed."""
         current = await asyncio.to_thread(self._store.tracks)
