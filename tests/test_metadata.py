@@ -46,7 +46,9 @@ def retag(path: Path, tags: dict[str, str]) -> None:
     """Rewrite the file's tags with ffmpeg, copying the audio packets (what a tagger does)."""
     temporary = path.with_name("retagged-" + path.name)
     metadata = [arg for key, value in tags.items() for arg in ("-metadata", f"{key}={value}")]
-    run_ffmpeg(["-i", str(path), "-map", "0:a", "-c", "copy", "-map_metadata", "-1", *metadata, str(temporary)])
+    run_ffmpeg([
+        "-i", str(path), "-map", "0:a", "-c", "copy", "-map_metadata", "-1", *metadata, str(temporary),
+    ])
     temporary.replace(path)
 
 
@@ -120,6 +122,7 @@ def test_isrc_codes_are_normalised_or_dropped() -> None:
 def test_a_play_carries_its_isrc_and_null_without_one() -> None:
     from datetime import UTC, datetime
 
-    play = Play("p", "s", 1, "t", "a", "b", datetime(2026, 1, 1, tzinfo=UTC), 0.0, 0.9, isrc="GBAYE0601498")
-    assert play.to_json()["isrc"] == "GBAYE0601498"
-    assert Play("p", "s", 1, "t", "a", "b", datetime(2026, 1, 1, tzinfo=UTC), 0.0, 0.9).to_json()["isrc"] is None
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    tagged = Play("p", "s", 1, "t", "a", "b", at, 0.0, 0.9, isrc="GBAYE0601498")
+    assert tagged.to_json()["isrc"] == "GBAYE0601498"
+    assert Play("p", "s", 1, "t", "a", "b", at, 0.0, 0.9).to_json()["isrc"] is None
