@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.audio import Clip
-from tests.fixtures.milvus import build_catalog
+from tests.fixtures.milvus import MilvusServer, build_catalog, unique_prefix, write_config
 from tests.test_live_e2e import RecordingSink
 from tunetrace.config import load_config
 from tunetrace.errors import CatalogBusyError
@@ -168,3 +168,68 @@ def test_a_second_process_is_refused_with_who_holds_the_catalog(tmp_path: Path) 
     lock = CatalogLock.acquire(catalog)
     assert owner_file(catalog).exists()
     lock.release()
+
+
+@pytest.mark.slow
+@pytest.mark.milvus_server
+def test_with_a_milvus_server_any_process_ingests_and_removes_and_the_daemon_picks_it_up(
+    milvus_server: MilvusServer, real_clips: list[Clip], tmp_path: Path,
+) -> None:
+    """Another process (its own data_dir, as on another machine) writes the shared catalog; the
+    daemon sees the new track within ``service.catalog_refresh_s`` and the removal likewise."""
+    known, newcomer = real_clips[0], real_clips[2]
+    prefix = unique_prefix("livecat")
+    build_catalog(tmp_path / "seed", [known.path], milvus_server.uri, prefix)
+    daemon_dir, other_dir = tmp_path / "daemon", tmp_path / "elsewhere"
+    daemon_dir.mkdir()
+    refresh_s = 2.0
+    config_path = daemon_dir / "tunetrace.yaml"
+    config_path.write_text(
+        f"data_dir: {daemon_dir}\n"
+        f"milvus:\n  uri: {milvus_server.uri}\n  collection_prefix: {prefix}\n  timeout_s: 10\n"
+        f"service:\n  health_interval_s: 1\n  catalog_refresh_s: {refresh_s}\n"
+        f"stations:\n  - name: live\n    source:\n      url: {newcomer.path}\n      realtime: true\n"
+        "      loop: true\n",
+        encoding="utf-8",
+    )
+    other_config = write_config(other_dir, milvus_server.uri, prefix)
+    sink = RecordingSink()
+    service = Service(load_config(config_path), sinks=[sink])
+    figures: dict[str, float] = {}
+
+    def started() -> int:
+        return sum(e.kind == "play_started" for e in sink.events)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(service.run())
+        try:
+            await wait_for(lambda: service.live is not None and service.stations != [], STARTUP_S,
+                           "the daemon to start", task)
+            await asyncio.sleep(UNKNOWN_FOR_S)
+            assert started() == 0
+
+            ingested = await asyncio.to_thread(run_module, "ingest", "-q", "--config", str(other_config),
+                                               str(newcomer.path))
+            assert ingested.returncode == 0, ingested.stderr
+            assert ingested.stdout.startswith("added 1, skipped 0"), ingested.stdout
+            figures["recognised_after_ingest_s"] = await wait_for(
+                lambda: started() == 1, RECOGNISED_S + refresh_s, "the new track on air", task)
+            track_id = sink.events[0].play.track_id
+
+            removed = await asyncio.to_thread(run_module, "catalog", "remove", str(track_id),
+                                              "--config", str(other_config))
+            assert removed.returncode == 0, removed.stderr
+            figures["ended_after_remove_s"] = await wait_for(
+                lambda: sink.events[-1].kind == "play_ended", RECOGNISED_S + refresh_s,
+                "the removed track's play to end", task)
+            await asyncio.sleep(UNKNOWN_FOR_S)
+            assert started() == 1, "a removed track is not recognised again"
+        finally:
+            service.request_stop()
+            async with asyncio.timeout(15):
+                assert await task == 0
+
+    asyncio.run(scenario())
+    assert [e.kind for e in sink.events] == ["play_started", "play_ended"]
+    assert sink.events[0].play.title == newcomer.path.stem
+    print(f"figures (server): {figures}")  # shown with -s: the report's measured latencies
