@@ -25,6 +25,7 @@ import pytest
 from tests.fixtures.audio import Clip
 from tests.fixtures.milvus import MilvusServer, build_catalog, unique_prefix, write_config
 from tests.test_live_e2e import RecordingSink
+from tunetrace.audio.decode import decode_file
 from tunetrace.config import load_config
 from tunetrace.errors import CatalogBusyError
 from tunetrace.service import Service
@@ -65,7 +66,8 @@ def write_daemon_config(data_dir: Path, clip: Clip) -> Path:
         f"data_dir: {data_dir}\n"
         "service:\n  health_interval_s: 1\n  catalog_refresh_s: 3600   # changes must not wait for it\n"
         "stations:\n  - name: live\n    source:\n"
-        f"      url: {clip.path}\n      realtime: true\n      loop: true\n",
+        f"      url: {clip.path}\n      realtime: true\n      loop: true\n"
+        "    evidence: {before_s: 2, after_s: 8}\n",
         encoding="utf-8",
     )
     return path
@@ -137,6 +139,10 @@ def test_tracks_ingested_and_removed_while_the_daemon_runs_take_effect_on_air(
 
     asyncio.run(scenario())
     assert [e.kind for e in sink.events] == ["play_started", "play_ended"]
+    play = sink.events[0].play
+    (clip,) = (data_dir / "evidence" / "live").rglob(f"*-{play.play_id}.opus")
+    assert clip.parent.name == play.started_at.strftime("%Y-%m-%d")
+    assert decode_file(clip, 16000).size / 16000 == pytest.approx(10.0, abs=0.1)
     print(f"figures: {figures}")  # shown with -s: the report's measured latencies
 
 

@@ -184,11 +184,28 @@ class SourceConfig(_Section):
         return self
 
 
+class EvidenceConfig(_Section):
+    """Keep the audio around each play start, compressed, so a disputed play can be listened to."""
+
+    before_s: float = Field(default=2.0, ge=0, le=30)
+    """Audio kept before the play's start on air."""
+    after_s: float = Field(default=8.0, gt=0, le=60)
+    """Audio kept after it (the recording itself)."""
+    retention_days: float = Field(default=90.0, gt=0)
+    """Clips older than this are deleted."""
+    bitrate_kbps: int = Field(default=24, ge=6, le=256)
+    """Opus bitrate: 24 kbit/s mono is ~30 KB per 10 s clip and plainly recognisable music."""
+    folder: Path | None = None
+    """Where clips go (``None``: ``<data_dir>/evidence``); one sub-folder per station and day."""
+
+
 class StationConfig(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     """Slug used in MQTT topics and the play log (lowercase letters, digits, ``-`` and ``_``)."""
     display_name: str | None = None
     source: SourceConfig
+    evidence: EvidenceConfig | None = None
+    """``None``: no evidence kept for this station."""
 
 
 class TrackerConfig(_Section):

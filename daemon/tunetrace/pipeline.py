@@ -28,6 +28,7 @@ from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.errors import CatalogError
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.publish.base import EventSink
+from tunetrace.publish.evidence import EvidenceRecorder
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
 from tunetrace.sources.base import AudioBlock, SourceRunner
@@ -125,8 +126,11 @@ class Station:
         params: StationParams,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        evidence: EvidenceRecorder | None = None,
     ) -> None:
         self.name = name
+        self.evidence = evidence
+        """Keeps the audio around each play start (``None``: the station keeps none)."""
         self._runner = runner
         self._health_changed = runner.changed
         """Set by the runner on every source change and here on every catalog change."""
@@ -165,8 +169,12 @@ class Station:
             group.create_task(self._capture(), name=f"{self.name}-capture")
             recognise = group.create_task(self._recognise(), name=f"{self.name}-recognise")
             health = group.create_task(self._health(), name=f"{self.name}-health")
+            evidence = (group.create_task(self.evidence.run(), name=f"{self.name}-evidence")
+                        if self.evidence is not None else None)
             await recognise
             health.cancel()
+            if evidence is not None:
+                evidence.cancel()
 
     @property
     def stream_s(self) -> float:
@@ -190,6 +198,8 @@ class Station:
             async for block in self._runner.blocks():
                 self._clock.update(block)
                 self._ring.write(block.start_sample, block.samples)
+                if self.evidence is not None:
+                    self.evidence.audio(block.start_sample, block.samples)
                 self._data.set()
                 while not self._runner.realtime and self._ring_is_half_full():
                     self._room.clear()
@@ -284,8 +294,11 @@ class Station:
             self._tracks.pop(track_id, None)
 
     async def finish(self) -> None:
-        """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
+        """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing; writes
+        the evidence still waiting for audio with what arrived."""
         await self._apply(self._tracker.close(self._last_stream_s))
+        if self.evidence is not None:
+            await self.evidence.flush(everything=True)
 
     async def _apply(self, events: list[TrackerEvent]) -> None:
         for event in events:
@@ -307,6 +320,8 @@ class Station:
             speed_ratio=event.play.speed_ratio,
         )
         self._open = play
+        if self.evidence is not None:
+            self.evidence.play_started(play.play_id, play.started_at, event.play.started_s)
         log.info("%s: now playing %r (position %.1f s)", self.name, play.title, play.position_start_s)
         await self._sink.publish_event(PlayEvent("play_started", play))
         await self._sink.publish_now_playing(self.name, play)
@@ -386,9 +401,15 @@ def build_station(
         model.encoder, config.matcher, tracker_config, station.source.silence_threshold_dbfs,
     ))
     tracker = PlayTracker(TrackerParams.from_config(tracker_config))
+    evidence = None
+    if station.evidence is not None:
+        evidence = EvidenceRecorder(
+            station.name, station.evidence, station.evidence.folder or config.data_dir / "evidence",
+            spec.sample_rate, wall_clock=wall_clock,
+        )
     return Station(
         station.name, runner, ring, voter, tracker, model.catalog, sink, executor, params,
-        monotonic=monotonic,
+        monotonic=monotonic, evidence=evidence,
     )
 
 
