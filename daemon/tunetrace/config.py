@@ -194,7 +194,7 @@ class EvidenceConfig(_Section):
     retention_days: float = Field(default=90.0, gt=0)
     """Clips older than this are deleted."""
     bitrate_kbps: int = Field(default=24, ge=6, le=256)
-    """Opus bitrate: 24 kbit/s mono is ~30 KB per 10 s clip and plainly recognisable music."""
+    """Opus bitrate: 24 kbit/s mono is 30-50 KB per 10 s clip (VBR) and plainly recognisable music."""
     folder: Path | None = None
     """Where clips go (``None``: ``<data_dir>/evidence``); one sub-folder per station and day."""
 
