@@ -432,6 +432,9 @@ def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
         log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested "
                     "(`tunetrace ingest --config <this config> FILE...` works while the daemon runs)",
                     config.milvus_uri())
+    outgrown = store.size_warning(shape.total_vectors)
+    if outgrown:
+        log.warning("%s", outgrown)
     return SharedModel(encoder, store, shape, tuple(tracks)), store
 
 

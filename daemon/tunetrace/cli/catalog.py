@@ -8,7 +8,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tunetrace.cli.common import (
     EXIT_OK,
@@ -19,6 +19,9 @@ from tunetrace.cli.common import (
 )
 from tunetrace.config import Config, load_config
 from tunetrace.errors import DecodeError
+
+if TYPE_CHECKING:
+    from tunetrace.store.milvus import CatalogStore
 
 # -- ingest -----------------------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ def _daemon_socket(config: Config) -> Path | None:
     A Milvus server has no owner: every process writes it directly.
     """
     from tunetrace.catalog.control import listening
-    from tunetrace.store.base import is_server_uri
+    from tunetrace.config import is_server_uri
     from tunetrace.store.lock import read_holder
 
     if is_server_uri(config.milvus_uri()):
@@ -243,6 +246,45 @@ def _remove_via_daemon(socket: Path, track_id: int) -> int:
     return EXIT_OK
 
 
+def _print_list(store: CatalogStore, as_json: bool) -> int:
+    tracks = store.tracks()
+    if as_json:
+        for t in tracks:
+            print(json.dumps({
+                "track_id": t.track_id, "title": t.title, "artist": t.artist,
+                "album": t.album, "duration_s": round(t.duration_s, 2),
+                "source_path": t.source_path, "n_vectors": t.n_vectors, "isrc": t.isrc or None,
+            }))
+    else:
+        for t in tracks:
+            who = f" — {t.artist}" if t.artist else ""
+            print(f"{t.track_id:>20}  {t.duration_s/60:5.1f} min  {t.title}{who}")
+    return EXIT_OK
+
+
+def _print_stats(store: CatalogStore, config: Config, as_json: bool) -> int:
+    tracks = store.tracks()
+    info = store.info
+    vector_rows = store.vector_count()
+    stats = {
+        "uri": config.milvus_uri() if config.milvus.uri is None else config.milvus.uri,
+        "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
+        "window_s": info.window_s, "hop_s": info.hop_s,
+        "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
+        "vectors": sum(t.n_vectors for t in tracks), "vector_rows": vector_rows,
+        "index": store.index.type, "index_build": store.index.build, "shards": store.index.shards,
+    }
+    outgrown = store.size_warning(vector_rows)
+    if as_json:
+        print(json.dumps({**stats, "warning": outgrown}))
+    else:
+        for key, value in stats.items():
+            print(f"{key:>12}: {value}")
+    if outgrown:
+        print(f"warning: {outgrown}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_catalog(args: argparse.Namespace) -> int:
     from tunetrace.encoders import create_encoder
     from tunetrace.store import open_catalog
@@ -255,35 +297,9 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     encoder = create_encoder(config.encoder, config.data_dir)
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
         if args.catalog_command == "list":
-            tracks = store.tracks()
-            if args.json:
-                for t in tracks:
-                    print(json.dumps({
-                        "track_id": t.track_id, "title": t.title, "artist": t.artist,
-                        "album": t.album, "duration_s": round(t.duration_s, 2),
-                        "source_path": t.source_path, "n_vectors": t.n_vectors, "isrc": t.isrc or None,
-                    }))
-            else:
-                for t in tracks:
-                    who = f" — {t.artist}" if t.artist else ""
-                    print(f"{t.track_id:>20}  {t.duration_s/60:5.1f} min  {t.title}{who}")
-            return EXIT_OK
+            return _print_list(store, args.json)
         if args.catalog_command == "stats":
-            tracks = store.tracks()
-            info = store.info
-            stats = {
-                "uri": config.milvus_uri() if config.milvus.uri is None else config.milvus.uri,
-                "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
-                "window_s": info.window_s, "hop_s": info.hop_s,
-                "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
-                "vectors": sum(t.n_vectors for t in tracks), "vector_rows": store.vector_count(),
-            }
-            if args.json:
-                print(json.dumps(stats))
-            else:
-                for key, value in stats.items():
-                    print(f"{key:>12}: {value}")
-            return EXIT_OK
+            return _print_stats(store, config, args.json)
         removed = store.remove_track(args.track_id)
     if not removed:
         print(f"error: no track with id {args.track_id} in the catalog (see `tunetrace catalog list`)",

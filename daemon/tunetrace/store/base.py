@@ -58,11 +58,6 @@ def track_id_for(content_hash: str) -> int:
     return int.from_bytes(digest, "big") & ((1 << TRACK_ID_BITS) - 1)
 
 
-def is_server_uri(uri: str) -> bool:
-    """A Milvus server (shared by any number of processes), not an embedded Milvus Lite path."""
-    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
-
-
 @dataclass(frozen=True)
 class CatalogShape:
     """What the chance correction needs to know about the catalog."""
