@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from tests.fixtures.audio import Clip
 from tests.fixtures.milvus import MilvusServer, build_catalog, unique_prefix, write_config
 from tests.test_live_e2e import RecordingSink
 from tunetrace.audio.decode import decode_file
+from tunetrace.catalog.live import FolderWatch
 from tunetrace.config import load_config
 from tunetrace.errors import CatalogBusyError
 from tunetrace.service import Service
@@ -239,3 +241,58 @@ def test_with_a_milvus_server_any_process_ingests_and_removes_and_the_daemon_pic
     assert [e.kind for e in sink.events] == ["play_started", "play_ended"]
     assert sink.events[0].play.title == newcomer.path.stem
     print(f"figures (server): {figures}")  # shown with -s: the report's measured latencies
+
+
+def test_the_folder_watch_reports_a_file_once_it_has_stopped_changing(tmp_path: Path) -> None:
+    folder = tmp_path / "incoming"
+    (folder / "album").mkdir(parents=True)
+    watch = FolderWatch(folder, (".wav",))
+    song = folder / "album" / "song.wav"
+    song.write_bytes(b"RIFF....")
+    (folder / "cover.jpg").write_bytes(b"jpg")
+    assert watch.poll() == []  # seen once: it may still be being copied
+    song.write_bytes(b"RIFF........")  # it was: it grew
+    assert watch.poll() == []
+    assert watch.poll() == [song]  # unchanged for one poll: ready
+    assert watch.poll() == []  # reported once
+    song.write_bytes(b"RIFF....retagged")
+    os.utime(song, ns=(1, 2))
+    assert watch.poll() == []
+    assert watch.poll() == [song]  # changed (re-tagged), then stable: reported again
+    watch.forget([song])
+    assert watch.poll() == [song]  # its ingest failed: offered again
+
+
+@pytest.mark.slow
+def test_a_file_dropped_into_the_watched_folder_is_recognised_on_air(
+    real_clips: list[Clip], tmp_path: Path,
+) -> None:
+    known, newcomer = real_clips[0], real_clips[1]
+    data_dir, incoming = tmp_path / "data", tmp_path / "incoming"
+    incoming.mkdir()
+    build_catalog(data_dir, [known.path])
+    config_path = write_daemon_config(data_dir, newcomer)
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write(f"ingest:\n  watch_folder: {incoming}\n  watch_interval_s: 1\n")
+    sink = RecordingSink()
+    service = Service(load_config(config_path), sinks=[sink])
+    figures: dict[str, float] = {}
+
+    async def scenario() -> None:
+        task = asyncio.create_task(service.run())
+        try:
+            await wait_for((data_dir / "control.sock").exists, STARTUP_S, "the daemon", task)
+            await asyncio.sleep(UNKNOWN_FOR_S)
+            assert sink.events == []
+            shutil.copy(newcomer.path, incoming / "new.wav")
+            figures["recognised_after_copy_s"] = await wait_for(
+                lambda: any(e.kind == "play_started" for e in sink.events), RECOGNISED_S,
+                "the dropped file's track on air", task)
+        finally:
+            service.request_stop()
+            async with asyncio.timeout(15):
+                assert await task == 0
+
+    asyncio.run(scenario())
+    assert sink.events[0].play.title == "new"
+    print(f"figures (watched folder): {figures}")  # shown with -s

@@ -198,6 +198,12 @@ class IngestConfig(_Section):
     """Optional sidecar CSV with columns ``path,title,artist,album`` overriding file tags."""
     insert_batch: int = Field(default=5000, ge=1, le=10000)
     """Rows per Milvus insert (Milvus Lite misbehaves above ~10k)."""
+    watch_folder: Path | None = None
+    """The daemon ingests audio files that appear (or change) in this folder, recursively, once
+    they have stopped changing for one ``watch_interval_s`` (a copy in progress is not ingested
+    half-way). Files removed from the folder stay in the catalog (``tunetrace catalog remove``)."""
+    watch_interval_s: float = Field(default=10.0, gt=0)
+    """How often the watched folder is scanned."""
 
 
 # -- live daemon ----------------------------------------------------------------------------------

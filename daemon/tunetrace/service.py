@@ -166,11 +166,17 @@ class Service:
             runs = [group.create_task(s.run(), name=f"station-{s.name}") for s in self.stations]
             watchdog = group.create_task(self._watchdog(), name="watchdog")
             refresh = group.create_task(self._refresh_catalog(), name="catalog-refresh")
+            watched = self._config.ingest.watch_folder
+            watch = (group.create_task(self.live.watch(watched, self._config.ingest.watch_interval_s),
+                                       name="catalog-watch")
+                     if self.live is not None and watched is not None else None)
             await self._stop.wait()
             self._notifier.stopping("stopping capture")
             log.info("stopping capture")
             watchdog.cancel()
             refresh.cancel()
+            if watch is not None:
+                watch.cancel()
             for task in runs:
                 task.cancel()
 
