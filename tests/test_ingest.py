@@ -219,3 +219,20 @@ def test_windows_of_one_track_are_embedded_identically_in_any_batch_size(tmp_pat
             embeddings.append(store.search(queries, top_k=1)[0][0])
     assert {(h.offset_s, round(h.similarity, 4)) for h in embeddings} == {(0.5, 1.0)}
     assert np.isclose(embeddings[0].similarity, 1.0, atol=1e-4)
+
+
+def test_a_set_stop_event_ends_the_run_before_the_next_file(
+    synthetic_wavs: list[Path], store: CatalogStore,
+) -> None:
+    import threading
+
+    stop = threading.Event()
+    seen: list[FileOutcome] = []
+
+    def first_then_stop(outcome: FileOutcome) -> None:
+        seen.append(outcome)
+        stop.set()  # a daemon shutting down while the first file was ingested
+
+    summary = ingest(synthetic_wavs, ENCODER, store, IngestConfig(), on_file=first_then_stop, stop=stop)
+    assert [o.status for o in summary.outcomes] == ["added"]
+    assert len(store.tracks()) == 1

@@ -194,6 +194,8 @@ class Service:
     async def _shutdown(self, sink: EventSink, executor: ThreadPoolExecutor, closer: _Closer) -> None:
         deadline_s = self._config.service.shutdown_timeout_s
         started = self._monotonic()
+        if self.live is not None:
+            self.live.stop()
         if self._control is not None:
             await self._control.close()
         self._notifier.stopping("ending open plays")

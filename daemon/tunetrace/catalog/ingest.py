@@ -7,6 +7,7 @@ instead of raising, so one unreadable file becomes one line in the summary and t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -253,12 +254,18 @@ ProgressHook = Callable[[FileOutcome], None]
 def ingest(
     paths: Iterable[Path], encoder: Encoder, store: CatalogStore, config: IngestConfig, *,
     replace: bool = False, batch_size: int = 64, on_file: ProgressHook | None = None,
+    stop: threading.Event | None = None,
 ) -> IngestSummary:
-    """Ingest every audio file under ``paths``; failures are collected, never fatal."""
+    """Ingest every audio file under ``paths``; failures are collected, never fatal.
+
+    ``stop`` (set by a daemon shutting down) ends the run after the file in progress.
+    """
     started = time.monotonic()
     pipeline = build_pipeline(encoder, store, config, replace=replace, batch_size=batch_size)
     summary = IngestSummary()
     for path in scan_paths(paths, config.extensions):
+        if stop is not None and stop.is_set():
+            break
         try:
             outcome: FileOutcome = pipeline(path).get()[0]
         except RuntimeError as exc:  # towhee wraps anything an operator did not handle

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,11 @@ class LiveCatalog:
         self._known = {t.track_id: t for t in known}
         self._writing = asyncio.Lock()
         """One change at a time (the control socket and the watched folder both ingest)."""
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """The daemon is shutting down: an ingest in progress ends after its current file."""
+        self._stopping.set()
 
     @property
     def tracks(self) -> list[Track]:
@@ -103,7 +109,7 @@ class LiveCatalog:
             try:
                 ingest(
                     paths, self._encoder, self._store, self._ingest_config, replace=replace,
-                    batch_size=self._batch_size, on_file=report,
+                    batch_size=self._batch_size, on_file=report, stop=self._stopping,
                 )
             finally:
                 loop.call_soon_threadsafe(outcomes.put_nowait, None)
@@ -115,6 +121,12 @@ class LiveCatalog:
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
             await emit(outcome_message(outcome))
         await worker
+        if self._stopping.is_set():
+            done = sum(counts.values())
+            raise CatalogError(
+                f"the daemon is shutting down: {done} of {len(paths)} file(s) were processed; run the "
+                "same command again once it is back (files already ingested are skipped)"
+            )
         refreshed = await self.refresh()
         return {"counts": counts, "tracks": refreshed["tracks"]}
 
