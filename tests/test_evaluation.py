@@ -131,6 +131,60 @@ def test_mp3_round_trip_of_many_segments_matches_each_input() -> None:
         assert np.corrcoef(original, copy)[0, 1] > 0.95
 
 
+@pytest.mark.parametrize("codec", [degrade.AAC_32K, degrade.BROADCAST_AAC_48K], ids=["aac_32k", "broadcast"])
+def test_aac_and_the_broadcast_chain_are_lossy_but_stay_aligned(
+    music: np.ndarray, codec: degrade.Codec,
+) -> None:
+    decoded = degrade.codec_round_trip(music, SAMPLE_RATE, codec)
+    n = min(decoded.size, music.size)
+    assert abs(decoded.size - music.size) <= round(2048 * SAMPLE_RATE / codec.rate_hz)
+
+    def envelope(audio: np.ndarray) -> np.ndarray:  # 20 ms loudness: what a compressor keeps in time
+        return np.convolve(np.abs(audio[:n]), np.ones(160) / 160, mode="same")
+
+    # A multiband compressor's crossovers shift phase per band, so the waveform changes shape; its
+    # loudness contour must still follow the input's, with no delay left after the alignment.
+    ours, theirs = envelope(decoded), envelope(music)
+    lags = range(-160, 161, 8)
+    scores = [np.corrcoef(ours[max(0, lag):n + min(0, lag)], theirs[max(0, -lag):n - max(0, lag)])[0, 1]
+              for lag in lags]
+    assert abs(list(lags)[int(np.argmax(scores))]) <= round(0.01 * SAMPLE_RATE)
+    assert max(scores) > 0.7
+    assert not np.allclose(decoded[:n], music[:n], atol=1e-3)
+
+
+def test_pitch_shift_moves_the_pitch_and_keeps_the_tempo() -> None:
+    t = np.arange(SAMPLE_RATE * 3) / SAMPLE_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
+    higher = degrade.pitch_shift(tone, SAMPLE_RATE, 1.0)
+    assert abs(higher.size - tone.size) <= SAMPLE_RATE // 4
+    freqs, psd = welch(higher[SAMPLE_RATE // 2 : -SAMPLE_RATE // 2], fs=SAMPLE_RATE, nperseg=4096)
+    assert freqs[np.argmax(psd)] == pytest.approx(1000.0 * 2 ** (1 / 12), abs=6.0)
+
+
+def test_time_stretch_changes_the_length_and_keeps_the_pitch() -> None:
+    t = np.arange(SAMPLE_RATE * 4) / SAMPLE_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
+    faster = degrade.time_stretch(tone, SAMPLE_RATE, 1.05)
+    assert faster.size == pytest.approx(tone.size / 1.05, abs=SAMPLE_RATE * 0.02)
+    freqs, psd = welch(faster[SAMPLE_RATE // 2 : -SAMPLE_RATE // 2], fs=SAMPLE_RATE, nperseg=4096)
+    assert freqs[np.argmax(psd)] == pytest.approx(1000.0, abs=4.0)
+
+
+def test_talk_over_strings_speech_lines_to_the_asked_length_reproducibly(tmp_path: Path) -> None:
+    from tunetrace.evaluation.run import SpeechPool
+
+    lines = [write_wav(tmp_path / f"line{i}.wav", synthetic_music(0.7 + i * 0.3, seed=30 + i))
+             for i in range(3)]
+    pool = SpeechPool(lines, SAMPLE_RATE)
+    first = pool.talk_over(5 * SAMPLE_RATE, np.random.default_rng(4))
+    again = pool.talk_over(5 * SAMPLE_RATE, np.random.default_rng(4))
+    assert first.size == 5 * SAMPLE_RATE and np.array_equal(first, again)
+    assert degrade.rms(first) > 1e-3
+    silent = np.flatnonzero(np.abs(first) < 1e-6)
+    assert silent.size >= round(0.1 * SAMPLE_RATE)  # pauses between lines
+
+
 def test_reverb_preserves_length_and_spreads_an_impulse_in_time() -> None:
     rng = np.random.default_rng(3)
     response = degrade.synthetic_impulse_response(SAMPLE_RATE, rng)
@@ -168,6 +222,15 @@ def test_every_condition_renders_exactly_the_excerpt_length(name: str) -> None:
     assert np.isfinite(out).all() and degrade.rms(out) > 1e-3
 
 
+def test_speech_conditions_without_held_out_speech_say_how_to_get_it(tmp_path: Path) -> None:
+    from tunetrace.errors import TunetraceError
+    from tunetrace.evaluation.run import _add_speech, _Segments
+
+    with pytest.raises(TunetraceError, match=r"speech_0db need held-out speech: pass --speech DIR"):
+        _add_speech(_Segments(), [CONDITIONS["speech_0db"]], None, SAMPLE_RATE)
+    _add_speech(_Segments(), [CONDITIONS["clean"]], None, SAMPLE_RATE)  # nothing needed, nothing said
+
+
 def test_unknown_conditions_are_rejected_with_the_valid_names() -> None:
     assert [c.name for c in parse_conditions("clean, telephone")] == ["clean", "telephone"]
     assert len(parse_conditions("all")) == len(CONDITIONS)
@@ -203,7 +266,7 @@ def test_excerpts_fit_their_tracks_and_interferers_are_other_holdout_tracks() ->
         assert e.start_s + e.source_length_s <= tracks[e.source].duration_s
         assert e.in_catalog == tracks[e.source].in_catalog
         assert e.source_length_s == pytest.approx(e.length_s * CONDITIONS[e.condition].speed_ratio)
-        if e.condition == "music_5db":
+        if CONDITIONS[e.condition].needs_interferer:
             assert e.interferer is not None and e.interferer != e.source
             assert not tracks[e.interferer].in_catalog
         else:
@@ -332,3 +395,13 @@ def test_excerpts_per_track_gives_every_fitting_track_the_same_count() -> None:
     for e in plan:
         counts[e.source] = counts.get(e.source, 0) + 1
     assert counts == dict.fromkeys(range(6), 2)
+
+
+def test_a_package_name_that_is_not_debian_s_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from tunetrace.errors import TunetraceError
+    from tunetrace.evaluation.packages import unpack
+
+    for name in ("fillets; rm -rf /", "../etc", "Capital"):
+        with pytest.raises(TunetraceError, match="is not a Debian package name"):
+            unpack(name, tmp_path)
+    assert list(tmp_path.iterdir()) == []

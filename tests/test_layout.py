@@ -27,6 +27,8 @@ HOMES = {
     "sounddevice": "sources/soundcard.py",
     "onnxruntime": "encoders/",
     "mutagen": "catalog/tags.py",
+    "prometheus_client": "observe/metrics.py",
+    "aiohttp": "observe/http.py",
 }
 """Each external library and the only place in the package allowed to import it."""
 

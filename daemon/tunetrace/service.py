@@ -2,7 +2,9 @@
 
 Startup: open the encoder and the catalog (off the loop), open the sinks (play log; MQTT when
 configured), build one ``Station`` per configured station sharing the encoder, the catalog and
-one embedding executor, then ``READY=1``.
+one embedding executor, bind the HTTP server when ``http:`` is configured (metrics, API, status
+page, ``/healthz``: ``observe.http``; it then runs as one more task beside the stations), then
+``READY=1``.
 
 Shutdown (SIGTERM and SIGINT take the same path, bounded by ``service.shutdown_timeout_s``):
 
@@ -31,17 +33,20 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tunetrace.catalog.control import ControlServer, socket_path
 from tunetrace.catalog.live import CatalogChange, LiveCatalog
 from tunetrace.config import Config
 from tunetrace.errors import CatalogError
+from tunetrace.observe.base import MqttStatus, NullMetrics, PipelineMetrics, StationStatus
+from tunetrace.observe.board import StatusBoard
 from tunetrace.pipeline import SharedModel, Station, build_station, open_model
 from tunetrace.publish.base import EventSink, FanoutSink, LogSink
 from tunetrace.sdnotify import SdNotifier
 
 if TYPE_CHECKING:
+    from tunetrace.observe.http import HttpServer
     from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
@@ -90,6 +95,24 @@ class Service:
         self.live: LiveCatalog | None = None
         """The writable catalog (``None`` when a model was handed in: nothing to write to)."""
         self._control: ControlServer | None = None
+        self._board = StatusBoard(config.http.recent_plays) if config.http else None
+        self._metrics: PipelineMetrics = NullMetrics()
+        self._http: HttpServer | None = None
+
+    def station_statuses(self) -> list[StationStatus]:
+        """The live view the HTTP API and ``/healthz`` read (``StatusSource``)."""
+        timeout_s = self._config.http.progress_timeout_s if self._config.http else 60.0
+        names = {s.name: s.display_name or s.name for s in self._config.stations}
+        board = self._board
+        return [
+            StationStatus(
+                name=station.name, display_name=names.get(station.name, station.name),
+                health=station.health(), progressing=station.progressing(timeout_s),
+                now_playing=station.now_playing,
+                recent_plays=board.recent_plays(station.name) if board else (),
+            )
+            for station in self.stations
+        ]
 
     def request_stop(self) -> None:
         """What SIGTERM and SIGINT do; also for embedding the service (tests, benchmarks)."""
@@ -123,7 +146,10 @@ class Service:
             )
         else:
             model, closer = self._model, _NothingToClose()
-        sinks = self._sinks if self._sinks is not None else default_sinks(config)
+        sinks = list(self._sinks) if self._sinks is not None else default_sinks(config)
+        if self._board is not None:
+            sinks.append(self._board)
+        self._metrics = self._observe(sinks, model)
         sink = FanoutSink(sinks)
         executor = ThreadPoolExecutor(
             max_workers=max(1, min(4, len(config.stations))), thread_name_prefix="tunetrace-embed",
@@ -131,9 +157,12 @@ class Service:
         try:
             await sink.start()
             self.stations = [
-                build_station(s, config, model, sink, executor, monotonic=self._monotonic)
+                build_station(s, config, model, sink, executor, monotonic=self._monotonic,
+                              metrics=self._metrics)
                 for s in config.stations
             ]
+            if self._http is not None:
+                await self._http.start()
             if not self.stations:
                 log.warning("no stations configured: nothing to recognise (add `stations:` to the config)")
             if store is not None:
@@ -157,6 +186,7 @@ class Service:
             store.lock.record(command="tunetrace serve", control_socket=self._control.path)
 
     def _apply_change(self, change: CatalogChange) -> None:
+        self._metrics.catalog_size(len(change.shape.track_vectors), change.shape.total_vectors)
         for station in self.stations:
             station.catalog_changed(change.shape, change.changed)
 
@@ -170,6 +200,8 @@ class Service:
             watch = (group.create_task(self.live.watch(watched, self._config.ingest.watch_interval_s),
                                        name="catalog-watch")
                      if self.live is not None and watched is not None else None)
+            if self._http is not None:
+                runs.append(group.create_task(self._http.serve(), name="http"))
             await self._stop.wait()
             self._notifier.stopping("stopping capture")
             log.info("stopping capture")
@@ -191,6 +223,25 @@ class Service:
             except CatalogError as exc:
                 log.warning("cannot re-read the catalog's tracks (will retry): %s", exc)
 
+    def _observe(self, sinks: Sequence[EventSink], model: SharedModel) -> PipelineMetrics:
+        """With ``http:``: Prometheus metrics and the HTTP server over them (built, not yet bound)."""
+        http_config = self._config.http
+        if http_config is None:
+            return NullMetrics()
+        from tunetrace.observe.http import HttpServer
+        from tunetrace.observe.metrics import CONTENT_TYPE, PrometheusMetrics
+        from tunetrace.publish.playlog import PlayLogReader
+
+        metrics = PrometheusMetrics()
+        metrics.catalog_size(len(model.shape.track_vectors), model.shape.total_vectors)
+        for sink in sinks:
+            if isinstance(sink, _ReportsMqtt):
+                metrics.watch_mqtt(sink.mqtt_status)
+        plays = PlayLogReader.from_config(self._config.playlog, self._config.data_dir)
+        self._http = HttpServer(http_config, _StatusView(self), plays, metrics,
+                                metrics_content_type=CONTENT_TYPE)
+        return metrics
+
     async def _shutdown(self, sink: EventSink, executor: ThreadPoolExecutor, closer: _Closer) -> None:
         deadline_s = self._config.service.shutdown_timeout_s
         started = self._monotonic()
@@ -198,6 +249,8 @@ class Service:
             self.live.stop()
         if self._control is not None:
             await self._control.close()
+        if self._http is not None:
+            await self._http.close()  # already closed when its task was cancelled; not if startup failed
         self._notifier.stopping("ending open plays")
         try:
             async with asyncio.timeout(deadline_s):
@@ -228,6 +281,21 @@ class Service:
             else:
                 self._notifier.watchdog()
             await asyncio.sleep(interval_s)
+
+
+class _StatusView:
+    """``StatusSource`` over the service (the HTTP server sees this, not the whole service)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def stations(self) -> list[StationStatus]:
+        return self._service.station_statuses()
+
+
+@runtime_checkable
+class _ReportsMqtt(Protocol):
+    def mqtt_status(self) -> MqttStatus: ...
 
 
 class _Closer(Protocol):

@@ -65,8 +65,12 @@ def add_eval_parser(sub: Any) -> None:
                    help=f"seed of the query plan (default {DEFAULT_SEED})")
     p.add_argument("--lengths", type=_lengths, default=_lengths(DEFAULT_LENGTHS), metavar="S,S,...",
                    help=f"excerpt lengths in seconds (default {DEFAULT_LENGTHS})")
-    p.add_argument("--conditions", type=_conditions, default=_conditions("all"), metavar="NAME,...",
-                   help=f"any of {', '.join(CONDITIONS)}, or all (default)")
+    p.add_argument("--conditions", type=_conditions, default=None, metavar="NAME,...",
+                   help=f"any of {', '.join(CONDITIONS)}, or all (default: all; the speech conditions "
+                        "only with --speech)")
+    p.add_argument("--speech", type=Path, default=None, metavar="DIR",
+                   help="held-out recorded speech for the talk-over conditions (`python -m "
+                        "tunetrace.evaluation.packages` unpacks fillets-ng-data-nl and prints its folder)")
     p.add_argument("--encoder", choices=("fingerprint", "spectral", "vggish"), default=None,
                    help="override encoder.name; the catalog then goes to collections named "
                         "<prefix>_<encoder>_* so catalogs of different encoders do not clash")
@@ -88,12 +92,15 @@ def _run(args: argparse.Namespace) -> int:
                 update={"collection_prefix": f"{config.milvus.collection_prefix}_{args.encoder}"}
             ),
         })
-    for folder in (args.catalog, args.holdout):
+    for folder in (args.catalog, args.holdout, *([args.speech] if args.speech else [])):
         if not folder.is_dir():
             print(f"error: {folder}: not a folder", file=sys.stderr)
             return 1
+    conditions = args.conditions
+    if conditions is None:
+        conditions = tuple(c for c in _conditions("all") if args.speech is not None or not c.needs_speech)
     options = EvalOptions(
-        catalog_dir=args.catalog, holdout_dir=args.holdout, conditions=args.conditions,
+        catalog_dir=args.catalog, holdout_dir=args.holdout, conditions=conditions, speech_dir=args.speech,
         lengths_s=args.lengths, per_cell=args.excerpts_per_track or args.excerpts or DEFAULT_EXCERPTS,
         per_track=args.excerpts_per_track is not None, seed=args.seed, progress=not args.quiet,
     )

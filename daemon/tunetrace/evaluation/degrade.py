@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -247,30 +248,87 @@ def _ffmpeg(args: list[str], data: bytes, what: str) -> bytes:
     return result.stdout
 
 
-def mp3_round_trip(
-    audio: np.ndarray, sample_rate: int, bitrate_kbps: int = 64, codec_rate_hz: int = MP3_CODEC_RATE_HZ
-) -> np.ndarray:
-    """Encode to MP3 with libmp3lame and decode again, through pipes (no files, no shell).
+@dataclass(frozen=True)
+class Codec:
+    """A lossy path a broadcast takes: optional processing, then an encoder at a bit rate."""
 
-    Through a pipe the muxer cannot go back to write LAME's gapless header, so the decoded audio
-    starts with the codec's delay (about 1105 samples at the codec rate); it is found by
-    cross-correlation and removed, so the output lines up with the input.  Its length can still
-    differ by up to one MP3 frame (1152 samples at the codec rate), which callers trim or pad.
+    encoder: str
+    """ffmpeg encoder (``libmp3lame``, ``aac``)."""
+    bitrate_kbps: int
+    container: str
+    """Muxer that streams through a pipe (``mp3``, ``adts``)."""
+    rate_hz: int
+    """Sampling rate the audio is encoded at (low-bitrate streams run at 22.05/24 kHz)."""
+    filters: str = ""
+    """ffmpeg audio filters applied at ``rate_hz`` before encoding (broadcast processing)."""
+
+
+BROADCAST_PROCESSING = "mcompand,volume=12dB,alimiter=limit=0.9:level=disabled,lowpass=f=15000"
+"""A station's processing chain: ffmpeg's default 5-band compressor (crossovers 100 Hz-22 kHz, for
+44.1 kHz audio), 12 dB of make-up gain driven into a look-ahead limiter at -0.9 dBFS (loud, dense,
+as stations sound), and the 15 kHz low-pass of FM and most streams."""
+MP3_64K = Codec("libmp3lame", 64, "mp3", MP3_CODEC_RATE_HZ)
+AAC_32K = Codec("aac", 32, "adts", 24000)
+BROADCAST_AAC_48K = Codec("aac", 48, "adts", 44100, BROADCAST_PROCESSING)
+
+
+def codec_round_trip(audio: np.ndarray, sample_rate: int, codec: Codec) -> np.ndarray:
+    """Encode with ``codec`` and decode again, through pipes (no files, no shell).
+
+    Through a pipe the muxer cannot go back to write a gapless header, so the decoded audio starts
+    with the codec's delay (about 1105 samples at the codec rate for LAME, 1024 for AAC, plus a few
+    milliseconds of limiter look-ahead); it is found by cross-correlation and removed, so the
+    output lines up with the input.  Its length can still differ by up to a frame, which callers
+    trim or pad.
     """
     pcm = np.ascontiguousarray(audio, dtype="<f4").tobytes()
-    mp3 = _ffmpeg(
-        ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0",
-         "-ar", str(codec_rate_hz), "-c:a", "libmp3lame", "-b:a", f"{bitrate_kbps}k", "-f", "mp3", "pipe:1"],
-        pcm, "MP3 encode",
+    # Resampled first inside the graph: the filters are tuned for the codec's rate, not the input's.
+    processing = ["-af", f"aresample={codec.rate_hz},{codec.filters}"] if codec.filters else []
+    encoded = _ffmpeg(
+        ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0", "-ar", str(codec.rate_hz),
+         *processing, "-c:a", codec.encoder, "-b:a", f"{codec.bitrate_kbps}k",
+         "-f", codec.container, "pipe:1"],
+        pcm, f"{codec.encoder} encode",
     )
     decoded = _ffmpeg(
-        ["-f", "mp3", "-i", "pipe:0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"],
-        mp3, "MP3 decode",
+        ["-f", "aac" if codec.container == "adts" else codec.container, "-i", "pipe:0", "-ac", "1",
+         "-ar", str(sample_rate), "-f", "f32le", "pipe:1"],
+        encoded, f"{codec.encoder} decode",
     )
     usable = len(decoded) - len(decoded) % 4
     out = np.frombuffer(decoded[:usable], dtype="<f4").astype(np.float32)
-    max_lag = -(-MP3_MAX_DELAY_FRAMES * MP3_FRAME_SAMPLES * sample_rate // codec_rate_hz)
+    max_lag = -(-MP3_MAX_DELAY_FRAMES * MP3_FRAME_SAMPLES * sample_rate // codec.rate_hz)
     return out[codec_delay(audio, out, max_lag):]
+
+
+def mp3_round_trip(
+    audio: np.ndarray, sample_rate: int, bitrate_kbps: int = 64, codec_rate_hz: int = MP3_CODEC_RATE_HZ
+) -> np.ndarray:
+    """Encode to MP3 with libmp3lame and decode again, sample-aligned (``codec_round_trip``)."""
+    return codec_round_trip(audio, sample_rate, Codec("libmp3lame", bitrate_kbps, "mp3", codec_rate_hz))
+
+
+def ffmpeg_filter(audio: np.ndarray, sample_rate: int, filters: str) -> np.ndarray:
+    """Run ``audio`` through an ffmpeg audio filter graph (through pipes; the graph is ours, never
+    user input)."""
+    pcm = np.ascontiguousarray(audio, dtype="<f4").tobytes()
+    out = _ffmpeg(
+        ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0", "-af", filters,
+         "-ar", str(sample_rate), "-f", "f32le", "pipe:1"],
+        pcm, f"filter {filters.split('=', maxsplit=1)[0]}",
+    )
+    return np.frombuffer(out[: len(out) - len(out) % 4], dtype="<f4").astype(np.float32)
+
+
+def pitch_shift(audio: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """Higher or lower by ``semitones`` with the tempo unchanged (Rubber Band, as in playout
+    software); the output lines up with the input within a few milliseconds."""
+    return ffmpeg_filter(audio, sample_rate, f"rubberband=pitch={2.0 ** (semitones / 12.0):.6f}")
+
+
+def time_stretch(audio: np.ndarray, sample_rate: int, tempo: float) -> np.ndarray:
+    """``tempo`` times as fast with the pitch unchanged (``len(audio) / tempo`` samples out)."""
+    return ffmpeg_filter(audio, sample_rate, f"rubberband=tempo={tempo:.6f}")
 
 
 def codec_delay(reference: np.ndarray, delayed: np.ndarray, max_lag: int) -> int:
@@ -289,14 +347,14 @@ def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
     return _f32(np.concatenate([audio, np.zeros(n_samples - audio.size, np.float32)]))
 
 
-def mp3_round_trip_many(
-    segments: Sequence[np.ndarray], sample_rate: int, bitrate_kbps: int = 64, gap_s: float = 0.5
+def codec_round_trip_many(
+    segments: Sequence[np.ndarray], sample_rate: int, codec: Codec, gap_s: float = 1.0
 ) -> list[np.ndarray]:
-    """``mp3_round_trip`` of each segment, as one encode and one decode (two processes, not 2n).
+    """``codec_round_trip`` of each segment, as one encode and one decode (two processes, not 2n).
 
-    Segments are laid end to end with ``gap_s`` of silence between them, far more than the codec's
-    frame and bit-reservoir reach, so none leaks into its neighbour; each comes back at its own
-    offset with its input length.
+    Segments are laid end to end with ``gap_s`` of silence between them, far more than a codec's
+    frame and bit-reservoir reach and a compressor's release, so none leaks into its neighbour;
+    each comes back at its own offset with its input length.
     """
     gap = np.zeros(round(gap_s * sample_rate), np.float32)
     starts: list[int] = []
@@ -306,5 +364,13 @@ def mp3_round_trip_many(
         starts.append(position)
         parts.extend([segment.astype(np.float32), gap])
         position += segment.size + gap.size
-    decoded = mp3_round_trip(np.concatenate(parts) if parts else gap, sample_rate, bitrate_kbps)
+    decoded = codec_round_trip(np.concatenate(parts) if parts else gap, sample_rate, codec)
     return [fit_length(decoded[s : s + seg.size], seg.size) for s, seg in zip(starts, segments, strict=True)]
+
+
+def mp3_round_trip_many(
+    segments: Sequence[np.ndarray], sample_rate: int, bitrate_kbps: int = 64, gap_s: float = 0.5
+) -> list[np.ndarray]:
+    """``codec_round_trip_many`` with MP3 at ``bitrate_kbps``."""
+    codec = Codec("libmp3lame", bitrate_kbps, "mp3", MP3_CODEC_RATE_HZ)
+    return codec_round_trip_many(segments, sample_rate, codec, gap_s)

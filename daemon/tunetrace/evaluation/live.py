@@ -12,7 +12,9 @@ daemon runs, so every figure is measured on the stream clock, independent of mac
   segment reported as more than one play);
 * per-second precision/recall of the play log against the true schedule;
 * CPU: process CPU seconds per second of audio (the share of one core a station needs) and the
-  stations one core sustains at that rate; RSS after loading and at the end.
+  stations one core sustains at that rate, with and without the ffmpeg decoder children, split by
+  thread (event loop, embedding workers, client library threads) and helper process (Milvus
+  Lite's server); RSS after loading and at the end.
 """
 
 from __future__ import annotations
@@ -237,9 +239,50 @@ def score(segments: list[Segment], plays: list[PlayRecord], duration_s: float) -
     }
 
 
-def helper_cpu_s(exclude: tuple[str, ...] = ("ffmpeg",)) -> float:
-    """CPU seconds of this process's descendants (an embedded catalog server such as Milvus Lite
-    2.5's ``milvus`` binary), read from ``/proc``; decoders in ``exclude`` are not counted."""
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds so far of this process, its threads, and every process it started."""
+
+    process_s: float
+    threads_s: dict[str, float]
+    """Per live Python thread (by name); the event loop runs in ``MainThread``."""
+    helpers_s: float
+    """Live descendants other than decoders (an embedded catalog server: Milvus Lite's binary)."""
+    decoders_s: float
+    """Decoder children (ffmpeg), live and already exited."""
+
+
+def _thread_cpu_s(native_id: int) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        raw = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_sample() -> CpuSample:
+    """Everything the benchmark's CPU figures are made of, read from ``/proc`` and ``getrusage``.
+
+    Exited children (decoders of stations that ended) are only in ``RUSAGE_CHILDREN`` once reaped;
+    live ones only in ``/proc``: the two never count the same process twice.
+    """
+    import threading
+
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return CpuSample(
+        process_s=time.process_time(),
+        threads_s={t.name: _thread_cpu_s(t.native_id) for t in threading.enumerate() if t.native_id},
+        helpers_s=helper_cpu_s(),
+        decoders_s=helper_cpu_s(exclude=(), only=("ffmpeg",)) + reaped.ru_utime + reaped.ru_stime,
+    )
+
+
+def helper_cpu_s(exclude: tuple[str, ...] = ("ffmpeg",), only: tuple[str, ...] = ()) -> float:
+    """CPU seconds of this process's live descendants (an embedded catalog server such as Milvus
+    Lite 2.5's ``milvus`` binary), read from ``/proc``; processes named in ``exclude`` are not
+    counted, and with ``only`` just those named there are."""
     ticks = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     stats: dict[int, tuple[str, float]] = {}
@@ -259,7 +302,7 @@ def helper_cpu_s(exclude: tuple[str, ...] = ("ffmpeg",)) -> float:
     while stack:
         pid = stack.pop()
         name, cpu_s = stats.get(pid, ("", 0.0))
-        if not name.startswith(exclude):
+        if not name.startswith(exclude) and (not only or name.startswith(only)):
             total += cpu_s
         stack.extend(children.get(pid, []))
     return total
@@ -279,6 +322,7 @@ def rss_mib() -> float:
 async def run_stream(
     config: Config, wav: Path, stations: int = 1, model: SharedModel | None = None,
     *, realtime: bool = False, rss_samples: list[float] | None = None, rss_every_s: float = 300.0,
+    cpu_at_end: list[CpuSample] | None = None,
 ) -> tuple[list[CollectingSink], float]:
     """Run ``stations`` copies of the stream through the pipeline; each station's sink (its events,
     and the station for its clock), wall seconds.
@@ -286,6 +330,7 @@ async def run_stream(
     ``model``: an already opened encoder and catalog (opened, and closed after, when ``None``).
     ``realtime``: read the stream at its real pace (a 60-minute stream takes an hour, as on air).
     ``rss_samples``: filled with the resident memory every ``rss_every_s`` while the stream runs.
+    ``cpu_at_end``: receives a ``CpuSample`` taken while the worker threads are still alive.
     """
     from tunetrace.pipeline import build_station, open_model
 
@@ -295,7 +340,7 @@ async def run_stream(
     else:
         opened = model
     sinks = []
-    executor = ThreadPoolExecutor(max_workers=max(1, min(4, stations)))
+    executor = ThreadPoolExecutor(max_workers=max(1, min(4, stations)), thread_name_prefix="embed")
     started_monotonic = time.monotonic()
 
     def clock() -> datetime:
@@ -329,13 +374,29 @@ async def run_stream(
     for station in built:
         await station.finish()
     wall_s = time.perf_counter() - started
+    if cpu_at_end is not None:
+        cpu_at_end.append(cpu_sample())
     executor.shutdown()
     if closer is not None:
         closer.close()
     return sinks, wall_s
 
 
-def main(argv: list[str] | None = None) -> int:
+def cpu_breakdown(before: CpuSample, after: CpuSample) -> dict[str, Any]:
+    """CPU seconds spent between two samples: the process, its helpers, its decoders, and the
+    process split by thread (the event loop, the embedding workers, client library threads)."""
+    threads = {
+        name: round(after.threads_s[name] - before.threads_s.get(name, 0.0), 2) for name in after.threads_s
+    }
+    return {
+        "process_s": round(after.process_s - before.process_s, 2),
+        "helpers_s": round(after.helpers_s - before.helpers_s, 2),
+        "decoders_s": round(after.decoders_s - before.decoders_s, 2),
+        "threads_s": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tunetrace.evaluation.live", description=(__doc__ or "").split("\n\n")[0],
     )
@@ -352,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", action="store_true", help="print the true schedule and the plays")
     parser.add_argument("--realtime", action="store_true",
                         help="play the stream at real-time pace (memory over a long run; slow by design)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("grpc", "pymilvus", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
@@ -381,12 +446,15 @@ def main(argv: list[str] | None = None) -> int:
             wavfile.write(args.keep_wav, rate, audio)
         stream_s = audio.size / rate
         rss_start = rss_mib()
-        cpu_start = time.process_time() + helper_cpu_s()
+        before = cpu_sample()
         rss_samples: list[float] = []
+        after: list[CpuSample] = []
         station_sinks, wall_s = asyncio.run(run_stream(
             config, wav, args.stations, model, realtime=args.realtime, rss_samples=rss_samples,
+            cpu_at_end=after,
         ))
-        cpu_s = time.process_time() + helper_cpu_s() - cpu_start
+        cpu = cpu_breakdown(before, after[0])
+        cpu_s = cpu["process_s"] + cpu["helpers_s"]
         rss_end = rss_mib()
     first = station_sinks[0]
     plays = plays_from_events(first.events, first.station.stream_s_at if first.station else None)
@@ -409,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s": round(cpu_s, 1),
         "cpu_core_share_per_station": round(cpu_s / (stream_s * args.stations), 4),
         "stations_per_core": round(stream_s * args.stations / cpu_s, 1) if cpu_s > 0 else None,
+        "cpu_core_share_per_station_with_decoders": round(
+            (cpu_s + cpu["decoders_s"]) / (stream_s * args.stations), 4),
+        "cpu_breakdown_s": cpu,
         "rss_start_mib": round(rss_start, 1),
         "rss_end_mib": round(rss_end, 1),
         "realtime": args.realtime,

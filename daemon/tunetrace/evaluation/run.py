@@ -62,6 +62,8 @@ class EvalOptions:
     per_track: bool = False
     """``per_cell`` counts queries per track (in each cell) instead."""
     progress: bool = True
+    speech_dir: Path | None = None
+    """Held-out recorded speech for the talk-over conditions (never the speech trained on)."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,59 @@ def _cut_segments(
     return segments
 
 
+SPEECH_GAP_RANGE_S = (0.1, 0.4)
+"""Pauses between a presenter's lines."""
+
+
+class SpeechPool:
+    """Held-out speech lines, decoded on first use; strung together into talk-over of any length."""
+
+    def __init__(self, files: Sequence[Path], sample_rate: int) -> None:
+        if not files:
+            raise TunetraceError("the speech folder holds no audio files")
+        self._files = list(files)
+        self._rate = sample_rate
+        self._decoded: dict[int, np.ndarray] = {}
+
+    def _line(self, index: int) -> np.ndarray:
+        if index not in self._decoded:
+            try:
+                self._decoded[index] = decode_file(self._files[index], self._rate)
+            except DecodeError:
+                self._decoded[index] = np.zeros(0, np.float32)
+        return self._decoded[index]
+
+    def talk_over(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """``n_samples`` of speech: random lines with short pauses, starting mid-line."""
+        parts: list[np.ndarray] = []
+        total = 0
+        while total < n_samples:
+            line = self._line(int(rng.integers(len(self._files))))
+            if not parts and line.size:
+                line = line[int(rng.integers(line.size)) :]
+            gap = np.zeros(round(float(rng.uniform(*SPEECH_GAP_RANGE_S)) * self._rate), np.float32)
+            parts.extend([line, gap])
+            total += line.size + gap.size
+        return np.concatenate(parts)[:n_samples]
+
+
+def _add_speech(segments: _Segments, conditions: Sequence[Condition], pool: SpeechPool | None,
+                sample_rate: int) -> None:
+    """Talk-over for every excerpt of a speech condition, seeded by the excerpt."""
+    speech_conditions = {c.name for c in conditions if c.needs_speech}
+    if not speech_conditions:
+        return
+    if pool is None:
+        raise TunetraceError(
+            f"{', '.join(sorted(speech_conditions))} need held-out speech: pass --speech DIR "
+            "(`python -m tunetrace.evaluation.packages` unpacks fillets-ng-data-nl and prints its folder)"
+        )
+    for query_id, excerpt in segments.excerpts.items():
+        if excerpt.condition in speech_conditions:
+            rng = np.random.default_rng([excerpt.seed, 1])
+            segments.interference[query_id] = pool.talk_over(round(excerpt.length_s * sample_rate), rng)
+
+
 def _result(
     excerpt: Excerpt, track: SourceTrack, truth_id: int | None, answer: Identification, latency_s: float
 ) -> QueryResult:
@@ -298,6 +353,11 @@ def run_evaluation(config: Config, options: EvalOptions) -> EvalRun:
         plan = plan_excerpts(tracks, options.conditions, options.lengths_s, options.per_cell, options.seed,
                              per_track=options.per_track)
         segments = _cut_segments(tracks, plan, sample_rate, options.seed, options.progress)
+        speech = (
+            SpeechPool(list(scan_paths([options.speech_dir], config.ingest.extensions)), sample_rate)
+            if options.speech_dir is not None else None
+        )
+        _add_speech(segments, options.conditions, speech, sample_rate)
         excluded.extend(segments.dropped)
         recognizer = Recognizer(encoder, store, config.matcher)
         results: list[QueryResult] = []
