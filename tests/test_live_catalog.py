@@ -19,17 +19,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.fakes import fake_track
 from tests.fixtures.audio import Clip
 from tests.fixtures.milvus import MilvusServer, build_catalog, unique_prefix, write_config
 from tests.test_live_e2e import RecordingSink
 from tunetrace.audio.decode import decode_file
-from tunetrace.catalog.live import FolderWatch
+from tunetrace.catalog.control import ControlServer, Emit, Message, listening, request
+from tunetrace.catalog.live import FolderWatch, diff_tracks
 from tunetrace.config import load_config
-from tunetrace.errors import CatalogBusyError
+from tunetrace.errors import CatalogBusyError, CatalogError
 from tunetrace.service import Service
 from tunetrace.store.lock import CatalogLock, owner_file
 
@@ -296,3 +299,63 @@ def test_a_file_dropped_into_the_watched_folder_is_recognised_on_air(
     asyncio.run(scenario())
     assert sink.events[0].play.title == "new"
     print(f"figures (watched folder): {figures}")  # shown with -s
+
+
+class _Handler:
+    """A ``ControlHandler`` that records requests (the real one is exercised by the tests above)."""
+
+    def __init__(self) -> None:
+        self.removed: list[int] = []
+
+    async def ingest(self, paths: list[Path], replace: bool, emit: Emit) -> Message:
+        for path in paths:
+            await emit({"type": "file", "path": str(path), "status": "added"})
+        return {"replace": replace}
+
+    async def remove(self, track_id: int) -> Message:
+        self.removed.append(track_id)
+        return {"removed": True}
+
+    async def refresh(self) -> Message:
+        return {"tracks": 0}
+
+
+def test_the_control_socket_streams_progress_and_refuses_bad_requests(tmp_path: Path) -> None:
+    handler = _Handler()
+    path = tmp_path / "control.sock"
+    progress: list[Message] = []
+
+    async def scenario() -> None:
+        server = ControlServer(path, handler)
+        await server.start()
+        try:
+            assert path.stat().st_mode & 0o777 == 0o600  # only the daemon's user (and root)
+            done = await asyncio.to_thread(
+                request, path, {"op": "ingest", "paths": ["/a.wav", "/b.wav"], "replace": True},
+                progress.append)
+            assert done == {"type": "done", "replace": True}
+            assert [m["path"] for m in progress] == ["/a.wav", "/b.wav"]
+            assert (await asyncio.to_thread(request, path, {"op": "remove", "track_id": 7}))["removed"]
+            for bad, reason in (({"op": "drop"}, "unknown op 'drop'"),
+                                ({"op": "ingest", "paths": "x"}, "'paths' must be a list")):
+                with pytest.raises(CatalogError, match=reason):
+                    await asyncio.to_thread(request, path, bad)
+            assert await asyncio.to_thread(listening, path)
+        finally:
+            await server.close()
+        assert not path.exists() and not listening(path)
+
+    asyncio.run(scenario())
+    assert handler.removed == [7]
+    with pytest.raises(CatalogError, match="cannot reach the daemon's control socket"):
+        request(path, {"op": "refresh"})
+
+
+def test_a_catalog_change_names_added_removed_and_re_tagged_tracks() -> None:
+    a, b, c = (fake_track(i, f"t{i}", 10, 5.0) for i in (1, 2, 3))
+    known = {t.track_id: t for t in (a, b)}
+    change = diff_tracks(known, [replace(a, title="t1 (new tags)"), c])
+    assert change is not None
+    assert change.changed == {1, 2, 3}
+    assert change.shape.track_vectors == {1: 10, 3: 10}
+    assert diff_tracks(known, [a, b]) is None
