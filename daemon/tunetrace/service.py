@@ -180,8 +180,13 @@ class Service:
         """Open the control socket and write it into the catalog lock, where a refused command
         finds it."""
         assert self.live is not None
-        self._control = ControlServer(socket_path(self._config.data_dir), self.live)
-        await self._control.start()
+        control = ControlServer(socket_path(self._config.data_dir), self.live)
+        try:
+            await control.start()
+        except (CatalogError, OSError) as exc:  # monitoring matters more than live ingest
+            log.warning("no control socket, so `tunetrace ingest` cannot reach this daemon: %s", exc)
+            return
+        self._control = control
         if store.lock is not None:
             store.lock.record(command="tunetrace serve", control_socket=self._control.path)
 
