@@ -54,7 +54,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySto
 
 
 def test_a_play_is_recorded_at_its_start_and_updated_at_its_end(store: HistoryStore) -> None:
-    play = make_play()
+    play = make_play(isrc="GBAYE0601498")
     store.record_play(play)
     assert store.plays(at(-1), at(1)) == [play]
     ended = play.ended(at(180), 180.5, "track_changed")
@@ -272,8 +272,8 @@ def test_the_report_command_prints_table_csv_and_json(
 
     assert main([*base, "--format", "csv", "--station", "radio-two"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [(r["station"], r["track_id"], r["plays"], r["airtime_s"]) for r in rows] == [
-        ("radio-two", "8", "1", "90.0")]
+    assert [(r["station"], r["track_id"], r["isrc"], r["plays"], r["airtime_s"]) for r in rows] == [
+        ("radio-two", "8", "", "1", "90.0")]
     assert float(rows[0]["monitored_h"]) == pytest.approx(27.0)
 
     assert main([*base, "--format", "json", "--by", "day"]) == 0

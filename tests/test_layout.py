@@ -27,6 +27,7 @@ HOMES = {
     "sounddevice": "sources/soundcard.py",
     "onnxruntime": "encoders/",
     "psycopg": "history/postgres.py",
+    "mutagen": "catalog/tags.py",
     "prometheus_client": "observe/metrics.py",
     "aiohttp": "observe/http.py",
 }

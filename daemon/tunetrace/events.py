@@ -49,6 +49,8 @@ class Play:
     """Set when this play continues one that a shutdown, crash or outage interrupted: the same
     ``play_id`` and ``started_at``, heard again where the clock predicted, within
     ``tracker.continue_within_s``; the earlier ``play_ended`` is superseded."""
+    isrc: str = ""
+    """The recording's ISRC from the catalog (``""``: the catalog has none; ``null`` in JSON)."""
 
     @property
     def duration_s(self) -> float | None:
@@ -82,6 +84,7 @@ class Play:
         data["ended_at"] = self.ended_at.isoformat() if self.ended_at else None
         data["resumed_at"] = self.resumed_at.isoformat() if self.resumed_at else None
         data["duration_s"] = None if self.duration_s is None else round(self.duration_s, 3)
+        data["isrc"] = self.isrc or None
         for key in ("position_start_s", "position_end_s", "confidence"):
             if data[key] is not None:
                 data[key] = round(data[key], 3)

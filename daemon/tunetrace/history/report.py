@@ -33,6 +33,8 @@ class TrackRow:
     period: str
     """``YYYY-MM-DD`` (by day), ``YYYY-MM`` (by month) or ``FROM..TO`` (by track: the whole range)."""
     track_id: int
+    isrc: str
+    """The recording's ISRC (``""``: the catalog has none)."""
     title: str
     artist: str
     album: str
@@ -112,7 +114,8 @@ def _row(key: tuple[str, str, int], plays: list[Play], now: datetime) -> TrackRo
     airtime = sum((e - p.started_at).total_seconds() for p, e in zip(plays, ends, strict=True))
     named = next((p for p in plays if p.title), plays[0])
     return TrackRow(
-        station=station, period=period, track_id=track_id, title=named.title, artist=named.artist,
+        station=station, period=period, track_id=track_id,
+        isrc=next((p.isrc for p in reversed(plays) if p.isrc), ""), title=named.title, artist=named.artist,
         album=named.album, plays=len(plays), airtime_s=airtime,
         first_aired=min(p.started_at for p in plays), last_aired=max(ends),
         mean_confidence=sum(p.confidence for p in plays) / len(plays),
@@ -136,7 +139,7 @@ def _hours(
 # -- output ----------------------------------------------------------------------------------------
 
 CSV_COLUMNS = (
-    "station", "period", "track_id", "title", "artist", "album", "plays", "airtime_s", "first_aired",
+    "station", "period", "track_id", "isrc", "title", "artist", "album", "plays", "airtime_s", "first_aired",
     "last_aired", "mean_confidence", "monitored_h", "down_h",
 )
 
@@ -172,12 +175,12 @@ def to_csv(report: Report) -> str:
             rows = [r for r in report.rows if r.station == station and r.period == period]
             for row in rows:
                 writer.writerow([
-                    station, period, row.track_id, row.title, row.artist, row.album, row.plays,
+                    station, period, row.track_id, row.isrc, row.title, row.artist, row.album, row.plays,
                     f"{row.airtime_s:.1f}", _iso(row.first_aired), _iso(row.last_aired),
                     f"{row.mean_confidence:.3f}", f"{monitored_h:.3f}", f"{down_h:.3f}",
                 ])
             if not rows:
-                writer.writerow([station, period, "", "", "", "", 0, "0.0", "", "", "",
+                writer.writerow([station, period, "", "", "", "", "", 0, "0.0", "", "", "",
                                  f"{monitored_h:.3f}", f"{down_h:.3f}"])
     return out.getvalue()
 
@@ -191,7 +194,8 @@ def to_json(report: Report) -> dict[str, Any]:
             periods.append({
                 "period": period, "monitored_h": round(monitored_h, 3), "down_h": round(down_h, 3),
                 "tracks": [{
-                    "track_id": r.track_id, "title": r.title, "artist": r.artist, "album": r.album,
+                    "track_id": r.track_id, "isrc": r.isrc or None, "title": r.title, "artist": r.artist,
+                    "album": r.album,
                     "plays": r.plays, "airtime_s": round(r.airtime_s, 1),
                     "first_aired": _iso(r.first_aired), "last_aired": _iso(r.last_aired),
                     "mean_confidence": round(r.mean_confidence, 3),
@@ -218,9 +222,11 @@ def to_table(report: Report) -> str:
             lines.append("")
             lines.append(f"{station}  {period}  monitored {monitored_h:.2f} h, down {down_h:.2f} h, "
                          f"{sum(r.plays for r in rows)} play(s)")
-            table = [("track", "title", "artist", "plays", "airtime", "first aired", "last aired", "conf")]
+            table = [("track", "isrc", "title", "artist", "plays", "airtime", "first aired", "last aired",
+                      "conf")]
             table.extend((
-                str(r.track_id), _clip(r.title), _clip(r.artist), str(r.plays), _airtime(r.airtime_s),
+                str(r.track_id), r.isrc or "-", _clip(r.title), _clip(r.artist), str(r.plays),
+                _airtime(r.airtime_s),
                 _iso(r.first_aired)[:19].replace("T", " "), _iso(r.last_aired)[:19].replace("T", " "),
                 f"{r.mean_confidence:.2f}",
             ) for r in rows)
@@ -234,7 +240,7 @@ def _clip(text: str, width: int = 32) -> str:
 
 def _aligned(table: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    numeric = {0, 3, 4, 7}
+    numeric = {0, 4, 5, 8}
     return ["  ".join(
         cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)
     ).rstrip() for row in table]

@@ -59,7 +59,7 @@ SCHEMA = (
 
 _PLAY_COLUMNS = (
     "play_id", "station", "track_id", "title", "artist", "album", "started_at", "position_start_s",
-    "confidence", "speed_ratio", "ended_at", "position_end_s", "end_reason", "resumed_at",
+    "confidence", "speed_ratio", "ended_at", "position_end_s", "end_reason", "resumed_at", "isrc",
 )
 _SELECT_PLAY = f"SELECT {', '.join(_PLAY_COLUMNS)} FROM plays"  # noqa: S608 - constant column names
 
@@ -105,6 +105,7 @@ class SqlHistory:
             epoch(play.started_at), play.position_start_s, play.confidence, play.speed_ratio,
             None if play.ended_at is None else epoch(play.ended_at), play.position_end_s,
             play.end_reason, None if play.resumed_at is None else epoch(play.resumed_at),
+            play.isrc or None,
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _PLAY_COLUMNS[1:])
         self._write(
@@ -212,6 +213,7 @@ class SqlHistory:
             confidence=float(values["confidence"]), ended_at=from_epoch(values["ended_at"]),
             position_end_s=values["position_end_s"], speed_ratio=values["speed_ratio"],
             end_reason=_reason(reason), resumed_at=from_epoch(values["resumed_at"]),
+            isrc=str(values["isrc"] or ""),
         )
 
     def _create_schema(self) -> None:
