@@ -28,6 +28,7 @@ from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.errors import CatalogError
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.publish.base import EventSink
+from tunetrace.redact import redact_url
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
 from tunetrace.sources.base import AudioBlock, SourceRunner
@@ -389,7 +390,7 @@ def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
     shape = catalog_shape(store.tracks())
     if not shape.track_vectors:
         log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested",
-                    config.milvus_uri())
+                    redact_url(config.milvus_uri()))
     return SharedModel(encoder, store, shape), store
 
 

@@ -18,6 +18,7 @@ from tunetrace.cli.common import (
 )
 from tunetrace.config import load_config
 from tunetrace.errors import DecodeError
+from tunetrace.redact import redact_url
 
 # -- ingest -----------------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
             tracks = store.tracks()
             info = store.info
             stats = {
-                "uri": config.milvus_uri() if config.milvus.uri is None else config.milvus.uri,
+                "uri": redact_url(config.milvus_uri()),
                 "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
                 "window_s": info.window_s, "hop_s": info.hop_s,
                 "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
@@ -194,7 +195,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     source = args.config or "built-in defaults / $TUNETRACE_CONFIG"
-    print(f"{source}: OK (encoder {config.encoder.name}, catalog {config.milvus_uri()})")
+    print(f"{source}: OK (encoder {config.encoder.name}, catalog {redact_url(config.milvus_uri())})")
     return EXIT_OK
 
 

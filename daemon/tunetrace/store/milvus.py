@@ -30,6 +30,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from tunetrace.config import MilvusConfig
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.errors import CatalogError, CatalogMismatchError
+from tunetrace.redact import redact_text, redact_url
 from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, track_id_for
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,8 @@ class CatalogStore:
         try:
             return operation()
         except MilvusException as exc:
-            raise CatalogError(f"Milvus request failed: {exc.message} (code {exc.code})") from exc
+            reason = redact_text(str(exc.message))
+            raise CatalogError(f"Milvus request failed: {reason} (code {exc.code})") from exc
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             name = code.name if code is not None else "unknown status"
@@ -376,14 +378,16 @@ def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
             "grpc.keepalive_permit_without_calls": False,
         }
     started = time.monotonic()
+    shown = redact_url(uri)
+    secrets = (config.token.get_secret_value(),) if config.token is not None else ()
     try:
         client = _retrying(lambda: MilvusClient(**kwargs))
     except MilvusException as exc:
         raise CatalogError(
-            f"cannot connect to Milvus at {uri}: {exc.message}. Check milvus.uri and that the server "
-            "is running (milvus.token if it needs authentication)."
-        ) from exc
+            f"cannot connect to Milvus at {shown}: {redact_text(str(exc.message), secrets)}. Check "
+            "milvus.uri and that the server is running (milvus.token if it needs authentication)."
+        ) from None
     except Exception as exc:
-        raise CatalogError(f"cannot open Milvus at {uri}: {exc}") from exc
-    log.debug("connected to Milvus at %s in %.2f s", uri, time.monotonic() - started)
+        raise CatalogError(f"cannot open Milvus at {shown}: {redact_text(str(exc), secrets)}") from None
+    log.debug("connected to Milvus at %s in %.2f s", shown, time.monotonic() - started)
     return client, not is_server
