@@ -132,6 +132,14 @@ class MatcherConfig(_Section):
     """A match needs at least this many query windows agreeing in time."""
     speed_ratios: tuple[float, ...] = (1.0,)
     """Playback speeds to try (1.03 = played 3% fast); the best time-consistent match wins."""
+    max_query_s: float = Field(default=60.0, gt=0, le=600)
+    """``identify`` reads at most this much of each file (from its start): a query is a snippet,
+    and memory and time then stay bounded whatever the file's length (a 1-hour file costs what a
+    60 s one does). Raise it for long, noisy recordings; voting's memory grows with it (peak RSS
+    of ``identify`` measured at ~265 MB for 60 s, ~1 GB for 300 s), hence the 600 s ceiling."""
+    silence_threshold_dbfs: float = Field(default=-55.0, le=0)
+    """Query windows quieter than this are not searched (silence is not music); a query with no
+    louder window is answered "no match: silent"."""
 
     @model_validator(mode="after")
     def _speeds_positive(self) -> MatcherConfig:

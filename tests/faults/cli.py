@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+
+NOBODY = 65534
 
 
 def run_tunetrace(
@@ -15,3 +19,22 @@ def run_tunetrace(
         [sys.executable, "-m", "tunetrace", *args], capture_output=True, text=True, check=False,
         timeout=timeout_s, env={**os.environ, **(env or {})},
     )
+
+
+@contextlib.contextmanager
+def as_nobody() -> Iterator[None]:
+    """Run a block with the effective ids of ``nobody``, as the systemd unit's dynamic user would.
+
+    The tests run as root, whom file permissions do not stop; the saved ids stay root's, so the
+    block can hand them back.  Import what the block needs before entering it (the interpreter's
+    own files may be unreadable to ``nobody``).
+    """
+    if os.geteuid() != 0:
+        raise RuntimeError("as_nobody() needs root (scripts/test runs the suite as root)")
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)

@@ -80,8 +80,25 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 # -- identify ---------------------------------------------------------------------------------
 
 
-def _identification_record(path: Path, result: Any, elapsed_s: float) -> dict[str, Any]:
+_RESULT_KEYS = (
+    "file", "match", "track_id", "title", "artist", "album", "offset_s", "confidence", "speed_ratio",
+    "aligned_windows", "latency_s", "note", "query_s", "error",
+)
+"""Every ``identify --json`` line has all of these, result or error, so consumers need no special case."""
+
+_NOTES = {
+    "silent": "the audio is silent",
+    "too_short": "the audio is shorter than one window",
+}
+
+
+def _identification_record(
+    path: Path, result: Any, elapsed_s: float, query_s: float, truncated: bool,
+) -> dict[str, Any]:
     track = result.track
+    note = _NOTES.get(result.note) if result.note else None
+    if truncated:
+        note = f"only the first {query_s:.0f} s were identified (matcher.max_query_s)"
     return {
         "file": str(path),
         "match": result.matched,
@@ -94,48 +111,73 @@ def _identification_record(path: Path, result: Any, elapsed_s: float) -> dict[st
         "speed_ratio": result.speed_ratio if track else None,
         "aligned_windows": result.aligned_windows,
         "latency_s": round(elapsed_s, 4),
+        "note": note,
+        "query_s": round(query_s, 3),
+        "error": None,
     }
 
 
+def _error_record(path: Path, error: str) -> dict[str, Any]:
+    record: dict[str, Any] = dict.fromkeys(_RESULT_KEYS)
+    record.update(file=str(path), match=False, error=error)
+    return record
+
+
+def _shown(text: str) -> str:
+    """A name as one line of text output: a newline in a file name must not forge a line."""
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
 def _print_identification(record: dict[str, Any], out: TextIO) -> None:
-    if "error" in record:
-        print(f"{record['file']}: error: {record['error']}", file=out)
+    name = _shown(record["file"])
+    if record["error"] is not None:
+        print(f"{name}: error: {_shown(record['error'])}", file=out)
     elif record["match"]:
         artist = f" by {record['artist']}" if record["artist"] else ""
+        note = f" [{record['note']}]" if record["note"] else ""
         print(
-            f"{record['file']}: {record['title']}{artist} at {record['offset_s']:.1f} s "
-            f"(confidence {record['confidence']:.2f})",
+            f"{name}: {_shown(record['title'] + artist)} at {record['offset_s']:.1f} s "
+            f"(confidence {record['confidence']:.2f}){note}",
             file=out,
         )
+    elif record["note"] and record["note"] in _NOTES.values():
+        print(f"{name}: no match: {record['note']}", file=out)
     else:
-        print(f"{record['file']}: no match (best confidence {record['confidence']:.2f})", file=out)
+        note = f" [{record['note']}]" if record["note"] else ""
+        print(f"{name}: no match (best confidence {record['confidence']:.2f}){note}", file=out)
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    from tunetrace.audio.decode import decode_file
+    from tunetrace.audio.decode import decode_file, describe_os_error
     from tunetrace.encoders import create_encoder
     from tunetrace.identify import Recognizer
     from tunetrace.store import open_catalog
 
     config = load(args)
     encoder = create_encoder(config.encoder, config.data_dir)
+    rate = encoder.info.sample_rate
+    limit_s = config.matcher.max_query_s
     failed = 0
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
-        recognizer = Recognizer(encoder, store, config.matcher)
+        recognizer = Recognizer(encoder, store, config.matcher, batch_size=config.encoder.batch_size)
         for path in args.files:
             started = time.perf_counter()
             record: dict[str, Any]
             try:
-                audio = decode_file(path, encoder.info.sample_rate)
+                # A second past the limit tells a file that was cut from one exactly that long.
+                audio = decode_file(path, rate, max_seconds=limit_s + 1.0)
+                truncated = audio.size > round(limit_s * rate)
+                audio = audio[: round(limit_s * rate)]
                 result = recognizer.identify(audio)
-                record = _identification_record(path, result, time.perf_counter() - started)
+                record = _identification_record(
+                    path, result, time.perf_counter() - started, audio.size / rate, truncated,
+                )
             except DecodeError as exc:
                 failed += 1
-                # Same keys as a result, so a JSON Lines consumer needs no special case.
-                record = {
-                    "file": str(path), "match": False, "track_id": None, "title": None, "artist": None,
-                    "offset_s": None, "confidence": None, "error": str(exc),
-                }
+                record = _error_record(path, str(exc))
+            except OSError as exc:  # a path the checks above could not foresee: one file, not the batch
+                failed += 1
+                record = _error_record(path, f"{path}: {describe_os_error(exc)}")
             if args.json:
                 print(json.dumps(record), flush=True)
             else:
