@@ -157,6 +157,15 @@ class IngestConfig(_Section):
     """Optional sidecar CSV with columns ``path,title,artist,album`` overriding file tags."""
     insert_batch: int = Field(default=5000, ge=1, le=10000)
     """Rows per Milvus insert (Milvus Lite misbehaves above ~10k)."""
+    min_duration_s: float = Field(default=2.0, ge=0)
+    """Shorter files are refused (reported as failed): a jingle-length blip matches by chance and
+    cannot anchor a time-consistent vote. ``0`` accepts anything at least one window long."""
+    silence_threshold_dbfs: float = Field(default=-55.0, le=0)
+    """Windows quieter than this are not indexed (silence is not the recording: an indexed silent
+    stretch would "match" every silent query); a file with no louder window is refused."""
+    follow_symlinks_out: bool = False
+    """Inside an ingested folder, follow symbolic links that lead out of it. Off: such a link is
+    reported and skipped (a planted link must not make ingest read files elsewhere)."""
 
 
 # -- live daemon ----------------------------------------------------------------------------------

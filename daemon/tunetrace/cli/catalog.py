@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -27,21 +28,32 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tunetrace.catalog.ingest import FileOutcome, ingest
-    from tunetrace.catalog.scan import scan_paths
+    from tunetrace.catalog.scan import ScanProblem, scan_paths
     from tunetrace.encoders import create_encoder
     from tunetrace.store import open_catalog
 
     config = load(args)
-    missing = [p for p in args.paths if not p.exists()]
-    for path in missing:
-        what = "a broken symbolic link" if path.is_symlink() else "no such file or folder"
-        print(f"error: {path}: {what}", file=sys.stderr)
+    missing: list[Path] = []
     files: list[Path] = []
-    for path in (p for p in args.paths if p.exists()):
-        found = list(scan_paths([path], config.ingest.extensions))
+    scan_problems: list[ScanProblem] = []
+    for path in args.paths:
+        problem = _path_problem(path)
+        if problem is not None:
+            missing.append(path)
+            print(f"error: {path}: {problem}", file=sys.stderr)
+            continue
+        problems: list[ScanProblem] = []
+        found = list(scan_paths(
+            [path], config.ingest.extensions, problems, follow_symlinks_out=config.ingest.follow_symlinks_out,
+        ))
         if path.is_dir() and not found:  # otherwise a mistyped folder would pass silently
             missing.append(path)
-            print(f"error: {path}: a folder with no audio files in it", file=sys.stderr)
+            for unreadable in problems:
+                print(f"error: {unreadable.reason}", file=sys.stderr)
+            if not problems:
+                print(f"error: {path}: a folder with no audio files in it", file=sys.stderr)
+        else:
+            scan_problems.extend(problems)
         files.extend(found)
     if not files:
         print(
@@ -63,6 +75,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             batch_size=config.encoder.batch_size, on_file=progress,
         )
         bar.close()
+    # What the scan could not look at (an unreadable subfolder, a link out of the tree) failed too.
+    summary.outcomes.extend(FileOutcome(p.path, "failed", p.reason) for p in scan_problems)
     hours = summary.audio_s / 3600
     speed = summary.audio_s / summary.wall_s if summary.wall_s > 0 else 0.0
     out = sys.stdout
@@ -75,6 +89,19 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     for failure in summary.failures:
         print(f"  failed: {failure.reason}", file=out)
     return EXIT_PARTIAL if summary.failures or missing else EXIT_OK
+
+
+def _path_problem(path: Path) -> str | None:
+    """Why a path named on the command line cannot be ingested at all (``None``: it can be tried)."""
+    from tunetrace.audio.decode import describe_os_error
+
+    try:
+        path.stat()
+    except OSError as exc:  # a name too long, a link loop: one path, not the whole run
+        if exc.errno != errno.ENOENT:
+            return describe_os_error(exc)
+        return "a broken symbolic link" if path.is_symlink() else "no such file or folder"
+    return None
 
 
 # -- identify ---------------------------------------------------------------------------------
