@@ -10,7 +10,6 @@ section and the shared model (``open_model``: the encoder, the catalog and its s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,9 +22,9 @@ from uuid import uuid4
 
 from tunetrace.audio.windows import WindowSpec
 from tunetrace.backoff import Backoff, BackoffPolicy
-from tunetrace.config import Config, StationConfig
+from tunetrace.config import Config, StationConfig, data_dir_problem
 from tunetrace.encoders import Encoder, create_encoder
-from tunetrace.errors import CatalogError
+from tunetrace.errors import CatalogError, ConfigError
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.publish.base import EventSink
 from tunetrace.redact import redact_url
@@ -395,6 +394,12 @@ def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
 
 
 def data_dir_ready(path: Path) -> None:
-    """Create the data directory (systemd's ``StateDirectory=`` normally already has)."""
-    with contextlib.suppress(FileExistsError):
+    """Create the data directory (systemd's ``StateDirectory=`` normally already has); one that
+    cannot be written is a configuration error (exit 78), reported before anything is opened."""
+    problem = data_dir_problem(path)
+    if problem is not None:
+        raise ConfigError(problem)
+    try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot create {path}: {exc.strerror}; set data_dir") from None

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 NOBODY = 65534
 
@@ -38,3 +39,10 @@ def as_nobody() -> Iterator[None]:
     finally:
         os.seteuid(0)
         os.setegid(0)
+
+
+def let_nobody_reach(path: Path) -> None:
+    """Make every folder above ``path`` enterable by others (pytest's temporary root is 0700)."""
+    for parent in path.parents:
+        if parent != Path("/"):
+            parent.chmod(parent.stat().st_mode | 0o005)

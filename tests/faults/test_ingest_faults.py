@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.faults.cli import as_nobody
+from tests.faults.cli import as_nobody, let_nobody_reach
 from tests.fixtures.audio import synthetic_music, write_wav
+from tests.fixtures.milvus import write_config
 from tunetrace.catalog.ingest import ingest
 from tunetrace.catalog.scan import ScanProblem, scan_paths
+from tunetrace.cli.main import main
 from tunetrace.config import IngestConfig, MilvusConfig
 from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.store.milvus import CatalogStore
@@ -84,8 +86,7 @@ def test_an_unreadable_subfolder_is_reported_not_skipped_in_silence(library: Pat
     locked.mkdir()
     write_wav(locked / "hidden.wav", synthetic_music(5.0, RATE, seed=26), RATE)
     locked.chmod(0o700)  # root's: ``nobody`` may not list it
-    for parent in (library, *library.parents):
-        parent.chmod(parent.stat().st_mode | 0o005)
+    let_nobody_reach(locked)
     problems: list[ScanProblem] = []
     with as_nobody():
         found = [p.name for p in scan_paths([library], IngestConfig().extensions, problems)]
@@ -93,3 +94,14 @@ def test_an_unreadable_subfolder_is_reported_not_skipped_in_silence(library: Pat
     assert [p.reason for p in problems if p.path == locked] == [
         f"{locked}: cannot list the folder: permission denied; make it readable (and enterable) by this user"
     ]
+
+
+def test_a_standalone_data_dir_is_not_readable_by_other_users(library: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = write_config(state)
+    config.write_text(config.read_text() + "encoder: {name: spectral}\n", encoding="utf-8")
+    assert main(["ingest", "-q", "-c", str(config), str(library / "good.wav")]) == 0
+    created = [p for p in state.rglob("*") if p != config]
+    assert any(p.name.startswith("catalog.db") for p in created)
+    exposed = [f"{p}: {p.stat().st_mode & 0o777:o}" for p in created if p.stat().st_mode & 0o007]
+    assert exposed == []

@@ -17,8 +17,8 @@ from tunetrace.cli.common import (
     add_config_option,
     load,
 )
-from tunetrace.config import load_config
-from tunetrace.errors import DecodeError
+from tunetrace.config import data_dir_problem, load_config
+from tunetrace.errors import ConfigError, DecodeError
 from tunetrace.redact import redact_url
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -263,6 +263,9 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    problem = data_dir_problem(config.data_dir)
+    if problem is not None:
+        raise ConfigError(problem)
     source = args.config or "built-in defaults / $TUNETRACE_CONFIG"
     print(f"{source}: OK (encoder {config.encoder.name}, catalog {redact_url(config.milvus_uri())})")
     return EXIT_OK
