@@ -5,6 +5,7 @@ disk-full spell."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -14,6 +15,7 @@ from tests.fixtures.mqtt import Mosquitto, make_event, schema_validator, subscri
 from tunetrace.config import MqttConfig
 from tunetrace.events import StationHealth
 from tunetrace.publish.mqtt import MqttPublisher
+from tunetrace.publish.playlog import PlayLog
 
 WAIT_S = 30.0
 STATION = "radio-one"
@@ -109,3 +111,35 @@ def test_unsaved_events_beyond_the_bound_are_dropped_oldest_first_and_counted(
     assert 1 <= unsaved <= 10
     assert dropped + pending == 25, "each event is either waiting or counted as dropped"
     assert dropped >= 5
+
+
+def test_the_play_log_on_a_full_disk_keeps_every_line_once_in_order_and_whole(
+    small_disk: SmallDisk, caplog: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:
+    log_path = small_disk.path / "plays.jsonl"
+
+    async def scenario() -> tuple[int, list[str]]:
+        playlog = PlayLog(log_path, max_bytes=10_000_000, backups=1)
+        events = [make_event(STATION, i) for i in range(30)]
+        await playlog.publish_event(events[0])
+        small_disk.fill()
+        for event in events[1:20]:
+            await playlog.publish_event(event)
+        waiting = playlog.unwritten_lines
+        small_disk.free()
+        await playlog.publish_health(STATION, _health())  # the retry tick
+        for event in events[20:]:
+            await playlog.publish_event(event)
+        await playlog.close(1.0)
+        return waiting, [e.event_id for e in events]
+
+    with caplog.at_level(logging.INFO, logger="tunetrace"):
+        waiting, sent = asyncio.run(scenario())
+    lines = log_path.read_bytes().split(b"\n")
+    assert lines[-1] == b"", "the file ends with a whole line"
+    logged = [json.loads(line)["event_id"] for line in lines[:-1]]
+    assert waiting >= 1, "the disk really refused lines"
+    assert logged == sent, "each line once, in order, none lost, none partial"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert "cannot write the play log" in errors[0].getMessage()
