@@ -294,6 +294,10 @@ class ServiceConfig(_Section):
     """How often per-station health is published."""
     max_pending_windows: int = Field(default=64, ge=1)
     """Windows queued per station before the oldest are skipped (counted as drops)."""
+    catalog_outage_watchdog_s: float = Field(default=300.0, gt=0)
+    """How long failing catalog searches still feed systemd's watchdog. Milvus Lite's server
+    process is restarted in place when it dies, and a Milvus server restarting comes back by
+    itself; an outage longer than this stops the pings, so systemd restarts the daemon."""
 
 
 class Config(_Section):

@@ -107,6 +107,9 @@ class StationParams:
     max_pending_windows: int
     """A file read as fast as possible waits while this many windows are unread (live never waits)."""
     health_interval_s: float
+    catalog_outage_watchdog_s: float = 300.0
+    """A catalog outage counts as progress for the watchdog this long; past it, the pings stop and
+    systemd restarts the daemon (a fresh start reopens the catalog from scratch)."""
 
 
 class Station:
@@ -147,6 +150,7 @@ class Station:
         self._tracks: dict[int, Track] = {}
         self.stats = StationStats(last_progress_monotonic=monotonic())
         self._catalog_up = True
+        self._catalog_down_since = 0.0
         self._catalog_retry = Backoff(CATALOG_RETRY)
         self._last_stream_s = 0.0
         self._capture_done = False
@@ -253,17 +257,26 @@ class Station:
 
         Time still passes on the air, so the tracker sees an observation without evidence (an open
         play ends after ``end_after_s``); each attempt counts as progress for the watchdog (the
-        longest wait, 10 s, is well inside it), since restarting the daemon would not bring the
-        catalog back.
+        longest wait, 10 s, is well inside it) for ``catalog_outage_watchdog_s``: a server being
+        restarted comes back by itself (and a dead Milvus Lite server is restarted by the store),
+        but a longer outage stops the pings, so systemd restarts the daemon rather than leaving
+        it ``catalog_down`` for ever.
         """
+        now = self._monotonic()
         if self._catalog_up:
             self._catalog_up = False
+            self._catalog_down_since = now
             log.warning("%s: catalog search failed, retrying with backoff: %s", self.name, error)
             self._health_changed.set()
         self._ring.dropped_windows += len(batch)
         stream_s = float(batch.start_samples[-1]) / self._rate + self._window_s
         await self._apply(self._tracker.observe(Observation(stream_s)))
-        self.stats.last_progress_monotonic = self._monotonic()
+        if now - self._catalog_down_since < self._params.catalog_outage_watchdog_s:
+            self.stats.last_progress_monotonic = now
+        elif self.stats.last_progress_monotonic > self._catalog_down_since:
+            log.error("%s: the catalog has failed for %.0f s; no longer feeding the watchdog "
+                      "(service.catalog_outage_watchdog_s)", self.name, now - self._catalog_down_since)
+            self.stats.last_progress_monotonic = self._catalog_down_since
         await asyncio.sleep(self._catalog_retry.next_delay_s())
 
     async def _health(self) -> None:
@@ -361,6 +374,7 @@ def build_station(
             tracker_config.search_interval_s / tracker_config.window_hop_s))),
         max_pending_windows=config.service.max_pending_windows,
         health_interval_s=config.service.health_interval_s,
+        catalog_outage_watchdog_s=config.service.catalog_outage_watchdog_s,
     )
     source = create_source(station.source, spec.sample_rate)
     runner = SourceRunner(

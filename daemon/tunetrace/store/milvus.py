@@ -14,6 +14,7 @@ interrupted half-way leaves only orphan vectors, which search ignores and re-ing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -38,6 +39,18 @@ log = logging.getLogger(__name__)
 # milvus-lite 2.5 imports pkg_resources (kept by the setuptools<81 pin) and warns on every start;
 # the warning is about its packaging, not about anything a user can act on.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", module="milvus_lite")
+
+def _quiet_pymilvus() -> None:
+    """pymilvus configures its own loggers when imported (own handler, no propagation, ERROR and
+    INFO levels), so the CLI's settings made before this import do not reach it: every failed
+    request would print a multi-KB traceback (~55 MB a day while a catalog is down). Its failures
+    reach us as exceptions, reported once by the caller; its own lines only at DEBUG."""
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+_quiet_pymilvus()
 
 SCHEMA_VERSION = 2
 """Version of the catalog's layout and ids; a catalog of another version is refused with what to do.
@@ -73,6 +86,9 @@ class CatalogStore:
         self._tracks = f"{prefix}_tracks"
         self._meta = f"{prefix}_meta"
         self._is_lite = is_lite
+        self._reopen: tuple[MilvusConfig, str] | None = None
+        """How to connect again when Milvus Lite's server process has died (set by ``open``)."""
+        self._restarting = False
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -81,6 +97,7 @@ class CatalogStore:
         """Connect, then check (or, with ``create``, initialise) the catalog's encoder record."""
         client, is_lite = _connect(config, uri)
         store = cls(client, config.collection_prefix, info, is_lite, config.timeout_s)
+        store._reopen = (config, uri)
         try:
             store._check_or_create(create=create)
         except BaseException:
@@ -293,13 +310,55 @@ class CatalogStore:
         """
         try:
             return operation()
+        except (MilvusException, grpc.RpcError):
+            if not self._restart_dead_lite_server():
+                self._raise_catalog_error()
+            return self._once(operation)  # on the new server
+
+    def _once(self, operation: Any) -> Any:
+        try:
+            return operation()
+        except (MilvusException, grpc.RpcError):
+            self._raise_catalog_error()
+
+    def _raise_catalog_error(self) -> NoReturn:
+        """Re-raise the exception being handled as a one-line ``CatalogError`` (no chained
+        traceback: the cause is in the message, and it would be logged on every retry)."""
+        try:
+            raise  # noqa: PLE0704 - re-raises the exception being handled by the caller
         except MilvusException as exc:
             reason = redact_text(str(exc.message))
-            raise CatalogError(f"Milvus request failed: {reason} (code {exc.code})") from exc
+            raise CatalogError(f"Milvus request failed: {reason} (code {exc.code})") from None
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             name = code.name if code is not None else "unknown status"
-            raise CatalogError(f"Milvus request failed: {name} (timeout {self._timeout_s} s)") from exc
+            raise CatalogError(f"Milvus request failed: {name} (timeout {self._timeout_s} s)") from None
+
+    def _restart_dead_lite_server(self) -> bool:
+        """Milvus Lite runs its server as a child process; if that died (killed, OOM), start a new
+        one on the same file and reconnect. ``True`` when that was done (the caller retries)."""
+        if not self._is_lite or self._reopen is None or self._restarting:
+            return False
+        config, uri = self._reopen
+        status = _lite_server_exit_status(uri)
+        if status is None:
+            return False
+        log.warning("Milvus Lite's server process for %s died (exit status %d); starting a new one",
+                    uri, status)
+        self._restarting = True
+        try:
+            _forget_lite_server(uri)
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client, _ = _connect(config, uri)
+            self._load()
+        except CatalogError as exc:
+            log.warning("Milvus Lite could not be restarted: %s", exc)
+            return False
+        finally:
+            self._restarting = False
+        log.info("Milvus Lite restarted on %s; the catalog answers again", uri)
+        return True
 
 
 _TRACK_FIELDS = [
@@ -343,6 +402,26 @@ def _schema_message(recorded: object) -> str:
 _LITE_KEEPALIVE_MS = 360_000
 _CONNECT_ATTEMPTS = 3
 _CONNECT_RETRY_S = 1.0
+
+
+def _lite_server_exit_status(uri: str) -> int | None:
+    """The exit status of this process's Milvus Lite server for ``uri`` if it has died, else ``None``."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    path = str(Path(uri).absolute().resolve())
+    server = server_manager_instance._servers.get(path)
+    process = getattr(server, "_p", None)
+    if process is None:
+        return None
+    status = process.poll()
+    return None if status is None else int(status)
+
+
+def _forget_lite_server(uri: str) -> None:
+    """Drop the dead server from milvus_lite's registry, so the next client starts a fresh one."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(Path(uri).absolute().resolve()))
 
 
 def _retrying(connect: Any) -> Any:
