@@ -12,7 +12,11 @@ import base64
 import http.server
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +25,8 @@ import pytest
 
 from tests.faults.cli import run_tunetrace
 from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
+from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
+from tests.fixtures.mqtt import Mosquitto
 from tests.fixtures.ports import free_loopback_port
 from tunetrace.errors import SourceError
 from tunetrace.redact import redact_text, redact_url, url_has_secrets
@@ -185,3 +191,81 @@ def test_check_config_and_catalog_errors_print_no_credentials(tmp_path: Path) ->
     assert "cannot connect to Milvus at http://***@127.0.0.1" in identified.stderr
     for output in (checked.stdout, checked.stderr, identified.stdout, identified.stderr):
         assert not any(secret in output for secret in SECRETS), output
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Command lines of ``root`` and every process below it, as ``ps`` shows them."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    found = {}
+    for pid in tree:
+        try:
+            found[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_daemon_run_with_credentials_in_every_url_prints_none_of_them(
+    tmp_path: Path, auth_stream: str, mosquitto: Mosquitto, clip_catalog: BuiltCatalog,
+) -> None:
+    """``serve`` at DEBUG with secrets in the station URLs (userinfo and query), the MQTT password
+    and a Milvus token: grep everything it wrote, and every command line of its process tree."""
+    host = auth_stream.removeprefix("http://")
+    state = private_catalog_copy(clip_catalog, tmp_path / "state")
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        f"data_dir: {state}\n"
+        "log_level: DEBUG\n"
+        "milvus: {token: '${MILVUS_TOKEN}'}\n"
+        "stations:\n"
+        f"  - {{name: good, source: {{url: 'http://{USER}:{PASSWORD}@{host}/live.mp3?token={TOKEN}',\n"
+        "      reconnect_initial_s: 0.5, reconnect_max_s: 1}}\n"
+        f"  - {{name: refused, source: {{url: 'http://{USER}:x{PASSWORD}@{host}/live.mp3?api_key=x{TOKEN}',\n"
+        "      reconnect_initial_s: 0.5, reconnect_max_s: 1}}\n"
+        f"mqtt: {{host: {mosquitto.host}, port: {mosquitto.password_port}, username: {mosquitto.username},\n"
+        "       password: '${MQTT_PASSWORD}', reconnect_initial_s: 0.5}\n",
+        encoding="utf-8",
+    )
+    secrets = (*SECRETS, mosquitto.password)
+    env = {**os.environ, "MILVUS_TOKEN": f"root:{TOKEN}", "MQTT_PASSWORD": mosquitto.password}
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "tunetrace", "serve", "-v", "-c", str(config)],
+            stdout=stdout, stderr=stderr, env=env,
+        )
+        seen: dict[int, str] = {}
+        try:
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline:
+                seen |= _descendants(daemon.pid)
+                if "reconnect 3" in err.read_text(errors="replace"):
+                    break
+                time.sleep(0.2)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            status = daemon.wait(timeout=30)
+    log_text = err.read_text(errors="replace") + out.read_text(errors="replace")
+    assert status == 0, log_text[-3000:]
+    ffmpeg_lines = [c for c in seen.values() if "ffmpeg" in c]
+    assert ffmpeg_lines and all("pipe:0" in c for c in ffmpeg_lines), ffmpeg_lines
+    assert "MQTT connected" in log_text
+    assert "401" in log_text and "reconnect 3" in log_text, "the refused station kept reconnecting"
+    assert f"ffmpeg http://***@{host}/live.mp3?api_key=***: reconnect 1" in log_text
+    written = [log_text, *seen.values()]
+    written += [p.read_text(errors="replace") for p in state.glob("plays.jsonl*")]
+    leaks = [(secret, text[max(0, text.find(secret) - 80):][:200]) for text in written
+             for secret in secrets if secret in text]
+    assert leaks == []
