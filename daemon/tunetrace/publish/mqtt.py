@@ -414,6 +414,13 @@ class MqttPublisher:
         if not isinstance(error, aiomqtt.MqttError):
             # Not the broker's doing (a full disk under the outbox, a bug): keep the traceback.
             log.error("MQTT publisher failed: %s (retrying in %.1f s)", error, delay_s, exc_info=error)
+        elif (tls_problem := _tls_failure(error)) is not None:
+            # Not an outage: retrying will not fix a certificate, so it is an ERROR every time.
+            log.error(
+                "MQTT broker %s: TLS handshake failed: %s; check mqtt.ca_file (the CA that signed the "
+                "broker's certificate) and that mqtt.host is a name in that certificate (retrying in %.1f s)",
+                where, tls_problem, delay_s,
+            )
         elif isinstance(error, aiomqtt.MqttCodeError) and code in _AUTH_REFUSED_CODES:
             log.error(
                 "MQTT broker %s refused the login as %r: %s; check mqtt.username and mqtt.password "
@@ -448,6 +455,20 @@ class MqttPublisher:
             return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"mqtt.ca_file: cannot load CA bundle {ca_file}: {exc}") from None
+
+
+def _tls_failure(error: BaseException) -> str | None:
+    """The TLS reason behind a connection failure (certificate not trusted, wrong host name)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return str(getattr(current, "verify_message", None) or current.reason or current)
+        if "CERTIFICATE_VERIFY_FAILED" in str(current) or "certificate verify failed" in str(current):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def _wait_disconnected(client: aiomqtt.Client) -> None:
