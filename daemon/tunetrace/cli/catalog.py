@@ -67,7 +67,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(files), unit="file", disable=args.quiet or None, file=sys.stderr)
 
         def progress(outcome: FileOutcome) -> None:
-            bar.set_postfix_str(f"{outcome.status}: {outcome.path.name}"[:60])
+            bar.set_postfix_str(_shown(f"{outcome.status}: {outcome.path.name}")[:60])
             bar.update(1)
 
         summary = ingest(
@@ -87,7 +87,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         file=out,
     )
     for failure in summary.failures:
-        print(f"  failed: {failure.reason}", file=out)
+        print(f"  failed: {_shown(failure.reason)}", file=out)
     return EXIT_PARTIAL if summary.failures or missing else EXIT_OK
 
 
