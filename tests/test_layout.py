@@ -70,7 +70,7 @@ def test_the_horizon_voter_finds_a_track_and_its_position_in_a_fake_catalog() ->
         audio = synthetic_music(40.0, rate, seed=seed)
         windows, starts = frame(audio, WindowSpec(rate, info.window_s, info.hop_s))
         track = fake_track(track_id, f"t{track_id}", len(starts), 40.0)
-        catalog.add(track, encoder.embed(windows), starts / rate)
+        catalog.add_track(track, encoder.embed(windows), starts / rate)
     config = parse_config({})
     voter = HorizonVoter(encoder, catalog, catalog.shape, horizon_params(
         encoder, config.matcher, config.tracker, silence_threshold_dbfs=-60.0,

@@ -38,17 +38,22 @@ def plays_started(received: list[Received], topic: str) -> int:
     return sum(p["event"] == "play_started" for p in payloads(received, topic))
 
 
-def test_plays_reach_mqtt_through_the_milvus_server_and_a_server_restart_is_survived(
+def test_plays_reach_mqtt_through_a_sharded_milvus_server_and_a_server_restart_is_survived(
     milvus_server: MilvusServer, mosquitto: Mosquitto, real_clips: list[Clip], tmp_path: Path,
 ) -> None:
     prefix = unique_prefix("live")
-    catalog = build_catalog(tmp_path / "catalog", [c.path for c in real_clips], milvus_server.uri, prefix)
+    # Two shards: the layout a cluster spreads over its data nodes (docs/scaling.md).
+    catalog = build_catalog(
+        tmp_path / "catalog", [c.path for c in real_clips], milvus_server.uri, prefix, {"shards": "2"},
+    )
+    with catalog.open() as store:
+        assert store.vector_shards() == 2
     clip = real_clips[0]
     track_id = catalog.tracks[clip.path].track_id
     topic_prefix = f"tt-{uuid.uuid4().hex[:8]}"
     config = parse_config({
         "data_dir": str(tmp_path / "data"),
-        "milvus": {"uri": milvus_server.uri, "collection_prefix": prefix, "timeout_s": 5},
+        "milvus": {"uri": milvus_server.uri, "collection_prefix": prefix, "timeout_s": 5, "shards": 2},
         "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "topic_prefix": topic_prefix,
                  "reconnect_initial_s": 0.05, "reconnect_max_s": 0.5},
         "service": {"health_interval_s": 1.0},

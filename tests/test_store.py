@@ -303,3 +303,53 @@ def test_a_failing_request_while_opening_is_a_catalog_error_that_says_why() -> N
     store = CatalogStore(_FailingClient(), "t", INFO, is_lite=False, timeout_s=1.0)  # type: ignore[arg-type]
     with pytest.raises(CatalogError, match="server is restarting"):
         store._check_or_create(create=True)
+
+
+def test_a_new_catalog_records_its_index_and_reopens_with_it(backend: Backend) -> None:
+    expected = "FLAT" if not backend.uri.startswith("http") else "HNSW"
+    with backend.open(create=True) as created:
+        assert created.index.type == expected
+        add(created, make_track("indexed", 20), unit_vectors(20, seed=41))
+    with backend.open(create=False) as reopened:
+        assert reopened.index.type == expected and reopened.index.shards == 1
+        assert reopened.vector_shards() == 1
+        hits = reopened.search(unit_vectors(20, seed=41)[:1], top_k=1)
+        assert hits[0][0].offset_s == 0.0
+
+
+def test_lite_refuses_a_server_only_index_or_shards_with_the_key_to_change(tmp_path: Path) -> None:
+    from tunetrace.config import parse_config
+    from tunetrace.errors import ConfigError
+
+    for milvus in ({"index": {"type": "HNSW"}}, {"shards": 2}):
+        with pytest.raises(ConfigError) as raised:
+            parse_config({"data_dir": str(tmp_path), "milvus": milvus})
+        assert "needs a Milvus server (set milvus.uri)" in str(raised.value)
+    with pytest.raises(ConfigError, match=r"milvus.index.type IVF_PQ needs a Milvus server"):
+        CatalogStore.open(
+            MilvusConfig.model_construct(index=MilvusConfig().index.model_copy(update={"type": "IVF_PQ"})),
+            str(tmp_path / "c.db"), INFO, create=True,
+        )
+
+
+def test_an_outgrown_lite_catalog_is_reported_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from tunetrace.cli import main
+
+    config_path = tmp_path / "tunetrace.yaml"
+    config_path.write_text(f"data_dir: {tmp_path}\nencoder: {{name: spectral}}\n", encoding="utf-8")
+    with CatalogStore.open(MilvusConfig(), str(tmp_path / "catalog.db"), INFO, create=True) as created:
+        add(created, make_track("big", 30), unit_vectors(30, seed=43))
+        assert created.size_warning(30) is None
+    assert main(["catalog", "stats", "--json", "-c", str(config_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["warning"] is None
+
+    monkeypatch.setattr(store_module, "LITE_COMFORTABLE_VECTORS", 20)
+    assert main(["catalog", "stats", "--json", "-c", str(config_path)]) == 0
+    captured = capsys.readouterr()
+    warning = json.loads(captured.out)["warning"]
+    assert "holds 30 vectors" in warning and "milvus.uri" in warning and "HNSW" in warning
+    assert warning in captured.err

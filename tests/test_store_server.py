@@ -86,3 +86,31 @@ def test_a_track_added_by_another_client_is_seen_after_refresh(
         recognizer.refresh()
         assert len(recognizer.shape.track_vectors) == 2
         assert sorted(t.title for t in daemon_side.tracks()) == ["melody-1", "melody-2"]
+
+
+@pytest.mark.milvus_server
+def test_the_configured_index_and_shards_are_built_recorded_and_searched_with(
+    milvus_server: MilvusServer, synthetic_wavs: list[Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    prefix = unique_prefix("ivf")
+    config_path = write_config(tmp_path, uri=milvus_server.uri, prefix=prefix)
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write("  shards: 2\n  index: {type: IVF_FLAT, build: {nlist: 8}, search: {nprobe: 8}}\n")
+    files = [str(w) for w in synthetic_wavs]
+    assert main(["ingest", "-q", "-c", str(config_path), *files]) == 0
+    capsys.readouterr()
+    assert main(["catalog", "stats", "--json", "-c", str(config_path)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["index"], stats["index_build"], stats["shards"]) == ("IVF_FLAT", {"nlist": 8}, 2)
+    config = load_config(config_path)
+    encoder = create_encoder(config.encoder)
+    with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+        assert store.vector_shards() == 2
+        recognizer = Recognizer(encoder, store, config.matcher)
+        from tunetrace.audio.decode import decode_file
+
+        audio = decode_file(synthetic_wavs[1], encoder.info.sample_rate)
+        result = recognizer.identify(audio[4 * encoder.info.sample_rate : 10 * encoder.info.sample_rate])
+        assert result.track is not None and result.track.title == "melody-2"
+

@@ -77,6 +77,26 @@ class EncoderConfig(_Section):
     """Apply VGGish's PCA whitening + 8-bit quantisation (the published embedding)."""
 
 
+IndexType = Literal["auto", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "SCANN", "AUTOINDEX"]
+IndexParam = int | float | str
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
+"""What the embedded Milvus Lite 2.5 accepts (it rejects HNSW and the quantised indexes)."""
+
+
+class IndexConfig(_Section):
+    """How the vectors collection is indexed: chosen when a catalog is created, recorded in it."""
+
+    type: IndexType = "auto"
+    """``auto``: ``FLAT`` (exact) on Milvus Lite, ``HNSW`` on a Milvus server. The index of an
+    existing catalog is the one it was created with; a different ``type`` here is reported."""
+    build: dict[str, IndexParam] = Field(default_factory=dict)
+    """Index build parameters (``{M: 16, efConstruction: 200}`` for HNSW, ``{nlist: 4096}`` for
+    IVF_*); empty: the defaults of ``store.milvus``."""
+    search: dict[str, IndexParam] = Field(default_factory=dict)
+    """Per-query search parameters (``{ef: 64}`` for HNSW, ``{nprobe: 16}`` for IVF_*); empty:
+    the defaults of ``store.milvus``. Applies to existing catalogs too."""
+
+
 class MilvusConfig(_Section):
     uri: str | None = None
     """``None``: a Milvus Lite file ``<data_dir>/catalog.db``. ``http(s)://host:19530``: a Milvus server."""
@@ -89,8 +109,37 @@ class MilvusConfig(_Section):
     """PEM bundle to verify a TLS (``https://``) server."""
     timeout_s: float = Field(default=30.0, gt=0)
     """Per-request timeout; a server that does not answer in time is reported, not waited on forever."""
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    shards: int = Field(default=1, ge=1, le=64)
+    """Shards of the vectors collection on a Milvus server or cluster (set when it is created;
+    more shards spread inserts over more data nodes). Milvus Lite has one."""
 
     _ca_file_exists = field_validator("ca_file")(_readable_file)
+
+    @model_validator(mode="after")
+    def _lite_limits(self) -> MilvusConfig:
+        if not is_server_uri(self.uri):
+            problem = lite_limits_problem(self.index.type, self.shards)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+def is_server_uri(uri: str | None) -> bool:
+    """A Milvus server or cluster (``http(s)://``, ``tcp://``, ``grpc://``); otherwise a Lite file."""
+    return uri is not None and uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+def lite_limits_problem(index_type: str, shards: int) -> str | None:
+    """What Milvus Lite cannot do of the asked index and shards, said with the fix; ``None``: fine."""
+    if index_type not in ("auto", *LITE_INDEX_TYPES):
+        return (
+            f"milvus.index.type {index_type} needs a Milvus server (set milvus.uri); "
+            f"the embedded Milvus Lite offers {', '.join(LITE_INDEX_TYPES)}"
+        )
+    if shards != 1:
+        return "milvus.shards needs a Milvus server (set milvus.uri); Milvus Lite has one shard"
+    return None
 
 
 CALIBRATED_MIN_CONFIDENCE: dict[str, float] = {

@@ -404,6 +404,9 @@ def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
     if not shape.track_vectors:
         log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested",
                     redact_url(config.milvus_uri()))
+    outgrown = store.size_warning(shape.total_vectors)
+    if outgrown:
+        log.warning("%s", outgrown)
     return SharedModel(encoder, store, shape), store
 
 

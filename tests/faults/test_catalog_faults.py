@@ -37,7 +37,8 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
         sock.close()
 
 
-def _lite_children() -> list[int]:
+def _lite_children(db_path: str) -> list[int]:
+    """This process's Milvus Lite server children serving ``db_path`` (other tests' may run too)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -47,7 +48,8 @@ def _lite_children() -> list[int]:
             command = (entry / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid() and b"milvus_lite" in command:
+        serving = str(Path(db_path).resolve()).encode() in command
+        if ppid == os.getpid() and b"milvus_lite" in command and serving:
             found.append(int(entry.name))
     return found
 
@@ -59,7 +61,7 @@ def test_a_killed_milvus_lite_server_is_restarted_and_search_goes_on(
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with CatalogStore.open(MilvusConfig(timeout_s=5), milvus_lite_uri, ENCODER.info, create=True) as store:
         assert len(store.search(vectors, 3)) == 4
-        children = _lite_children()
+        children = _lite_children(milvus_lite_uri)
         assert len(children) == 1, children
         os.kill(children[0], signal.SIGKILL)
         time.sleep(0.3)
@@ -69,7 +71,7 @@ def test_a_killed_milvus_lite_server_is_restarted_and_search_goes_on(
             assert len(store.search(vectors, 3)) == 4, "the same call succeeds, on a new server"
             recovery_s = time.monotonic() - started
             assert len(store.search(vectors, 3)) == 4
-        new_children = _lite_children()
+        new_children = _lite_children(milvus_lite_uri)
         assert len(new_children) == 1 and new_children != children
     assert recovery_s < 10
     messages = [r.getMessage() for r in caplog.records]

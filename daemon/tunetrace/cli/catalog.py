@@ -239,18 +239,23 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         if args.catalog_command == "stats":
             tracks = store.tracks()
             info = store.info
+            vector_rows = store.vector_count()
             stats = {
                 "uri": redact_url(config.milvus_uri()),
                 "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
                 "window_s": info.window_s, "hop_s": info.hop_s,
                 "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
-                "vectors": sum(t.n_vectors for t in tracks), "vector_rows": store.vector_count(),
+                "vectors": sum(t.n_vectors for t in tracks), "vector_rows": vector_rows,
+                "index": store.index.type, "index_build": store.index.build, "shards": store.index.shards,
             }
+            outgrown = store.size_warning(vector_rows)
             if args.json:
-                print(json.dumps(stats))
+                print(json.dumps({**stats, "warning": outgrown}))
             else:
                 for key, value in stats.items():
                     print(f"{key:>12}: {value}")
+            if outgrown:
+                print(f"warning: {outgrown}", file=sys.stderr)
             return EXIT_OK
         removed = store.remove_track(args.track_id)
         if not removed:

@@ -20,7 +20,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,9 +28,15 @@ import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from tunetrace.config import MilvusConfig
+from tunetrace.config import (
+    IndexConfig,
+    IndexParam,
+    MilvusConfig,
+    is_server_uri,
+    lite_limits_problem,
+)
 from tunetrace.encoders.base import EncoderInfo
-from tunetrace.errors import CatalogError, CatalogMismatchError
+from tunetrace.errors import CatalogError, CatalogMismatchError, ConfigError
 from tunetrace.redact import redact_text, redact_url
 from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, track_id_for
 
@@ -64,6 +70,54 @@ _SEARCH_BATCH = 256
 # rows it should replace. Strong makes every read see every earlier write.
 _CONSISTENCY = "Strong"
 
+DEFAULT_BUILD: dict[str, dict[str, IndexParam]] = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": 1024},
+    "IVF_SQ8": {"nlist": 1024},
+    "IVF_PQ": {"nlist": 1024, "m": 16, "nbits": 8},
+    "SCANN": {"nlist": 1024},
+}
+"""Build parameters when ``milvus.index.build`` is empty."""
+DEFAULT_SEARCH: dict[str, dict[str, IndexParam]] = {
+    "IVF_FLAT": {"nprobe": 16},
+    "IVF_SQ8": {"nprobe": 16},
+    "IVF_PQ": {"nprobe": 16},
+    "SCANN": {"nprobe": 16},
+}
+"""Search parameters when ``milvus.index.search`` is empty (HNSW and DISKANN scale with top_k)."""
+LITE_COMFORTABLE_VECTORS = 500_000
+"""Beyond this many vectors an exact (FLAT) Milvus Lite catalog costs a live station more than a
+tenth of a core in search alone: Lite's FLAT search measured 30 ms per query vector at 500k
+vectors (/work/shared/ENVIRONMENT.md §4b), and a station searches 4 windows a second."""
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """The vectors collection's index as the catalog records it."""
+
+    type: str
+    build: dict[str, IndexParam]
+    shards: int = 1
+
+    @classmethod
+    def resolve(cls, config: IndexConfig, shards: int, *, is_lite: bool) -> IndexChoice:
+        kind = config.type if config.type != "auto" else ("FLAT" if is_lite else "HNSW")
+        return cls(kind, dict(config.build) or dict(DEFAULT_BUILD.get(kind, {})), shards)
+
+    @classmethod
+    def legacy(cls, *, is_lite: bool) -> IndexChoice:
+        """What catalogs made before the index was recorded were built with."""
+        return cls("FLAT", {}) if is_lite else cls("HNSW", {"M": 16, "efConstruction": 200})
+
+    def search_params(self, configured: dict[str, IndexParam], top_k: int) -> dict[str, IndexParam]:
+        if configured:
+            return dict(configured)
+        if self.type == "HNSW":
+            return {"ef": max(64, top_k * 2)}
+        if self.type == "DISKANN":
+            return {"search_list": max(100, top_k)}
+        return dict(DEFAULT_SEARCH.get(self.type, {}))
+
 
 def _clip(text: str) -> str:
     encoded = text.encode("utf-8")[: _MAX_TEXT - 1]
@@ -75,9 +129,13 @@ class CatalogStore:
 
     def __init__(
         self, client: MilvusClient, prefix: str, info: EncoderInfo, is_lite: bool,
-        timeout_s: float | None = None,
+        timeout_s: float | None = None, index: IndexConfig | None = None, shards: int = 1,
     ) -> None:
         self._client = client
+        self._index_config = index or IndexConfig()
+        self._wanted_index = IndexChoice.resolve(self._index_config, shards, is_lite=is_lite)
+        self.index = self._wanted_index
+        """The index the catalog was built with (read from it when it exists)."""
         self._timeout_s = timeout_s
         """Per request: a hung or restarting server fails a call (``CatalogError``) instead of
         blocking its caller forever (pymilvus waits without limit by default)."""
@@ -95,8 +153,15 @@ class CatalogStore:
     @classmethod
     def open(cls, config: MilvusConfig, uri: str, info: EncoderInfo, *, create: bool) -> CatalogStore:
         """Connect, then check (or, with ``create``, initialise) the catalog's encoder record."""
+        is_lite = not is_server_uri(uri)
+        problem = lite_limits_problem(config.index.type, config.shards) if is_lite else None
+        if problem:
+            raise ConfigError(problem)
         client, is_lite = _connect(config, uri)
-        store = cls(client, config.collection_prefix, info, is_lite, config.timeout_s)
+        store = cls(
+            client, config.collection_prefix, info, is_lite, config.timeout_s,
+            index=config.index, shards=config.shards,
+        )
         store._reopen = (config, uri)
         try:
             store._check_or_create(create=create)
@@ -131,6 +196,7 @@ class CatalogStore:
                     raise CatalogMismatchError(_schema_message(recorded.get("schema_version")))
                 if recorded != expected:
                     raise CatalogMismatchError(_mismatch_message(recorded, expected))
+                self.index = self._recorded_index()
                 self._load()
                 return
         if not create:
@@ -140,10 +206,32 @@ class CatalogStore:
         self._create_collections()
         self._call(lambda: self._client.upsert(
             self._meta,
-            [{"key": "catalog", "value": json.dumps(expected), "placeholder": [0.0] * _PLACEHOLDER_DIM}],
+            [
+                {"key": key, "value": json.dumps(value), "placeholder": [0.0] * _PLACEHOLDER_DIM}
+                for key, value in (("catalog", expected), ("index", asdict(self.index)))
+            ],
             timeout=self._timeout_s,
         ))
         self._load()
+
+    def _recorded_index(self) -> IndexChoice:
+        """The index this catalog was created with; a different configured one is reported."""
+        rows = self._call(lambda: self._client.query(
+            self._meta, filter='key == "index"', output_fields=["value"], timeout=self._timeout_s,
+        ))
+        if rows:
+            recorded = IndexChoice(**json.loads(rows[0]["value"]))
+        else:
+            recorded = IndexChoice.legacy(is_lite=self._is_lite)
+        wanted = self._wanted_index
+        differs = (wanted.type, wanted.build) != (recorded.type, recorded.build)
+        if self._index_config.type != "auto" and differs:
+            log.warning(
+                "milvus.index asks for %s %s but this catalog was built with %s %s; it keeps its index "
+                "(to change it, ingest into a new milvus.collection_prefix)",
+                wanted.type, wanted.build, recorded.type, recorded.build,
+            )
+        return recorded
 
     def _create_collections(self) -> None:
         if not self._has(self._vectors):
@@ -153,16 +241,14 @@ class CatalogStore:
             schema.add_field("offset_s", DataType.FLOAT)
             schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self._info.dimension)
             index = self._client.prepare_index_params()
-            if self._is_lite:
-                index.add_index("embedding", index_type="FLAT", metric_type=self._info.metric)
-            else:
-                index.add_index(
-                    "embedding", index_type="HNSW", metric_type=self._info.metric,
-                    params={"M": 16, "efConstruction": 200},
-                )
+            index.add_index(
+                "embedding", index_type=self.index.type, metric_type=self._info.metric,
+                params=dict(self.index.build),
+            )
+            shards = {} if self._is_lite else {"num_shards": self.index.shards}
             self._call(lambda: self._client.create_collection(
                 self._vectors, schema=schema, index_params=index, consistency_level=_CONSISTENCY,
-                timeout=self._timeout_s,
+                timeout=self._timeout_s, **shards,
             ))
         if not self._has(self._tracks):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -194,6 +280,27 @@ class CatalogStore:
 
     def _has(self, name: str) -> bool:
         return bool(self._call(lambda: self._client.has_collection(name, timeout=self._timeout_s)))
+
+    def vector_shards(self) -> int:
+        """Shards of the vectors collection as the server reports them (Milvus Lite has one and
+        reports 0)."""
+        if self._is_lite:
+            return 1
+        described = self._call(
+            lambda: self._client.describe_collection(self._vectors, timeout=self._timeout_s),
+        )
+        return int(described.get("num_shards", 1))
+
+    def size_warning(self, n_vectors: int) -> str | None:
+        """Said when a catalog has outgrown its store, with the fix; ``None`` while it fits."""
+        if self._is_lite and self.index.type == "FLAT" and n_vectors > LITE_COMFORTABLE_VECTORS:
+            return (
+                f"this Milvus Lite catalog holds {n_vectors:,} vectors; above "
+                f"{LITE_COMFORTABLE_VECTORS:,} its exact search costs each live station more than a tenth "
+                "of a core. Move it to a Milvus server with an approximate index (milvus.uri, "
+                "milvus.index.type: HNSW; docs/scaling.md) and re-ingest"
+            )
+        return None
 
     # -- tracks ----------------------------------------------------------------------------------
 
@@ -278,8 +385,9 @@ class CatalogStore:
         """
         results: list[list[Hit]] = []
         params: dict[str, Any] = {"metric_type": self._info.metric}
-        if not self._is_lite:
-            params["params"] = {"ef": max(64, top_k * 2)}
+        index_params = self.index.search_params(self._index_config.search, top_k)
+        if index_params:
+            params["params"] = index_params
         for start in range(0, vectors.shape[0], _SEARCH_BATCH):
             chunk = vectors[start : start + _SEARCH_BATCH].astype(np.float32)
             raw = self._call(
@@ -438,7 +546,7 @@ def _retrying(connect: Any) -> Any:
 
 
 def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
-    is_server = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+    is_server = is_server_uri(uri)
     kwargs: dict[str, Any] = {"uri": uri, "timeout": config.timeout_s}
     if is_server:
         if config.token is not None:

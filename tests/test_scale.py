@@ -1,0 +1,62 @@
+"""Distractors for catalogs of real size, and the exact in-memory catalog they are checked with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.fixtures.audio import synthetic_music
+from tunetrace.evaluation.distractors import DURATION_RANGE_S, KINDS, SourceTrack, make_distractor
+from tunetrace.store import Track
+from tunetrace.store.memory import MemoryCatalog
+
+RATE = 8000
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[SourceTrack]:
+    return [SourceTrack(f"src{i}", synthetic_music(30.0, RATE, seed=i)) for i in range(4)]
+
+
+def test_a_distractor_is_the_same_audio_every_time_and_differs_by_index(pool: list[SourceTrack]) -> None:
+    first = make_distractor(7, pool, RATE, seed=3)
+    again = make_distractor(7, pool, RATE, seed=3)
+    other = make_distractor(8, pool, RATE, seed=3)
+    assert np.array_equal(first.audio, again.audio) and first.kind == again.kind
+    assert first.audio.size != other.audio.size or not np.array_equal(first.audio, other.audio)
+
+
+def test_distractors_have_broadcast_lengths_levels_and_name_their_sources(pool: list[SourceTrack]) -> None:
+    made = [make_distractor(i, pool, RATE, seed=1) for i in range(12)]
+    names = {s.name for s in pool}
+    assert {d.kind for d in made} == set(KINDS)
+    for d in made:
+        assert DURATION_RANGE_S[0] * RATE <= d.audio.size <= DURATION_RANGE_S[1] * RATE + 1
+        assert float(np.max(np.abs(d.audio))) == pytest.approx(0.9, abs=1e-3)
+        assert d.sources and set(d.sources) <= names
+
+
+def test_no_distractor_contains_its_source_audio_unchanged(pool: list[SourceTrack]) -> None:
+    """Every piece is pitch-shifted: no 1 s stretch of a source appears sample for sample."""
+    for index in range(6):
+        d = make_distractor(index, pool, RATE, seed=2)
+        probe = d.audio[RATE : 2 * RATE]
+        for source in pool:
+            corr = np.correlate(source.audio, probe / np.linalg.norm(probe), mode="valid")
+            norms = np.sqrt(np.convolve(source.audio**2, np.ones(probe.size), mode="valid"))
+            assert float(np.max(corr / np.maximum(norms, 1e-9))) < 0.95
+
+
+def test_the_memory_catalog_returns_the_exact_nearest_windows_best_first() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalog = MemoryCatalog()
+    track = Track(5, "t", "", "", 25.0, "", "h", 50, 0.0)
+    catalog.add_track(track, vectors, np.arange(50) * 0.5)
+    hits = catalog.search(vectors[[3, 17]], top_k=4)
+    assert hits[0][0].offset_s == 1.5 and hits[1][0].offset_s == 8.5
+    for window_hits in hits:
+        scores = [h.similarity for h in window_hits]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 4
+    assert catalog.get_tracks([5, 6]) == {5: track} and catalog.tracks() == [track]
