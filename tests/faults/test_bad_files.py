@@ -22,6 +22,8 @@ from tunetrace.audio.decode import decode_file
 from tunetrace.cli.main import main
 from tunetrace.errors import DecodeError
 
+pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process
+
 RATE = 16000
 RESULT_KEYS = {
     "file", "match", "track_id", "title", "artist", "album", "offset_s", "confidence", "speed_ratio",

@@ -21,6 +21,8 @@ from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.store.milvus import CatalogStore
 
 ENCODER = SpectralEncoder()
+pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process
+
 RATE = ENCODER.info.sample_rate
 
 
