@@ -21,6 +21,7 @@ from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy, write_conf
 from tunetrace.audio.decode import decode_file
 from tunetrace.cli.main import main
 from tunetrace.errors import DecodeError
+from tunetrace.sources.ffmpeg import ffmpeg_args
 
 pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process
 
@@ -136,3 +137,10 @@ def test_identify_of_a_one_hour_file_stays_in_bounded_memory(
     assert record["query_s"] == 60.0
     assert "matcher.max_query_s" in record["note"]
     assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB (before: {before / 1024:.0f} MiB)"
+
+
+def test_a_station_file_is_named_to_ffmpeg_by_the_file_protocol_only(tmp_path: Path) -> None:
+    odd = tmp_path / "concat:a.wav|b.wav"
+    args = ffmpeg_args(str(odd), RATE, realtime=False, loop=False)
+    assert args[args.index("-i") + 1] == f"file:{odd}"
+    assert args[args.index("-protocol_whitelist") + 1] == "file"

@@ -73,6 +73,11 @@ def ffmpeg_args(url: str, sample_rate: int, *, realtime: bool, loop: bool) -> li
         raise SourceError("ffmpeg is not installed or not on PATH (Debian: apt-get install ffmpeg)")
     if url_has_secrets(url):
         source = ["-f", "concat", "-safe", "0", "-protocol_whitelist", _STDIN_PROTOCOLS, "-i", "pipe:0"]
+    elif not urlsplit(url).scheme:  # a path: by the file protocol only, never read as a protocol
+        source = [
+            *input_args(url, realtime=realtime, loop=loop), "-protocol_whitelist", "file",
+            "-i", f"file:{Path(url).absolute()}",
+        ]
     else:
         source = [*input_args(url, realtime=realtime, loop=loop), "-i", url]
     return [
