@@ -178,6 +178,18 @@ def test_an_outage_longer_than_the_threshold_ends_the_play_source_down_at_its_la
     assert ends[0].ended_s == pytest.approx(59.75, abs=0.5)
 
 
+def test_an_outage_seen_only_when_the_source_is_back_is_held_or_ended_by_its_length() -> None:
+    """A stalled stream reconnected within one tick: the tracker hears of the outage once, where the
+    last audio ended, and next from the audio after it (the stream clock jumped over the gap)."""
+    for gap_s, expected in ((6.0, []), (40.0, ["source_down"])):
+        tracker = PlayTracker(PARAMS)
+        events = drive(tracker, [(0, 60, "music")])
+        events.extend(tracker.observe(Observation(59.75, source_up=False)))
+        events.extend(drive(tracker, [(60 + gap_s, 120 + gap_s, "music")]))
+        reasons = [e.reason for e in events if isinstance(e, PlayEnded)]
+        assert reasons == expected, gap_s
+
+
 def test_evidence_lost_without_an_outage() -> None:
     tracker = PlayTracker(PARAMS)
     events = drive(tracker, [(0, 60, "music"), (60, 80, "quiet")])

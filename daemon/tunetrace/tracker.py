@@ -45,6 +45,11 @@ REALIGN_GAP_S = 1.0
 """A same-track alignment whose evidence starts less than this after the play's last evidence
 continues the play at a corrected position: the audio never stopped matching the track. A station
 airing the track again (a restart) leaves a longer break: a fade, a jingle, silence, talk."""
+HEARD_ON_RETURN_S = 2.0
+"""After an outage, a same-track alignment whose evidence starts within this of the source's return
+was playing when the audio came back: the interrupted play continues at that alignment.  Music that
+repeats itself matches at several alignments, and which repeat the clock predicts is ambiguous; a
+station cannot have restarted a recording during an outage it was already playing it in."""
 
 
 @dataclass(frozen=True)
@@ -159,8 +164,14 @@ class PlayTracker:
         """Feed one decision; returns the plays it ended and started, in that order."""
         now = max(observation.stream_s, self._last_stream_s)
         self._last_stream_s = now
-        self._source_state(observation.source_up, now)
         events: list[TrackerEvent] = []
+        if observation.source_up and self._down_since_s is not None and self._current is not None:
+            # Back after an outage nobody ticked through: too long, and the play ends source_down.
+            play = self._current
+            if (now - self._down_since_s >= self._params.continue_within_s
+                    and now - play.last_support_s >= self._params.end_after_s):
+                events.append(self._end(play.last_support_s, "source_down"))
+        self._source_state(observation.source_up, now)
         support = self._refresh_support(observation.candidates) if self._current is not None else None
         challenger = self._challenger(observation.candidates, current_support=support)
         self._pending = self._confirm(observation.candidates, challenger)
@@ -262,7 +273,9 @@ class PlayTracker:
             if current_support is not None or self._near(best.alignment_s, current.alignment_s):
                 return None
             unbroken = best.first_aligned_s - current.last_support_s < REALIGN_GAP_S
-            if unbroken or self._is_alias(best.alignment_s):
+            on_return = (self._up_since_s > current.last_support_s
+                         and best.first_aligned_s - self._up_since_s <= HEARD_ON_RETURN_S)
+            if unbroken or on_return or self._is_alias(best.alignment_s):
                 # An ambiguous repeat resolving, not a new airing: the play continues at the
                 # better-supported position.
                 self._current = replace(
