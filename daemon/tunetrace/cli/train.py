@@ -78,7 +78,7 @@ def _source_spec(source: SourceConfig, package_cache: Path) -> SourceSpec:
     from tunetrace.train.data import SourceSpec
 
     root = unpack(source.package, package_cache) / source.path if source.package else source.path
-    return SourceSpec(source.name, root, source.include, source.min_duration_s)
+    return SourceSpec(source.name, root, source.include, source.min_duration_s, source.exclude)
 
 
 def _chosen_sources(config: TrainConfig, names: str | None) -> list[SourceConfig]:

@@ -30,6 +30,8 @@ class SourceConfig(_Section):
     """Debian package holding ``path`` (unpacked under ``data.package_cache_dir``)."""
     include: tuple[str, ...] = ()
     """Glob patterns (relative to ``path``, or zip member names) a file must match; empty: all audio."""
+    exclude: tuple[str, ...] = ()
+    """Glob patterns of files to leave out even when ``include`` matches them."""
     min_duration_s: float = Field(default=4.0, ge=0)
     """Shorter files are skipped: 30 s keeps a game's music and drops its sound effects."""
 
@@ -152,14 +154,45 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
 
 
-def load_train_config(path: Path | None) -> TrainConfig:
-    """Read ``path`` (YAML); ``None`` gives the defaults."""
-    if path is None:
-        return TrainConfig()
+EXTENDS_KEY = "extends"
+"""A candidate recipe names the YAML it changes (relative to itself) and lists only what differs."""
+
+
+def _merge(base: dict[str, object], override: dict[str, object]) -> dict[str, object]:
+    """``override`` over ``base``: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        below = merged.get(key)
+        if isinstance(below, dict) and isinstance(value, dict):
+            merged[key] = _merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, object]:
+    """The mapping in ``path``, with any ``extends:`` chain resolved."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `extends` loops back to itself; point it at the base recipe")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read training config: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a training config is a YAML mapping of keys, not {type(data).__name__}")
+    base = data.pop(EXTENDS_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `extends` names another training YAML, e.g. `extends: train.yaml`")
+    return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), data)
+
+
+def load_train_config(path: Path | None) -> TrainConfig:
+    """Read ``path`` (YAML, optionally ``extends:`` another); ``None`` gives the defaults."""
+    if path is None:
+        return TrainConfig()
+    data = _read_yaml(path)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:

@@ -53,6 +53,8 @@ class SourceSpec:
     include: tuple[str, ...] = ()
     """Glob patterns relative to ``path`` (or zip member names); empty: every audio file."""
     min_s: float = 4.0
+    exclude: tuple[str, ...] = ()
+    """Glob patterns of files never taken, even when ``include`` matches them."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,16 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def _included(relative: str, include: tuple[str, ...]) -> bool:
-    return not include or any(fnmatch.fnmatchcase(relative, pattern) for pattern in include)
+def _wanted(relative: str, source: SourceSpec) -> bool:
+    """Matches ``include`` (or, without one, has an audio suffix) and no ``exclude`` pattern.
+
+    An explicit ``include`` may take files without a suffix (one soundtrack ships them so).
+    """
+    if source.include:
+        taken = any(fnmatch.fnmatchcase(relative, pattern) for pattern in source.include)
+    else:
+        taken = Path(relative).suffix.lower() in AUDIO_SUFFIXES
+    return taken and not any(fnmatch.fnmatchcase(relative, pattern) for pattern in source.exclude)
 
 
 @dataclass(frozen=True)
@@ -124,11 +134,7 @@ def iter_source_files(source: SourceSpec) -> Iterator[tuple[str, Path]]:
     if source.path.is_dir():
         for path in sorted(source.path.rglob("*")):
             relative = path.relative_to(source.path)
-            if (
-                path.suffix.lower() in AUDIO_SUFFIXES
-                and path.is_file()
-                and _included(relative.as_posix(), source.include)
-            ):
+            if path.is_file() and _wanted(relative.as_posix(), source):
                 yield _safe_name(str(relative.with_suffix(""))), path
         return
     if not source.path.is_file():
@@ -141,7 +147,7 @@ def iter_source_files(source: SourceSpec) -> Iterator[tuple[str, Path]]:
     with zipfile.ZipFile(source.path) as archive, tempfile.TemporaryDirectory() as tmp:
         for member in sorted(archive.namelist()):
             suffix = Path(member).suffix.lower()
-            if suffix not in AUDIO_SUFFIXES or not _included(member, source.include):
+            if member.endswith("/") or not _wanted(member, source):
                 continue
             target = Path(tmp) / f"track{suffix}"
             target.write_bytes(archive.read(member))
@@ -388,12 +394,16 @@ def load_pool(
             names.append(f"{source}/{path.stem}")
             tracks.append(np.load(path))
             found = _codec_copy_paths(cache_dir, source, path.stem, codec_tags or [], chosen)
-            copies.append([np.load(copy) for copy in found])
-            stretched.append([
-                Stretched(np.load(variant_path(cache_dir, v.name, source, path.stem)), v.time_scale)
+            # Copies are memory-mapped: ten copies of 30 h would not fit in RAM; a pair reads 2 s.
+            copies.append([np.load(copy, mmap_mode="r") for copy in found])
+            stretch_paths = [
+                (variant_path(cache_dir, v.name, source, path.stem), v.time_scale)
                 for v in chosen
-                if v.kind == "stretch" and variant_path(cache_dir, v.name, source, path.stem).exists()
-            ])
+                if v.kind == "stretch"
+            ]
+            stretched.append(
+                [Stretched(np.load(p, mmap_mode="r"), scale) for p, scale in stretch_paths if p.exists()]
+            )
     if not tracks:
         raise DecodeError(f"{cache_dir}: no cached tracks for {sources}; run `tunetrace train prepare` first")
     return AudioPool(names, tracks, copies, stretched)
@@ -432,6 +442,6 @@ def refresh_codec_copies(
         have = len(pool.codec_copies[index])
         existing = _codec_copy_paths(cache_dir, source, stem, codec_tags, chosen)
         if len(existing) > have:
-            pool.codec_copies[index] = [np.load(path) for path in existing]
+            pool.codec_copies[index] = [np.load(path, mmap_mode="r") for path in existing]
             added += len(existing) - have
     return added

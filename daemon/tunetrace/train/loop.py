@@ -206,7 +206,7 @@ def fit(
         "seed": config.seed,
         "batch_pairs": config.optim.batch_pairs,
         "temperature": config.optim.temperature,
-        "loss": config.optim.loss,
+        "loss_function": config.optim.loss,
         "speech_sources": [s.name for s in config.data.speech_sources] if speech is not None else [],
         "speech_hours": round(speech.size / SAMPLE_RATE / 3600, 2) if speech is not None else 0.0,
         "variants": list(config.data.variants),
