@@ -217,8 +217,9 @@ def test_candidate_recipes_extend_the_base_and_change_only_their_point() -> None
     base = load_train_config(REPO / "config" / "train.yaml")
     assert base.data.speech_sources and len(base.data.train_sources) == 16
     candidates = {p.stem: load_train_config(p) for p in (REPO / "config" / "train-candidates").glob("*.yaml")}
-    assert candidates.keys() == {"wide-deep", "triplet", "window-2s"}
-    assert candidates["wide-deep"].model.blocks_per_stage == 2
+    assert candidates.keys() == {"deep", "wide-deep", "triplet", "window-2s"}
+    assert candidates["deep"].model.blocks_per_stage == candidates["wide-deep"].model.blocks_per_stage == 2
+    assert candidates["deep"].model.channels == base.model.channels != candidates["wide-deep"].model.channels
     assert candidates["triplet"].optim.loss == "triplet"
     assert candidates["window-2s"].model.window_s == 2.0
     for config in candidates.values():
@@ -249,3 +250,14 @@ def test_struct_layout_matches_the_rebuilt_queen_format() -> None:
     """ScummVM's rebuilt table: 4+6+2+1+2 header bytes, 12+1+4+4 per entry (big-endian)."""
     assert (QUEEN_HEADER.size, QUEEN_ENTRY.size) == (15, 21)
     assert struct.calcsize(">12sBII") == QUEEN_ENTRY.size
+
+
+def test_train_prepare_through_the_cli_names_an_unknown_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from tunetrace.cli.main import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{cache_dir: {tmp_path / 'cache'}}}\n")
+    assert main(["train", "--config", str(config), "prepare", "--sources", "nope"]) == 1
+    assert "--sources: unknown source(s) nope" in caplog.text

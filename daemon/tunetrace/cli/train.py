@@ -31,6 +31,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     """Register ``train`` and its actions on the main CLI's sub-parsers."""
     parser = subparsers.add_parser("train", help="train the neural fingerprint (needs the train extra)")
     configure_parser(parser)
+    parser.set_defaults(func=run_train)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
