@@ -121,6 +121,7 @@ def _pool_summary(pool: AudioPool) -> dict[str, Any]:
         "tracks": len(pool.tracks),
         "hours": round(pool.total_samples / SAMPLE_RATE / 3600, 2),
         "with_codec_copies": sum(1 for c in pool.codec_copies if c),
+        "with_stretched_copies": sum(1 for c in pool.stretched if c),
     }
 
 
