@@ -143,7 +143,7 @@ def test_catalog_list_stats_and_remove(
     assert stats == {
         "uri": str(tmp_path / "state" / "catalog.db"), "encoder": shipped_encoder, "dimension": 128,
         "metric": "IP", "window_s": 1.0, "hop_s": 0.5, "tracks": 3, "hours": 0.01, "vectors": 69,
-        "vector_rows": 69,
+        "vector_rows": 69, "index": "FLAT", "index_build": {}, "shards": 1, "warning": None,
     }
 
     assert main(["catalog", "remove", str(ids["melody-2"]), *config]) == 0

@@ -190,3 +190,13 @@ def test_the_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch:
 def test_the_data_dir_follows_systemd_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/tunetrace:/var/lib/other")
     assert Config().data_dir == Path("/var/lib/tunetrace")
+
+
+def test_environment_references_may_carry_a_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TT_TEST_UNSET", raising=False)
+    monkeypatch.setenv("TT_TEST_EMPTY", "")
+    monkeypatch.setenv("TT_TEST_PORT", "8883")
+    config = parse_config({"mqtt": {"host": "${TT_TEST_UNSET:-broker.lan}", "port": "${TT_TEST_PORT:-1883}",
+                                    "client_id": "${TT_TEST_EMPTY:-fallback}"}})
+    assert config.mqtt is not None
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.client_id) == ("broker.lan", 8883, "fallback")

@@ -26,6 +26,8 @@ HOMES = {
     "aiomqtt": "publish/mqtt.py",
     "sounddevice": "sources/soundcard.py",
     "onnxruntime": "encoders/",
+    "prometheus_client": "observe/metrics.py",
+    "aiohttp": "observe/http.py",
 }
 """Each external library and the only place in the package allowed to import it."""
 

@@ -179,39 +179,111 @@ def test_health_is_retained_per_station(mosquitto: Mosquitto, tmp_path: Path) ->
     run(scenario())
 
 
-def test_home_assistant_discovery_makes_each_station_a_device(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_home_assistant_discovery_makes_a_bridge_and_each_station_a_device(
+    mosquitto: Mosquitto, tmp_path: Path,
+) -> None:
     prefix = unique_prefix()
     topics = Topics(prefix)
     stations = ["radio-one", "jazz_fm"]
     validator = schema_validator("discovery_sensor")
+    expected = 1 + 5 * len(stations)  # bridge connectivity; title, artist, confidence, source, play
 
     async def scenario() -> list[Received]:
         publisher = MqttPublisher(config_for(mosquitto, prefix), tmp_path / "outbox.db", stations,
                                   display_names={"jazz_fm": "Jazz FM"})
-        config_topics = f"homeassistant/sensor/{topics.node_id}/+/config"
+        config_topics = topics.discovery_wildcard
         async with running(publisher), subscribed(mosquitto, config_topics) as live:
-            await live.wait_for(lambda r: len(r) >= 8)
+            await live.wait_for(lambda r: len(r) >= expected)
             # Retained: a Home Assistant that starts later still finds them.
             async with subscribed(mosquitto, config_topics) as late:
-                await late.wait_for(lambda r: len(r) >= 8)
+                await late.wait_for(lambda r: len(r) >= expected)
                 return late.received
 
     received = run(scenario())
     configs = {m.topic: m.json() for m in received}
     assert all(m.retain for m in received)
-    assert len(configs) == 8  # title, artist, confidence, source per station
+    assert len(configs) == expected
     for config in configs.values():
         validator.validate(config)
-        assert config["availability_topic"] == f"{prefix}/status"
+    node = topics.node_id
+    bridge = configs[f"homeassistant/binary_sensor/{node}/bridge_connectivity/config"]
+    assert bridge["state_topic"] == f"{prefix}/status"
+    assert (bridge["payload_on"], bridge["payload_off"]) == ("online", "offline")
+    assert bridge["device_class"] == "connectivity" and bridge["entity_category"] == "diagnostic"
+    assert "availability" not in bridge  # it must show "disconnected", not "unavailable"
+    bridge_id = bridge["device"]["identifiers"][0]
     for station in stations:
-        title = configs[f"homeassistant/sensor/{topics.node_id}/{station}_title/config"]
+        title = configs[f"homeassistant/sensor/{node}/{station}_title/config"]
         assert title["state_topic"] == title["json_attributes_topic"] == f"{prefix}/{station}/now_playing"
-        confidence = configs[f"homeassistant/sensor/{topics.node_id}/{station}_confidence/config"]
+        assert title["device"]["via_device"] == bridge_id
+        # A dead station's title is unavailable, not "unknown" like nothing recognised.
+        assert title["availability_mode"] == "all"
+        availability = [a["topic"] for a in title["availability"]]
+        assert availability == [f"{prefix}/status", f"{prefix}/{station}/health"]
+        confidence = configs[f"homeassistant/sensor/{node}/{station}_confidence/config"]
         assert confidence["device"]["identifiers"] == title["device"]["identifiers"]
         assert confidence["unit_of_measurement"] == "%"
+        source = configs[f"homeassistant/sensor/{node}/{station}_source/config"]
+        assert source["device_class"] == "enum" and source["entity_category"] == "diagnostic"
+        assert source["options"] == ["ok", "silent", "catalog_down", "down"]
+        assert source["state_topic"] == f"{prefix}/{station}/health"
+        play = configs[f"homeassistant/event/{node}/{station}_play/config"]
+        assert play["state_topic"] == f"{prefix}/{station}/events"
+        assert "play_started" in play["event_types"]
     names = {c["device"]["name"] for c in configs.values()}
-    assert names == {"radio-one", "Jazz FM"}
-    assert len({c["unique_id"] for c in configs.values()}) == 8
+    assert names == {f"tunetrace ({prefix})", "radio-one", "Jazz FM"}
+    assert len({c["unique_id"] for c in configs.values()}) == expected
+
+
+def test_discovery_configs_of_a_removed_station_are_cleared_at_start(
+    mosquitto: Mosquitto, tmp_path: Path,
+) -> None:
+    prefix = unique_prefix()
+    topics = Topics(prefix)
+    other = Topics(unique_prefix())  # another daemon's node: never touched
+
+    async def scenario() -> tuple[list[Received], list[Received]]:
+        ours_config, theirs_config = config_for(mosquitto, prefix), config_for(mosquitto, other.prefix)
+        async with running(MqttPublisher(ours_config, tmp_path / "a.db", ["old-fm", "kept"])) as p:
+            await settled(p)
+        async with running(MqttPublisher(theirs_config, tmp_path / "b.db", ["old-fm"])) as p:
+            await settled(p)
+        # The config now lists only "kept": the next start removes old-fm's entities.
+        async with running(MqttPublisher(ours_config, tmp_path / "a.db", ["kept"])) as p:
+            await settled(p)
+        async with subscribed(mosquitto, topics.discovery_wildcard) as ours, \
+                subscribed(mosquitto, other.discovery_wildcard) as theirs:
+            await ours.wait_for(lambda r: len(r) >= 6)
+            await theirs.wait_for(lambda r: len(r) >= 6)
+            await asyncio.sleep(0.3)
+            return ours.received, theirs.received
+
+    ours, theirs = run(scenario())
+    left = {m.topic for m in ours if m.payload}
+    assert len(left) == 6, sorted(left)  # the bridge and kept's five
+    assert not [t for t in left if "/old-fm_" in t]
+    assert all("/kept_" in t or "/bridge_" in t for t in left)
+    assert len({m.topic for m in theirs if m.payload}) == 6, "another daemon's configs stay"
+
+
+def test_play_event_template_renders_an_event_type_home_assistant_accepts() -> None:
+    """The event entity's template, rendered with Jinja2 as Home Assistant would (``to_json`` added)."""
+    import json
+
+    import jinja2
+
+    from tunetrace.publish.topics import discovery_configs, encode
+
+    topics = Topics("tt")
+    config = discovery_configs(topics, ["radio-one"])[topics.discovery("radio-one_play", "event")]
+    environment = jinja2.Environment(autoescape=False)
+    environment.filters["to_json"] = json.dumps
+    event = make_event("radio-one", 3)
+    rendered = environment.from_string(config["value_template"]).render(
+        value_json=json.loads(encode(event.to_json())))
+    data = json.loads(rendered)
+    assert data["event_type"] == "play_started" and data["event_type"] in config["event_types"]
+    assert data["title"] == event.play.title and data["track_id"] == event.play.track_id
 
 
 def test_discovery_can_be_turned_off(mosquitto: Mosquitto, tmp_path: Path) -> None:

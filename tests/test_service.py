@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,20 +220,45 @@ def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
     assert problems == [], problems
 
 
-def test_docker_compose_stack_is_valid_yaml_with_the_production_services() -> None:
-    """Docker cannot run here: check the file parses and the stack is wired as documented."""
+_COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def compose_interpolate(text: str) -> str:
+    """What docker compose does to the file before use (no variable set): ``${X:-d}`` -> ``d``,
+    ``${X}`` -> empty, ``$$`` -> ``$``."""
+    return _COMPOSE_VARIABLE.sub(lambda m: "$" if m.group(0) == "$$" else (m.group(2) or ""), text)
+
+
+def compose_stack() -> dict[str, Any]:
     import yaml
 
-    stack = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return yaml.safe_load(compose_interpolate((REPO / "docker-compose.yml").read_text()))  # type: ignore[no-any-return]
+
+
+def test_docker_compose_has_the_one_container_and_the_production_stack_as_profiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Docker cannot run here: check the file parses and both profiles are wired as documented."""
+    import yaml
+
+    from tunetrace.config import parse_config
+
+    stack = compose_stack()
     services = stack["services"]
-    assert set(services) >= {"etcd", "minio", "milvus", "mosquitto", "tunetrace"}
+    profiles = {name: tuple(service["profiles"]) for name, service in services.items()}
+    assert {n for n, p in profiles.items() if "embedded" in p} == {"tunetrace"}, "one container, no broker"
+    assert {n for n, p in profiles.items() if "full" in p} == {"etcd", "minio", "milvus", "mosquitto",
+                                                                "tunetrace-full"}
     assert set(services["milvus"]["depends_on"]) == {"etcd", "minio"}
     assert services["milvus"]["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
-    tunetrace = services["tunetrace"]
-    assert tunetrace["build"]["context"] == "."
-    assert (REPO / tunetrace["build"]["dockerfile"]).is_file()
-    assert set(tunetrace["depends_on"]) == {"milvus", "mosquitto"}
-    assert tunetrace["stop_signal"] == "SIGTERM"
+    for name in ("tunetrace", "tunetrace-full"):
+        tunetrace = services[name]
+        assert tunetrace["build"]["context"] == "."
+        assert (REPO / tunetrace["build"]["dockerfile"]).is_file()
+        assert tunetrace["stop_signal"] == "SIGTERM"
+        assert "tunetrace-data:/var/lib/tunetrace" in tunetrace["volumes"]
+    assert "depends_on" not in services["tunetrace"]
+    assert set(services["tunetrace-full"]["depends_on"]) == {"milvus", "mosquitto"}
     for service in services.values():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{port} would be published on every interface"
@@ -239,21 +266,65 @@ def test_docker_compose_stack_is_valid_yaml_with_the_production_services() -> No
         assert reference in stack["configs"]
     for volume in [v.split(":")[0] for s in services.values() for v in s.get("volumes", [])]:
         assert volume in stack["volumes"]
-    daemon_config = yaml.safe_load(stack["configs"]["tunetrace_yaml"]["content"].replace("${", "_{"))
-    assert daemon_config["milvus"]["uri"] == "http://milvus:19530"
-    assert daemon_config["mqtt"]["host"] == "mosquitto"
-    from tunetrace.config import parse_config
 
-    assert parse_config(daemon_config).stations[0].source.kind == "ffmpeg"
+    full = parse_config(yaml.safe_load(stack["configs"]["tunetrace_yaml"]["content"]))
+    assert full.milvus.uri == "http://milvus:19530"
+    assert full.mqtt is not None and full.mqtt.host == "mosquitto"
+    assert full.http is not None and full.http.port == 8080
+    assert full.stations[0].source.kind == "ffmpeg"
+
+    environment = services["tunetrace"]["environment"]
+    for key, value in environment.items():
+        monkeypatch.setenv(key, str(value))
+    embedded = parse_config(yaml.safe_load(stack["configs"]["tunetrace_embedded_yaml"]["content"]))
+    assert embedded.milvus.uri is None, "the embedded catalog (Milvus Lite in the data volume)"
+    assert embedded.mqtt is not None and embedded.mqtt.host == "homeassistant.local"  # the user's broker
+    assert embedded.http is not None and embedded.http.listen == "0.0.0.0:8080"
 
 
-def test_dockerfile_runs_the_daemon_unprivileged_at_the_units_path() -> None:
+def test_dockerfile_is_one_unprivileged_container_with_a_healthcheck_on_healthz(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    from tunetrace.config import load_config
+
     text = (REPO / "Dockerfile").read_text()
+    instructions = [line.split(None, 1) for line in text.replace("\\\n", " ").splitlines()
+                    if line.strip() and not line.startswith("#")]
+    keywords = [k for k, *_ in instructions]
+    args = dict(instructions)
+    assert keywords[0] == "FROM" and keywords.count("USER") == 1
+    assert args["USER"].strip() == "tunetrace"
+    last_run = max(i for i, k in enumerate(keywords) if k == "RUN")
+    assert keywords.index("USER") > last_run, "nothing runs as root after the install"
     assert 'ENTRYPOINT ["/opt/tunetrace/bin/tunetrace"]' in text
-    assert "\nUSER tunetrace\n" in text
+    assert args["VOLUME"] == '["/var/lib/tunetrace"]' and args["EXPOSE"] == "8080"
     assert "STOPSIGNAL SIGTERM" in text
+    healthcheck = args["HEALTHCHECK"]
+    assert "CMD" in healthcheck and "TUNETRACE_HEALTH_URL" in healthcheck
+    assert "TUNETRACE_HEALTH_URL=http://127.0.0.1:8080/healthz" in args["ENV"]
+    for copy in (v for k, v in instructions if k == "COPY"):
+        for source in copy.split()[:-1]:
+            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+            ignored = (REPO / ".dockerignore").read_text().split()
+            assert not any(source.startswith(i.rstrip("/")) for i in ignored), f"COPY {source}: ignored"
     unit = UNIT.read_text()
     assert "ExecStart=/opt/tunetrace/bin/tunetrace serve" in unit
+
+    # The image's default config: embedded catalog, the user's broker from the environment, HTTP for
+    # the HEALTHCHECK; it loads as is, with no variable set.
+    variables = ("MQTT_HOST", "MQTT_PORT", "MQTT_TOPIC_PREFIX", "TUNETRACE_HTTP_LISTEN",
+                 "TUNETRACE_LOG_FORMAT")
+    for key in variables:
+        monkeypatch.delenv(key, raising=False)
+    default = load_config(REPO / "docker" / "tunetrace.yaml")
+    assert default.milvus.uri is None and default.mqtt is not None and default.mqtt.host == "mqtt"
+    assert default.http is not None and default.http.listen == "0.0.0.0:8080"
+    monkeypatch.setenv("MQTT_HOST", "192.168.1.10")
+    assert load_config(REPO / "docker" / "tunetrace.yaml").mqtt.host == "192.168.1.10"  # type: ignore[union-attr]
+    raw = yaml.safe_load((REPO / "docker" / "tunetrace.yaml").read_text())
+    assert raw["data_dir"] == "/var/lib/tunetrace"
 
 
 def test_watchdog_is_fed_only_while_the_pipeline_progresses(

@@ -2,9 +2,9 @@
 
 Each stage receives only its own frozen section (``EncoderConfig``, ``MilvusConfig`` ...), never the
 root, so a reader can see exactly what a stage depends on.  Strings may reference environment
-variables as ``${NAME}`` so that secrets stay out of the file (and systemd credentials can be
-passed through ``LoadCredential=`` plus an environment file); resolved secrets are ``SecretStr`` and
-never appear in logs or ``repr``.
+variables as ``${NAME}`` (or ``${NAME:-default}``) so that secrets stay out of the file (and
+systemd credentials can be passed through ``LoadCredential=`` plus an environment file); resolved
+secrets are ``SecretStr`` and never appear in logs or ``repr``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from tunetrace.errors import ConfigError
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/tunetrace/tunetrace.yaml"),)
 ENV_CONFIG = "TUNETRACE_CONFIG"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+"""``${NAME}`` (required) or ``${NAME:-default}`` (the default when unset or empty, as in a shell)."""
 
 
 def default_data_dir() -> Path:
@@ -306,9 +307,60 @@ class ServiceConfig(_Section):
     """Windows queued per station before the oldest are skipped (counted as drops)."""
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class HttpConfig(_Section):
+    """The HTTP server (metrics, API, status page, health); absent from the config = no server."""
+
+    listen: str = "127.0.0.1:8080"
+    """``host:port`` to bind (``[::1]:8080`` for IPv6). Loopback by default: anything wider needs
+    ``token`` (or a proxy in front), since the API shows what every station plays."""
+    token: SecretStr | None = None
+    """Bearer token required on every path but ``/healthz``; use ``${ENV_NAME}`` to keep it out of
+    the file. The status page takes it once as ``?access_token=`` and sends it as a header."""
+    progress_timeout_s: float = Field(default=60.0, gt=0)
+    """``/healthz`` fails when an enabled station made no progress for this long."""
+    recent_plays: int = Field(default=20, ge=1, le=1000)
+    """Plays per station kept in memory for ``/api/stations`` and the status page."""
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in _LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    @model_validator(mode="after")
+    def _valid_listen(self) -> HttpConfig:
+        _split_listen(self.listen)
+        return self
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; ``"[::1]:8080"`` -> ``("::1", 8080)``."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", listen)
+    port = int(match.group(2) or match.group(4)) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise ValueError(
+            f"listen must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080 (got {listen!r})"
+        )
+    return match.group(1) or match.group(3), port
+
+
 class Config(_Section):
     data_dir: Path = Field(default_factory=default_data_dir)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line (for Loki, Elasticsearch...); under journald, ``text``
+    lines carry the journal's priority prefixes."""
+    http: HttpConfig | None = None
+    """``None``: no HTTP server (no metrics, API, status page or health endpoint)."""
     encoder: EncoderConfig = EncoderConfig()
     milvus: MilvusConfig = MilvusConfig()
     matcher: MatcherConfig = MatcherConfig()
@@ -369,7 +421,9 @@ def _expand_env(value: Any, path: str) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
+            name, default = match.group(1), match.group(2)
+            if default is not None:
+                return os.environ.get(name) or default
             if name not in os.environ:
                 raise ConfigError(
                     f"{path}: refers to environment variable ${{{name}}}, which is not set; "

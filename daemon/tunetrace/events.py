@@ -38,6 +38,23 @@ class Play:
     def ended(self, at: datetime, position_s: float) -> Play:
         return replace(self, ended_at=at, position_end_s=position_s)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Play:
+        """The inverse of ``to_json`` (reading the play log back); raises ``KeyError``/``ValueError``
+        on a record that is not a play."""
+        ended_at = data.get("ended_at")
+        speed = data.get("speed_ratio")
+        position_end = data.get("position_end_s")
+        return cls(
+            play_id=str(data["play_id"]), station=str(data["station"]), track_id=int(data["track_id"]),
+            title=str(data.get("title") or ""), artist=str(data.get("artist") or ""),
+            album=str(data.get("album") or ""), started_at=datetime.fromisoformat(data["started_at"]),
+            position_start_s=float(data["position_start_s"]), confidence=float(data["confidence"]),
+            ended_at=datetime.fromisoformat(ended_at) if ended_at else None,
+            position_end_s=None if position_end is None else float(position_end),
+            speed_ratio=None if speed is None else float(speed),
+        )
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["started_at"] = self.started_at.isoformat()

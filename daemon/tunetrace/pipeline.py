@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,15 @@ from tunetrace.config import Config, StationConfig
 from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.errors import CatalogError
 from tunetrace.events import Play, PlayEvent, StationHealth
+from tunetrace.observe.base import (
+    NullMetrics,
+    NullStationMetrics,
+    PipelineMetrics,
+    StationMetrics,
+    source_state,
+)
+from tunetrace.observe.logs import station_scope
+from tunetrace.observe.timing import TimedCatalog, TimedEncoder
 from tunetrace.publish.base import EventSink
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
@@ -124,9 +134,11 @@ class Station:
         executor: Executor,
         params: StationParams,
         *,
+        metrics: StationMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self._metrics = metrics or NullStationMetrics()
         self._runner = runner
         self._health_changed = runner.changed
         """Set by the runner on every source change and here on every catalog change."""
@@ -150,6 +162,7 @@ class Station:
         self._catalog_retry = Backoff(CATALOG_RETRY)
         self._last_stream_s = 0.0
         self._capture_done = False
+        self._dropped_reported = 0
 
     def health(self) -> StationHealth:
         state = self._runner.state
@@ -159,8 +172,18 @@ class Station:
             reconnects=state.reconnects, catalog_up=self._catalog_up,
         )
 
+    @property
+    def now_playing(self) -> Play | None:
+        """The open play (``None``: nothing recognised is playing)."""
+        return self._open
+
     async def run(self) -> None:
         """Capture, recognition and health for this station, until cancelled or the source ends."""
+        # Every line its tasks (and its executor calls, run in a copy of the context) log names it.
+        with station_scope(self.name):
+            await self._run()
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._capture(), name=f"{self.name}-capture")
             recognise = group.create_task(self._recognise(), name=f"{self.name}-recognise")
@@ -213,6 +236,7 @@ class Station:
             if self._batch_incomplete():
                 continue
             batch = self._ring.read(self._params.batch_windows)
+            self._report_drops()
             self._room.set()
             if len(batch) == 0:
                 if self._capture_done:
@@ -223,17 +247,20 @@ class Station:
                     await self._apply(self._tracker.observe(Observation(now_s)))
                 continue
             try:
-                observations = await loop.run_in_executor(self._executor, self._matcher.process, batch)
+                observations = await loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, self._matcher.process, batch,
+                )
             except CatalogError as exc:
                 await self._catalog_failed(exc, batch)
                 continue
             if not self._catalog_up:
                 self._catalog_up = True
                 self._catalog_retry.reset()
-                log.info("%s: the catalog answers again; recognition resumes", self.name)
+                log.info("the catalog answers again; recognition resumes")
                 self._health_changed.set()
             self.stats.windows_processed += len(batch)
             self.stats.last_progress_monotonic = self._monotonic()
+            self._metrics.audio(len(batch) * self._params.spec.hop_s)
             for observation in observations:
                 self._last_stream_s = observation.stream_s
                 await self._apply(self._tracker.observe(observation))
@@ -258,17 +285,25 @@ class Station:
         """
         if self._catalog_up:
             self._catalog_up = False
-            log.warning("%s: catalog search failed, retrying with backoff: %s", self.name, error)
+            log.warning("catalog search failed, retrying with backoff: %s", error)
             self._health_changed.set()
         self._ring.dropped_windows += len(batch)
+        self._report_drops()
         stream_s = float(batch.start_samples[-1]) / self._rate + self._window_s
         await self._apply(self._tracker.observe(Observation(stream_s)))
         self.stats.last_progress_monotonic = self._monotonic()
         await asyncio.sleep(self._catalog_retry.next_delay_s())
 
+    def _report_drops(self) -> None:
+        dropped = self._ring.dropped_windows
+        self._metrics.dropped(dropped - self._dropped_reported)
+        self._dropped_reported = dropped
+
     async def _health(self) -> None:
         while True:
-            await self._sink.publish_health(self.name, self.health())
+            health = self.health()
+            self._metrics.state(source_state(health))
+            await self._sink.publish_health(self.name, health)
             try:
                 async with asyncio.timeout(self._params.health_interval_s):
                     await self._health_changed.wait()
@@ -278,7 +313,8 @@ class Station:
 
     async def finish(self) -> None:
         """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
-        await self._apply(self._tracker.close(self._last_stream_s))
+        with station_scope(self.name):
+            await self._apply(self._tracker.close(self._last_stream_s))
 
     async def _apply(self, events: list[TrackerEvent]) -> None:
         for event in events:
@@ -287,6 +323,7 @@ class Station:
             else:
                 await self._started(event)
         if events and self._open is None:
+            self._metrics.confidence(0.0)
             await self._sink.publish_now_playing(self.name, None)
 
     async def _started(self, event: PlayStarted) -> None:
@@ -299,7 +336,9 @@ class Station:
             speed_ratio=event.play.speed_ratio,
         )
         self._open = play
-        log.info("%s: now playing %r (position %.1f s)", self.name, play.title, play.position_start_s)
+        self._metrics.play_started()
+        self._metrics.confidence(play.confidence)
+        log.info("now playing %r (position %.1f s)", play.title, play.position_start_s)
         await self._sink.publish_event(PlayEvent("play_started", play))
         await self._sink.publish_now_playing(self.name, play)
 
@@ -310,17 +349,19 @@ class Station:
             self._clock.wall(event.ended_s), event.position_end_s,
         )
         self._open = None
-        log.info("%s: ended %r after %.1f s", self.name, play.title, play.duration_s or 0.0)
+        log.info("ended %r after %.1f s", play.title, play.duration_s or 0.0)
         await self._sink.publish_event(PlayEvent("play_ended", play))
 
     async def _track(self, track_id: int) -> Track | None:
         if track_id not in self._tracks:
             loop = asyncio.get_running_loop()
             try:
-                found = await loop.run_in_executor(self._executor, self._catalog.get_tracks, [track_id])
+                found = await loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, self._catalog.get_tracks, [track_id],
+                )
             except CatalogError as exc:
                 # The play is still recorded (by track id); only its title and artist are missing.
-                log.warning("%s: cannot read track %d's metadata: %s", self.name, track_id, exc)
+                log.warning("cannot read track %d's metadata: %s", track_id, exc)
                 return None
             if track_id in found:
                 self._tracks[track_id] = found[track_id]
@@ -344,6 +385,7 @@ def build_station(
     executor: Executor, *, until_eof: bool = False,
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     monotonic: Callable[[], float] = time.monotonic,
+    metrics: PipelineMetrics | None = None,
 ) -> Station:
     """One station's pipeline: its own source runner, ring, voter and tracker around the shared model.
 
@@ -371,13 +413,18 @@ def build_station(
         max(round(RING_CAPACITY_S * spec.sample_rate), spec.window_samples + 2 * spec.hop_samples),
         spec, params.max_pending_windows,
     )
-    voter = HorizonVoter(model.encoder, model.catalog, model.shape, horizon_params(
-        model.encoder, config.matcher, tracker_config, station.source.silence_threshold_dbfs,
-    ))
+    metrics = metrics or NullMetrics()
+    station_metrics = metrics.station(station.name)
+    voter = HorizonVoter(
+        TimedEncoder(model.encoder, metrics), TimedCatalog(model.catalog, station_metrics), model.shape,
+        horizon_params(
+            model.encoder, config.matcher, tracker_config, station.source.silence_threshold_dbfs,
+        ),
+    )
     tracker = PlayTracker(TrackerParams.from_config(tracker_config))
     return Station(
         station.name, runner, ring, voter, tracker, model.catalog, sink, executor, params,
-        monotonic=monotonic,
+        metrics=station_metrics, monotonic=monotonic,
     )
 
 

@@ -2,7 +2,9 @@
 
 Startup: open the encoder and the catalog (off the loop), open the sinks (play log; MQTT when
 configured), build one ``Station`` per configured station sharing the encoder, the catalog and
-one embedding executor, then ``READY=1``.
+one embedding executor, bind the HTTP server when ``http:`` is configured (metrics, API, status
+page, ``/healthz``: ``observe.http``; it then runs as one more task beside the stations), then
+``READY=1``.
 
 Shutdown (SIGTERM and SIGINT take the same path, bounded by ``service.shutdown_timeout_s``):
 
@@ -26,12 +28,17 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tunetrace.config import Config
+from tunetrace.observe.base import MqttStatus, NullMetrics, PipelineMetrics, StationStatus
+from tunetrace.observe.board import StatusBoard
 from tunetrace.pipeline import SharedModel, Station, build_station, open_model
 from tunetrace.publish.base import EventSink, FanoutSink, LogSink
 from tunetrace.sdnotify import SdNotifier
+
+if TYPE_CHECKING:
+    from tunetrace.observe.http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,24 @@ class Service:
         self._notifier = notifier or SdNotifier.from_environment()
         self._stop = asyncio.Event()
         self.stations: list[Station] = []
+        self._board = StatusBoard(config.http.recent_plays) if config.http else None
+        self._metrics: PipelineMetrics = NullMetrics()
+        self._http: HttpServer | None = None
+
+    def station_statuses(self) -> list[StationStatus]:
+        """The live view the HTTP API and ``/healthz`` read (``StatusSource``)."""
+        timeout_s = self._config.http.progress_timeout_s if self._config.http else 60.0
+        names = {s.name: s.display_name or s.name for s in self._config.stations}
+        board = self._board
+        return [
+            StationStatus(
+                name=station.name, display_name=names.get(station.name, station.name),
+                health=station.health(), progressing=station.progressing(timeout_s),
+                now_playing=station.now_playing,
+                recent_plays=board.recent_plays(station.name) if board else (),
+            )
+            for station in self.stations
+        ]
 
     def request_stop(self) -> None:
         """What SIGTERM and SIGINT do; also for embedding the service (tests, benchmarks)."""
@@ -103,7 +128,10 @@ class Service:
             model, closer = await asyncio.to_thread(open_model, config)
         else:
             model, closer = self._model, _NothingToClose()
-        sinks = self._sinks if self._sinks is not None else default_sinks(config)
+        sinks = list(self._sinks) if self._sinks is not None else default_sinks(config)
+        if self._board is not None:
+            sinks.append(self._board)
+        self._metrics = self._observe(sinks, model)
         sink = FanoutSink(sinks)
         executor = ThreadPoolExecutor(
             max_workers=max(1, min(4, len(config.stations))), thread_name_prefix="tunetrace-embed",
@@ -111,9 +139,12 @@ class Service:
         try:
             await sink.start()
             self.stations = [
-                build_station(s, config, model, sink, executor, monotonic=self._monotonic)
+                build_station(s, config, model, sink, executor, monotonic=self._monotonic,
+                              metrics=self._metrics)
                 for s in config.stations
             ]
+            if self._http is not None:
+                await self._http.start()
             if not self.stations:
                 log.warning("no stations configured: nothing to recognise (add `stations:` to the config)")
             tracks = len(model.shape.track_vectors)
@@ -130,6 +161,8 @@ class Service:
         async with asyncio.TaskGroup() as group:
             runs = [group.create_task(s.run(), name=f"station-{s.name}") for s in self.stations]
             watchdog = group.create_task(self._watchdog(), name="watchdog")
+            if self._http is not None:
+                runs.append(group.create_task(self._http.serve(), name="http"))
             await self._stop.wait()
             self._notifier.stopping("stopping capture")
             log.info("stopping capture")
@@ -137,9 +170,30 @@ class Service:
             for task in runs:
                 task.cancel()
 
+    def _observe(self, sinks: Sequence[EventSink], model: SharedModel) -> PipelineMetrics:
+        """With ``http:``: Prometheus metrics and the HTTP server over them (built, not yet bound)."""
+        http_config = self._config.http
+        if http_config is None:
+            return NullMetrics()
+        from tunetrace.observe.http import HttpServer
+        from tunetrace.observe.metrics import CONTENT_TYPE, PrometheusMetrics
+        from tunetrace.publish.playlog import PlayLogReader
+
+        metrics = PrometheusMetrics()
+        metrics.catalog_size(len(model.shape.track_vectors), model.shape.total_vectors)
+        for sink in sinks:
+            if isinstance(sink, _ReportsMqtt):
+                metrics.watch_mqtt(sink.mqtt_status)
+        plays = PlayLogReader.from_config(self._config.playlog, self._config.data_dir)
+        self._http = HttpServer(http_config, _StatusView(self), plays, metrics,
+                                metrics_content_type=CONTENT_TYPE)
+        return metrics
+
     async def _shutdown(self, sink: EventSink, executor: ThreadPoolExecutor, closer: _Closer) -> None:
         deadline_s = self._config.service.shutdown_timeout_s
         started = self._monotonic()
+        if self._http is not None:
+            await self._http.close()  # already closed when its task was cancelled; not if startup failed
         self._notifier.stopping("ending open plays")
         try:
             async with asyncio.timeout(deadline_s):
@@ -170,6 +224,21 @@ class Service:
             else:
                 self._notifier.watchdog()
             await asyncio.sleep(interval_s)
+
+
+class _StatusView:
+    """``StatusSource`` over the service (the HTTP server sees this, not the whole service)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def stations(self) -> list[StationStatus]:
+        return self._service.station_statuses()
+
+
+@runtime_checkable
+class _ReportsMqtt(Protocol):
+    def mqtt_status(self) -> MqttStatus: ...
 
 
 class _Closer(Protocol):

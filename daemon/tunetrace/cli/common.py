@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tunetrace.config import Config, load_config
 from tunetrace.errors import CatalogError, ConfigError, ModelError, TunetraceError
+from tunetrace.observe import logs as observe_logs
+from tunetrace.observe.logs import LogFormat
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -38,17 +38,13 @@ def add_config_option(parser: argparse.ArgumentParser, *, nested: bool = False) 
 
 def load(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
-    configure_logging("DEBUG" if getattr(args, "verbose", False) else config.log_level)
+    configure_logging("DEBUG" if getattr(args, "verbose", False) else config.log_level, config.log_format)
     return config
 
 
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr; under systemd the journal adds its own timestamps."""
-    fmt = "%(levelname)s %(name)s: %(message)s" if "INVOCATION_ID" in os.environ else _LOG_FORMAT
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    """Log to stderr (``observe.logs``: station names, journald priorities, optional JSON)."""
+    observe_logs.configure_logging(level, log_format)
     for noisy in ("towhee", "milvus_lite", "faiss"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # pymilvus warns on every iterator over Milvus Lite ("failed to get mvccTs"), and Lite's

@@ -27,5 +27,5 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tunetrace.service import Service
 
     config = load_config(args.config)  # ConfigError -> exit 78 in cli.main
-    configure_logging("DEBUG" if args.verbose else config.log_level)
+    configure_logging("DEBUG" if args.verbose else config.log_level, config.log_format)
     return asyncio.run(Service(config).run())

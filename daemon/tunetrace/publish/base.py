@@ -51,21 +51,22 @@ class LogSink:
         play = event.play
         if event.kind == "play_started":
             self._log.info(
-                "%s: started %r by %r at position %.1f s (confidence %.2f, began %s)",
-                play.station, play.title, play.artist, play.position_start_s, play.confidence,
-                play.started_at.isoformat(timespec="seconds"),
+                "started %r by %r at position %.1f s (confidence %.2f, began %s)",
+                play.title, play.artist, play.position_start_s, play.confidence,
+                play.started_at.isoformat(timespec="seconds"), extra={"station": play.station},
             )
         else:
             self._log.info(
-                "%s: ended %r after %.1f s (position %.1f s)",
-                play.station, play.title, play.duration_s or 0.0, play.position_end_s or 0.0,
+                "ended %r after %.1f s (position %.1f s)",
+                play.title, play.duration_s or 0.0, play.position_end_s or 0.0,
+                extra={"station": play.station},
             )
 
     async def publish_now_playing(self, station: str, play: Play | None) -> None:
-        self._log.debug("%s: now playing %s", station, play.title if play else "nothing")
+        self._log.debug("now playing %s", play.title if play else "nothing", extra={"station": station})
 
     async def publish_health(self, station: str, health: StationHealth) -> None:
-        self._log.debug("%s: health %s", station, health)
+        self._log.debug("health %s", health, extra={"station": station})
 
     async def start(self) -> None:
         return None

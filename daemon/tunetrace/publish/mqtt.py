@@ -50,6 +50,7 @@ from tunetrace.backoff import Backoff, BackoffPolicy
 from tunetrace.config import MqttConfig
 from tunetrace.errors import ConfigError
 from tunetrace.events import Play, PlayEvent, StationHealth
+from tunetrace.observe.base import MqttStatus
 from tunetrace.publish.outbox import Outbox
 from tunetrace.publish.topics import (
     OFFLINE,
@@ -59,6 +60,7 @@ from tunetrace.publish.topics import (
     encode,
     health_payload,
     now_playing_payload,
+    stale_discovery_topics,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ _GOODBYE_S = 1.0
 """Part of the close deadline kept for publishing ``offline`` and disconnecting."""
 _OUTBOX_BATCH = 32
 """Outbox messages read per disk access; retained state is refreshed between batches."""
+_SWEEP_QUIET_S = 0.5
+"""Retained configs arrive right after the subscription; this long without one means all came."""
+_SWEEP_MAX_S = 5.0
 _AUTH_REFUSED_CODES = frozenset({4, 5, 134, 135})
 """CONNACK codes meaning bad credentials (MQTT 3.1.1: 4, 5; MQTT 5: 134, 135)."""
 
@@ -128,8 +133,13 @@ class MqttPublisher:
         # Retained state, latest value per topic, republished in this order on every connect.
         self._retained: dict[str, bytes] = {}
         self._dirty: dict[str, None] = {}
+        self._discovery_topics: tuple[str, ...] = ()
+        self._swept = not config.discovery
+        """Stale Home Assistant configs are cleared once, on the first connection."""
         if config.discovery:
-            for topic, payload in discovery_configs(self._topics, station_names, display_names).items():
+            configs = discovery_configs(self._topics, station_names, display_names)
+            self._discovery_topics = tuple(configs)
+            for topic, payload in configs.items():
                 self._set_retained(topic, encode(payload))
         for station in station_names:
             self._set_retained(self._topics.now_playing(station),
@@ -151,6 +161,11 @@ class MqttPublisher:
     async def wait_connected(self) -> None:
         """Return once connected and ``online`` is published (wrap in ``asyncio.timeout``)."""
         await self._connected.wait()
+
+    def mqtt_status(self) -> MqttStatus:
+        """For the metrics, read at each scrape."""
+        stats = self.stats()
+        return MqttStatus(stats.connected, stats.pending_events, stats.dropped_events)
 
     def stats(self) -> PublisherStats:
         outbox = self._outbox.stats() if self._outbox else None
@@ -262,13 +277,16 @@ class MqttPublisher:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Publish until closing; a dropped connection surfaces as ``MqttError`` from the watcher."""
+        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
         try:
             async with asyncio.TaskGroup() as tasks:
-                watcher = tasks.create_task(_wait_disconnected(client), name="mqtt-connection-watch")
+                watcher = tasks.create_task(_wait_disconnected(client, inbox), name="mqtt-connection-watch")
                 await client.publish(self._topics.status, ONLINE, qos=1, retain=True)
                 self._connected.set()
                 log.info("MQTT connected to %s:%d as %s (TLS %s)", self._config.host, self._config.port,
                          self._config.username or "anonymous", "on" if self._tls_context else "off")
+                if not self._swept:
+                    await self._sweep_stale_discovery(client, inbox)
                 await self._pump(client)
                 self._connected.clear()
                 await client.publish(self._topics.status, OFFLINE, qos=1, retain=True)
@@ -276,6 +294,29 @@ class MqttPublisher:
         except* Exception as group:
             # One connection, one cause: re-raise the first failure plainly for ``_run``.
             raise group.exceptions[0] from None
+
+    async def _sweep_stale_discovery(
+        self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message],
+    ) -> None:
+        """Clear (empty retained payload) this node's discovery configs that are no longer published:
+        Home Assistant then deletes the entities of a station removed from the config."""
+        wildcard = self._topics.discovery_wildcard
+        await client.subscribe(wildcard, qos=1)
+        retained: list[str] = []
+        try:
+            async with asyncio.timeout(_SWEEP_MAX_S):
+                while True:
+                    async with asyncio.timeout(_SWEEP_QUIET_S):
+                        message = await inbox.get()
+                    if message.retain and message.payload:
+                        retained.append(str(message.topic))
+        except TimeoutError:
+            pass  # quiet: every retained config has arrived
+        await client.unsubscribe(wildcard)
+        for topic in stale_discovery_topics(self._topics, retained, self._discovery_topics):
+            await client.publish(topic, b"", qos=1, retain=True)
+            log.info("removed the Home Assistant discovery config %s (no longer configured)", topic)
+        self._swept = True
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
@@ -351,10 +392,11 @@ class MqttPublisher:
             raise ConfigError(f"mqtt.ca_file: cannot load CA bundle {ca_file}: {exc}") from None
 
 
-async def _wait_disconnected(client: aiomqtt.Client) -> None:
-    """Raise ``MqttError`` as soon as the connection drops (nothing is subscribed, so no messages)."""
-    async for _ in client.messages:
-        pass
+async def _wait_disconnected(client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+    """Raise ``MqttError`` as soon as the connection drops; hands the few messages of the discovery
+    sweep (the only subscription, held for a moment after connecting) to ``inbox``."""
+    async for message in client.messages:
+        inbox.put_nowait(message)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -145,3 +145,55 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class PlayLogReader:
+    """Past plays read back from the play log and its rotated backups (``PlayQuery`` for
+    ``/api/plays`` until the play history replaces it). Blocking: call it from a worker thread.
+
+    A play's ``play_ended`` record supersedes its ``play_started`` one; an unreadable line (a crash
+    cut it short) is skipped. Reads whole files: the log is size-capped (``max_bytes`` x backups).
+    """
+
+    def __init__(self, path: Path, backups: int) -> None:
+        self._path = path
+        self._backups = backups
+
+    @classmethod
+    def from_config(cls, config: PlayLogConfig, data_dir: Path) -> PlayLogReader:
+        return cls(config.path or data_dir / "plays.jsonl", config.backups)
+
+    def plays(self, station: str | None, start: datetime | None, end: datetime | None) -> list[Play]:
+        """Plays of ``station`` (``None``: all) overlapping ``[start, end]``, oldest first; an open
+        play overlaps everything after its start."""
+        latest: dict[str, Play] = {}
+        for path in self._files():
+            for play in _read_plays(path):
+                if station is None or play.station == station:
+                    latest[play.play_id] = play
+        found = [p for p in latest.values() if _overlaps(p, start, end)]
+        return sorted(found, key=lambda p: p.started_at)
+
+    def _files(self) -> list[Path]:
+        """Oldest first: ``plays.jsonl.<backups>`` ... ``plays.jsonl.1``, ``plays.jsonl``."""
+        backups = [self._path.with_name(f"{self._path.name}.{i}") for i in range(self._backups, 0, -1)]
+        return [p for p in [*backups, self._path] if p.is_file()]
+
+
+def _overlaps(play: Play, start: datetime | None, end: datetime | None) -> bool:
+    """An open play (no ``ended_at``) lasts until now: it overlaps every span after its start."""
+    if end is not None and play.started_at > end:
+        return False
+    return start is None or play.ended_at is None or play.ended_at >= start
+
+
+def _read_plays(path: Path) -> list[Play]:
+    plays = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                plays.append(Play.from_json(json.loads(line)["play"]))
+            except (ValueError, KeyError, TypeError):
+                log.debug("play log %s line %d is not a play record; skipped", path, number)
+    return plays
+

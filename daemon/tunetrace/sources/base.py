@@ -119,6 +119,9 @@ class SourceRunner:
         self._origin: datetime | None = None
         self._last_audio: tuple[int, float] | None = None
         """Stream index one past the newest block, and the monotonic time it arrived."""
+        self._down_since: float | None = None
+        """Monotonic time the current outage began (``None``: not in an outage)."""
+        self._outage_attempts = 0
 
     @property
     def realtime(self) -> bool:
@@ -139,6 +142,7 @@ class SourceRunner:
                     if not delivered:
                         delivered = True
                         self._backoff.reset()
+                        self._came_back()
                         self._set_up(up=True, error=None)
                     block = self._stamp(samples)
                     self._update_silence(samples)
@@ -146,16 +150,33 @@ class SourceRunner:
                 clean_eof = True
             except SourceError as exc:
                 self.state.last_error = str(exc)
-                log.warning("%s: %s", self._source.description, exc)
+                self._outage_began(f"source failed: {exc}")
             self._set_up(up=False, error=self.state.last_error)
             if clean_eof and self._until_eof:
                 return
             if clean_eof:
-                log.info("%s: stream ended; reconnecting", self._source.description)
+                self._outage_began("stream ended")
             delay_s = self._backoff.next_delay_s()
             self.state.reconnects += 1
-            log.info("%s: reconnect %d in %.1f s", self._source.description, self.state.reconnects, delay_s)
+            self._outage_attempts += 1
+            log.debug("reconnect %d in %.1f s", self.state.reconnects, delay_s)
             await self._sleep_with_progress(delay_s)
+
+    def _outage_began(self, reason: str) -> None:
+        """The first failure of an outage is a warning; repeats while it lasts are debug lines."""
+        if self._down_since is None:
+            self._down_since = self._monotonic()
+            self._outage_attempts = 0
+            log.warning("%s; reconnecting with backoff", reason)
+        else:
+            log.debug("%s (still down)", reason)
+
+    def _came_back(self) -> None:
+        """Said once per outage, when the first audio of a new session arrives."""
+        if self._down_since is not None:
+            log.info("source is back after %.1f s (%d reconnect attempt(s))",
+                     self._monotonic() - self._down_since, self._outage_attempts)
+            self._down_since = None
 
     def _advance_over_outage(self) -> None:
         """Keep the stream clock on the wall clock across an outage.
@@ -220,7 +241,7 @@ class SourceRunner:
         silent = self._silent_samples >= self._params.silence_after_s * self._params.sample_rate
         if silent != self.state.silent:
             self.state.silent = silent
-            log.info("%s: %s", self._source.description, "silence" if silent else "audio again")
+            log.info("silence" if silent else "audio again")
             self._changed()
 
     def _set_up(self, *, up: bool, error: str | None) -> None:

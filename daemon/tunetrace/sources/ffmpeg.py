@@ -111,7 +111,9 @@ class FfmpegSource:
         )
         assert process.stdout is not None and process.stderr is not None
         stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES)
-        stderr_task = asyncio.create_task(_drain(process.stderr, stderr_tail), name="ffmpeg-stderr")
+        stderr_task = asyncio.create_task(
+            _drain(process.stderr, stderr_tail, self._url), name="ffmpeg-stderr",
+        )
         block_bytes = round(BLOCK_S * self._sample_rate) * 4
         try:
             while True:
@@ -128,7 +130,7 @@ class FfmpegSource:
             await stderr_task
             if returncode != 0:
                 reason = stderr_tail[-1] if stderr_tail else f"ffmpeg exited with status {returncode}"
-                raise SourceError(redact_url(reason))  # the runner's log line names the source
+                raise SourceError(reason)  # the runner's log line names the station
         finally:
             await _stop(process)
             stderr_task.cancel()
@@ -136,9 +138,11 @@ class FfmpegSource:
                 await stderr_task
 
 
-async def _drain(stream: asyncio.StreamReader, tail: deque[str]) -> None:
+async def _drain(stream: asyncio.StreamReader, tail: deque[str], url: str) -> None:
+    """Keep ffmpeg's last lines for the error; the station's URL is replaced (the log line names
+    the station, and a URL may carry credentials)."""
     async for line in stream:
-        text = line.decode("utf-8", "replace").rstrip()
+        text = line.decode("utf-8", "replace").rstrip().replace(url, "<source url>")
         if text:
             tail.append(text)
             log.debug("ffmpeg: %s", text)

@@ -44,6 +44,22 @@ log = logging.getLogger(__name__)
 # the warning is about its packaging, not about anything a user can act on.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", module="milvus_lite")
 
+
+def _route_pymilvus_logs() -> None:
+    """pymilvus installs its own stderr handlers when imported (its own format, propagation off),
+    which bypass ours: no station, no journald priority, no JSON. Hand its records to the root
+    logger like every other library's; its warnings (one per iterator over Milvus Lite: "failed to
+    get mvccTs") are noise, so only its errors pass."""
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
+        library_log = logging.getLogger(name)
+        for handler in list(library_log.handlers):
+            library_log.removeHandler(handler)
+        library_log.propagate = True
+        library_log.setLevel(logging.ERROR)
+
+
+_route_pymilvus_logs()
+
 SCHEMA_VERSION = 2
 """Version of the catalog's layout and ids; a catalog of another version is refused with what to do.
 2: track ids are 53-bit (were 63-bit, which JavaScript consumers of the MQTT payloads rounded)."""
