@@ -232,6 +232,10 @@ def test_candidate_recipes_extend_the_base_and_change_only_their_point() -> None
     [
         (f"data: {{speech_sources: [{{name: nl, package: {HELD_OUT_SPEECH}, path: usr/share}}]}}",
          "held-out speech"),
+        ("data: {speech_sources: [{name: nl, path: /var/cache/tunetrace-packages/"
+         f"{HELD_OUT_SPEECH}/usr/share}}]}}", "held-out speech"),
+        ("data: {train_sources: [{name: a, package: warzone2100-music, path: music}], "
+         "val_sources: [{name: b, package: warzone2100-music, path: music}]}", "never both"),
         ("data: {train_sources: [{name: x, package: naev-data, path: /usr/share/naev}]}",
          "must be relative to the unpacked package"),
         ("data: {train_sources: [{name: x, path: music}]}", "must be absolute"),

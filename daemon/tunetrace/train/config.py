@@ -77,10 +77,17 @@ class DataConfig(_Section):
             raise ValueError(f"variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
 
         for source in (*self.train_sources, *self.speech_sources):
-            if source.package == HELD_OUT_SPEECH:
+            if source.package == HELD_OUT_SPEECH or HELD_OUT_SPEECH in source.path.parts:
                 raise ValueError(
                     f"source {source.name}: {HELD_OUT_SPEECH} is the evaluation's held-out speech; "
                     "train on another speech package"
+                )
+        held_out = {(s.package, s.path) for s in (*self.val_sources, *self.holdout_sources)}
+        for source in self.train_sources:
+            if (source.package, source.path) in held_out:
+                raise ValueError(
+                    f"train source {source.name} is also a validation or hold-out source; "
+                    "music is either trained on or measured on, never both"
                 )
         return self
 
