@@ -227,3 +227,18 @@ def test_fit_with_talk_over_records_the_speech_it_used(tmp_path: Path) -> None:
     sidecar = json.loads((config.run_dir / "fingerprint.json").read_text())
     assert sidecar["training"]["speech_hours"] == pytest.approx(30 / 3600, abs=0.01)
     assert sidecar["training"]["loss_function"] == "nt_xent"
+
+
+def test_triplet_recipe_warms_up_with_nt_xent() -> None:
+    from tunetrace.train.loop import build_trainer
+    from tunetrace.train.model import hardest_negative_triplet, nt_xent
+
+    config = _candidate(Path("/nonexistent"), "triplet")
+    config = config.model_copy(
+        update={"optim": config.optim.model_copy(update={"nt_xent_warmup_steps": 10})}
+    )
+    trainer = build_trainer(config, torch.device("cpu"))
+    a = torch.nn.functional.normalize(torch.randn(8, 128), dim=1)
+    p = torch.nn.functional.normalize(a + 0.3 * torch.randn(8, 128), dim=1)
+    assert float(trainer.loss(a, p, step=9)) == pytest.approx(float(nt_xent(a, p, 0.05)))
+    assert float(trainer.loss(a, p, step=10)) == pytest.approx(float(hardest_negative_triplet(a, p, 0.3)))

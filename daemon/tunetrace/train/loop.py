@@ -60,18 +60,20 @@ class Trainer:
         vectors: torch.Tensor = self.model(self.front_end(torch.from_numpy(audio).to(self.device)))
         return vectors
 
-    def loss(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    def loss(self, anchors: torch.Tensor, positives: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """``optim.loss``; NT-Xent instead during the first ``optim.nt_xent_warmup_steps`` steps."""
         optim = self.config.optim
-        return contrastive_loss(anchors, positives, optim.loss, optim.temperature, optim.margin)
+        name = "nt_xent" if step is not None and step < optim.nt_xent_warmup_steps else optim.loss
+        return contrastive_loss(anchors, positives, name, optim.temperature, optim.margin)
 
-    def step(self, batch: PairBatch, lr: float) -> float:
+    def step(self, batch: PairBatch, lr: float, step: int | None = None) -> float:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         both = np.concatenate([batch.clean, batch.degraded])
         z = self.embed(both)
         n = batch.clean.shape[0]
-        loss = self.loss(z[:n], z[n:])
+        loss = self.loss(z[:n], z[n:], step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -232,7 +234,7 @@ def fit(
             batch = pending.result()
             pending = pool.submit(draw, step + 1) if step + 1 < total_steps else None
             lr = learning_rate(config, step, total_steps)
-            state.losses.append(trainer.step(batch, lr))
+            state.losses.append(trainer.step(batch, lr, step))
             progress.update(1)
             done = step + 1
             last = done == total_steps or (should_stop is not None and should_stop())
