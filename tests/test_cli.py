@@ -135,7 +135,7 @@ def test_catalog_list_stats_and_remove(
     assert [r["title"] for r in listed] == ["melody-1", "melody-2", "melody-3"]
     assert listed[1] == {
         "track_id": ids["melody-2"], "title": "melody-2", "artist": "", "album": "", "duration_s": 12.0,
-        "source_path": str(synthetic_wavs[1].resolve()), "n_vectors": 23,
+        "source_path": str(synthetic_wavs[1].resolve()), "n_vectors": 23, "isrc": None,
     }
 
     assert main(["catalog", "stats", "--json", *config]) == 0

@@ -6,7 +6,6 @@ track's vectors without leaving duplicates, and a renamed copy is still the same
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
 from tests.fixtures.milvus import write_config
-from tunetrace.audio.decode import decode_file
+from tunetrace.audio.decode import audio_stream_sha256, decode_file
 from tunetrace.catalog.ingest import FileOutcome, IngestSummary, ingest
 from tunetrace.catalog.scan import scan_paths
 from tunetrace.cli import main
@@ -64,7 +63,7 @@ def test_every_file_becomes_a_complete_track(synthetic_wavs: list[Path], store: 
         assert track.n_vectors == VECTORS_PER_TRACK
         assert track.duration_s == pytest.approx(DURATION_S, abs=0.01)
         assert track.source_path == str(path.resolve())
-        assert track.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert track.content_hash == audio_stream_sha256(path)  # the audio, not the file's bytes
 
 
 def test_each_indexed_window_is_found_at_its_offset(synthetic_wavs: list[Path], store: CatalogStore) -> None:
@@ -220,3 +219,20 @@ def test_windows_of_one_track_are_embedded_identically_in_any_batch_size(tmp_pat
             embeddings.append(store.search(queries, top_k=1)[0][0])
     assert {(h.offset_s, round(h.similarity, 4)) for h in embeddings} == {(0.5, 1.0)}
     assert np.isclose(embeddings[0].similarity, 1.0, atol=1e-4)
+
+
+def test_a_set_stop_event_ends_the_run_before_the_next_file(
+    synthetic_wavs: list[Path], store: CatalogStore,
+) -> None:
+    import threading
+
+    stop = threading.Event()
+    seen: list[FileOutcome] = []
+
+    def first_then_stop(outcome: FileOutcome) -> None:
+        seen.append(outcome)
+        stop.set()  # a daemon shutting down while the first file was ingested
+
+    summary = ingest(synthetic_wavs, ENCODER, store, IngestConfig(), on_file=first_then_stop, stop=stop)
+    assert [o.status for o in summary.outcomes] == ["added"]
+    assert len(store.tracks()) == 1

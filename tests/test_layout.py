@@ -26,6 +26,7 @@ HOMES = {
     "aiomqtt": "publish/mqtt.py",
     "sounddevice": "sources/soundcard.py",
     "onnxruntime": "encoders/",
+    "mutagen": "catalog/tags.py",
     "prometheus_client": "observe/metrics.py",
     "aiohttp": "observe/http.py",
 }

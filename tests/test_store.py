@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,19 +125,34 @@ def test_a_catalog_built_with_another_encoder_is_refused_with_what_to_do(backend
         assert [t.title for t in reopened.tracks()] == ["a"]
 
 
+@pytest.mark.parametrize("layout", [1, 2])
 def test_a_catalog_of_an_older_layout_is_refused_with_what_to_do(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch,
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, layout: int,
 ) -> None:
+    """Layout 2 identified tracks by the file's bytes (tags included): its ids cannot carry over."""
+    backend = backend.sibling(f"layout{layout}")
     with monkeypatch.context() as older:
-        older.setattr(store_module, "SCHEMA_VERSION", 1)
+        older.setattr(store_module, "SCHEMA_VERSION", layout)
         with backend.open(create=True) as store:
             add(store, make_track("a", 4), unit_vectors(4, 1))
     for create in (False, True):
         with pytest.raises(CatalogMismatchError) as raised:
             backend.open(create=create)
         message = str(raised.value)
-        assert "catalog layout 1" in message and f"reads {store_module.SCHEMA_VERSION}" in message
+        assert f"catalog layout {layout}" in message and f"reads {store_module.SCHEMA_VERSION}" in message
+        assert "re-tagging a file updates its track" in message
         assert "re-ingest with `tunetrace ingest`" in message
+
+
+def test_isrc_is_stored_and_a_re_tagged_track_is_rewritten_in_place(store: CatalogStore) -> None:
+    track = replace(make_track("isrc-song", 3), isrc="GBAYE0601498")
+    add(store, track, unit_vectors(3, 11))
+    assert store.get_tracks([track.track_id])[track.track_id].isrc == "GBAYE0601498"
+    vectors = store.vector_count()
+    store.update_track(replace(track, title="isrc-song (remaster)", isrc="GBAYE0601499"))
+    stored = store.get_tracks([track.track_id])[track.track_id]
+    assert (stored.title, stored.isrc, stored.n_vectors) == ("isrc-song (remaster)", "GBAYE0601499", 3)
+    assert store.vector_count() == vectors
 
 
 def test_track_ids_are_stable_distinct_and_exact_in_javascript() -> None:

@@ -199,6 +199,12 @@ class IngestConfig(_Section):
     """Optional sidecar CSV with columns ``path,title,artist,album`` overriding file tags."""
     insert_batch: int = Field(default=5000, ge=1, le=10000)
     """Rows per Milvus insert (Milvus Lite misbehaves above ~10k)."""
+    watch_folder: Path | None = None
+    """The daemon ingests audio files that appear (or change) in this folder, recursively, once
+    they have stopped changing for one ``watch_interval_s`` (a copy in progress is not ingested
+    half-way). Files removed from the folder stay in the catalog (``tunetrace catalog remove``)."""
+    watch_interval_s: float = Field(default=10.0, gt=0)
+    """How often the watched folder is scanned."""
 
 
 # -- live daemon ----------------------------------------------------------------------------------
@@ -234,11 +240,28 @@ class SourceConfig(_Section):
         return self
 
 
+class EvidenceConfig(_Section):
+    """Keep the audio around each play start, compressed, so a disputed play can be listened to."""
+
+    before_s: float = Field(default=2.0, ge=0, le=30)
+    """Audio kept before the play's start on air."""
+    after_s: float = Field(default=8.0, gt=0, le=60)
+    """Audio kept after it (the recording itself)."""
+    retention_days: float = Field(default=90.0, gt=0)
+    """Clips older than this are deleted."""
+    bitrate_kbps: int = Field(default=24, ge=6, le=256)
+    """Opus bitrate: 24 kbit/s mono is 30-50 KB per 10 s clip (VBR) and plainly recognisable music."""
+    folder: Path | None = None
+    """Where clips go (``None``: ``<data_dir>/evidence``); one sub-folder per station and day."""
+
+
 class StationConfig(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     """Slug used in MQTT topics and the play log (lowercase letters, digits, ``-`` and ``_``)."""
     display_name: str | None = None
     source: SourceConfig
+    evidence: EvidenceConfig | None = None
+    """``None``: no evidence kept for this station."""
 
 
 class TrackerConfig(_Section):
@@ -305,6 +328,11 @@ class ServiceConfig(_Section):
     """How often per-station health is published."""
     max_pending_windows: int = Field(default=64, ge=1)
     """Windows queued per station before the oldest are skipped (counted as drops)."""
+    catalog_refresh_s: float = Field(default=60.0, gt=0)
+    """How often the daemon re-reads the catalog's tracks, so that tracks another process ingests
+    into a shared Milvus server (or removes) are recognised (or no longer) without a restart.
+    Changes made through the daemon (``tunetrace ingest``/``catalog remove`` with its config) apply
+    at once."""
 
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})

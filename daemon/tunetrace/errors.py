@@ -7,7 +7,8 @@
     ├── ModelError           encoder weights missing or malformed; says which file to place where
     │   └── DownloadError    weights could not be downloaded (offline, HTTP error, timeout)
     └── CatalogError         store unreachable, or a catalog built by another encoder
-        └── CatalogMismatchError
+        ├── CatalogMismatchError
+        └── CatalogBusyError an embedded catalog is open in another process: says who and what to do
 """
 
 from __future__ import annotations
@@ -44,3 +45,8 @@ class CatalogMismatchError(CatalogError):
 class DownloadError(ModelError):
     """A file could not be downloaded (offline, HTTP error, timeout); the message says what to
     place where by hand."""
+
+
+class CatalogBusyError(CatalogError):
+    """An embedded (Milvus Lite) catalog is held by another process; the message names it and
+    what to do (hand the work to the daemon, wait, or use a Milvus server)."""

@@ -28,6 +28,8 @@ class Play:
     ended_at: datetime | None = None
     position_end_s: float | None = None
     speed_ratio: float | None = None
+    isrc: str = ""
+    """The recording's ISRC from the catalog (``""``: the catalog has none; ``null`` in JSON)."""
 
     @property
     def duration_s(self) -> float | None:
@@ -60,6 +62,7 @@ class Play:
         data["started_at"] = self.started_at.isoformat()
         data["ended_at"] = self.ended_at.isoformat() if self.ended_at else None
         data["duration_s"] = None if self.duration_s is None else round(self.duration_s, 3)
+        data["isrc"] = self.isrc or None
         for key in ("position_start_s", "position_end_s", "confidence"):
             if data[key] is not None:
                 data[key] = round(data[key], 3)

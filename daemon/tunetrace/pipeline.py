@@ -38,6 +38,7 @@ from tunetrace.observe.base import (
 from tunetrace.observe.logs import station_scope
 from tunetrace.observe.timing import TimedCatalog, TimedEncoder
 from tunetrace.publish.base import EventSink
+from tunetrace.publish.evidence import EvidenceRecorder
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
 from tunetrace.sources.base import AudioBlock, SourceRunner
@@ -136,8 +137,11 @@ class Station:
         *,
         metrics: StationMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        evidence: EvidenceRecorder | None = None,
     ) -> None:
         self.name = name
+        self.evidence = evidence
+        """Keeps the audio around each play start (``None``: the station keeps none)."""
         self._metrics = metrics or NullStationMetrics()
         self._runner = runner
         self._health_changed = runner.changed
@@ -188,8 +192,12 @@ class Station:
             group.create_task(self._capture(), name=f"{self.name}-capture")
             recognise = group.create_task(self._recognise(), name=f"{self.name}-recognise")
             health = group.create_task(self._health(), name=f"{self.name}-health")
+            evidence = (group.create_task(self.evidence.run(), name=f"{self.name}-evidence")
+                        if self.evidence is not None else None)
             await recognise
             health.cancel()
+            if evidence is not None:
+                evidence.cancel()
 
     @property
     def stream_s(self) -> float:
@@ -213,6 +221,8 @@ class Station:
             async for block in self._runner.blocks():
                 self._clock.update(block)
                 self._ring.write(block.start_sample, block.samples)
+                if self.evidence is not None:
+                    self.evidence.audio(block.start_sample, block.samples)
                 self._data.set()
                 while not self._runner.realtime and self._ring_is_half_full():
                     self._room.clear()
@@ -311,10 +321,20 @@ class Station:
                 pass
             self._health_changed.clear()
 
+    def catalog_changed(self, shape: CatalogShape, changed: frozenset[int]) -> None:
+        """Tracks were added, removed or re-tagged: vote with the new shape and forget the cached
+        metadata of the changed tracks (on the event loop)."""
+        self._matcher.set_shape(shape)
+        for track_id in changed:
+            self._tracks.pop(track_id, None)
+
     async def finish(self) -> None:
-        """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing."""
+        """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing; writes
+        the evidence still waiting for audio with what arrived."""
         with station_scope(self.name):
             await self._apply(self._tracker.close(self._last_stream_s))
+            if self.evidence is not None:
+                await self.evidence.flush(everything=True)
 
     async def _apply(self, events: list[TrackerEvent]) -> None:
         for event in events:
@@ -331,11 +351,14 @@ class Station:
         play = Play(
             play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
             title=track.title if track else "", artist=track.artist if track else "",
-            album=track.album if track else "", started_at=self._clock.wall(event.play.started_s),
+            album=track.album if track else "", isrc=track.isrc if track else "",
+            started_at=self._clock.wall(event.play.started_s),
             position_start_s=event.position_start_s, confidence=event.play.confidence,
             speed_ratio=event.play.speed_ratio,
         )
         self._open = play
+        if self.evidence is not None:
+            self.evidence.play_started(play.play_id, play.started_at, event.play.started_s)
         self._metrics.play_started()
         self._metrics.confidence(play.confidence)
         log.info("now playing %r (position %.1f s)", play.title, play.position_start_s)
@@ -378,6 +401,9 @@ class SharedModel:
     encoder: Encoder
     catalog: Catalog
     shape: CatalogShape
+    """At start; stations get every later change through ``Station.catalog_changed``."""
+    tracks: tuple[Track, ...] = ()
+    """The complete tracks the shape was read from (what later changes are compared with)."""
 
 
 def build_station(
@@ -422,25 +448,41 @@ def build_station(
         ),
     )
     tracker = PlayTracker(TrackerParams.from_config(tracker_config))
+    evidence = None
+    if station.evidence is not None:
+        evidence = EvidenceRecorder(
+            station.name, station.evidence, station.evidence.folder or config.data_dir / "evidence",
+            spec.sample_rate, wall_clock=wall_clock,
+        )
     return Station(
         station.name, runner, ring, voter, tracker, model.catalog, sink, executor, params,
-        metrics=station_metrics, monotonic=monotonic,
+        metrics=station_metrics, monotonic=monotonic, evidence=evidence,
     )
 
 
 def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
-    """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape."""
+    """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape.
+
+    An empty or new catalog is created rather than refused: tracks can be ingested while the
+    daemon runs (``tunetrace ingest`` hands them to it), so starting before the first ingest is fine.
+    """
     data_dir_ready(config.data_dir)
     encoder = create_encoder(config.encoder, config.data_dir)
-    store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False)
-    shape = catalog_shape(store.tracks())
+    store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True)
+    try:
+        tracks = store.tracks()
+    except BaseException:
+        store.close()
+        raise
+    shape = catalog_shape(tracks)
     if not shape.track_vectors:
-        log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested",
+        log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested "
+                    "(`tunetrace ingest --config <this config> FILE...` works while the daemon runs)",
                     config.milvus_uri())
     outgrown = store.size_warning(shape.total_vectors)
     if outgrown:
         log.warning("%s", outgrown)
-    return SharedModel(encoder, store, shape), store
+    return SharedModel(encoder, store, shape, tuple(tracks)), store
 
 
 def data_dir_ready(path: Path) -> None:

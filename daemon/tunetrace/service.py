@@ -15,6 +15,11 @@ Shutdown (SIGTERM and SIGINT take the same path, bounded by ``service.shutdown_t
    log is closed;
 4. close the catalog and the executor.
 
+Live catalog: the daemon listens on ``<data_dir>/control.sock`` (``catalog.control``), so that
+``tunetrace ingest`` and ``catalog remove`` reach it while it owns an embedded catalog, and
+re-reads the catalog's tracks every ``service.catalog_refresh_s`` for writes made by other
+processes on a shared server; either way every station gets the new shape (``catalog.live``).
+
 Watchdog: ``WATCHDOG=1`` is sent every half ``WatchdogSec`` only while every station is making
 progress (windows processed, or its source legitimately reconnecting); a stuck pipeline stops the
 pings and systemd restarts the service.
@@ -30,7 +35,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from tunetrace.catalog.control import ControlServer, socket_path
+from tunetrace.catalog.live import CatalogChange, LiveCatalog
 from tunetrace.config import Config
+from tunetrace.errors import CatalogError
 from tunetrace.observe.base import MqttStatus, NullMetrics, PipelineMetrics, StationStatus
 from tunetrace.observe.board import StatusBoard
 from tunetrace.pipeline import SharedModel, Station, build_station, open_model
@@ -39,6 +47,7 @@ from tunetrace.sdnotify import SdNotifier
 
 if TYPE_CHECKING:
     from tunetrace.observe.http import HttpServer
+    from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,9 @@ class Service:
         self._notifier = notifier or SdNotifier.from_environment()
         self._stop = asyncio.Event()
         self.stations: list[Station] = []
+        self.live: LiveCatalog | None = None
+        """The writable catalog (``None`` when a model was handed in: nothing to write to)."""
+        self._control: ControlServer | None = None
         self._board = StatusBoard(config.http.recent_plays) if config.http else None
         self._metrics: PipelineMetrics = NullMetrics()
         self._http: HttpServer | None = None
@@ -124,8 +136,14 @@ class Service:
         config = self._config
         self._notifier.status("loading the encoder and the catalog")
         closer: _Closer
+        store: CatalogStore | None = None
         if self._model is None:
-            model, closer = await asyncio.to_thread(open_model, config)
+            model, opened = await asyncio.to_thread(open_model, config)
+            closer = store = opened
+            self.live = LiveCatalog(
+                opened, model.encoder, config.ingest, config.encoder.batch_size, self._apply_change,
+                model.tracks,
+            )
         else:
             model, closer = self._model, _NothingToClose()
         sinks = list(self._sinks) if self._sinks is not None else default_sinks(config)
@@ -147,6 +165,8 @@ class Service:
                 await self._http.start()
             if not self.stations:
                 log.warning("no stations configured: nothing to recognise (add `stations:` to the config)")
+            if store is not None:
+                await self._listen(store)
             tracks = len(model.shape.track_vectors)
             log.info("ready: %d station(s), %d catalog track(s), encoder %s",
                      len(self.stations), tracks, model.encoder.info.encoder_id)
@@ -156,19 +176,57 @@ class Service:
             await self._shutdown(sink, executor, closer)
         return 0
 
+    async def _listen(self, store: CatalogStore) -> None:
+        """Open the control socket and write it into the catalog lock, where a refused command
+        finds it."""
+        assert self.live is not None
+        control = ControlServer(socket_path(self._config.data_dir), self.live)
+        try:
+            await control.start()
+        except (CatalogError, OSError) as exc:  # monitoring matters more than live ingest
+            log.warning("no control socket, so `tunetrace ingest` cannot reach this daemon: %s", exc)
+            return
+        self._control = control
+        if store.lock is not None:
+            store.lock.record(command="tunetrace serve", control_socket=self._control.path)
+
+    def _apply_change(self, change: CatalogChange) -> None:
+        self._metrics.catalog_size(len(change.shape.track_vectors), change.shape.total_vectors)
+        for station in self.stations:
+            station.catalog_changed(change.shape, change.changed)
+
     async def _serve(self) -> None:
         """Run until a stop is requested; a station crashing (a bug) stops the service with an error."""
         async with asyncio.TaskGroup() as group:
             runs = [group.create_task(s.run(), name=f"station-{s.name}") for s in self.stations]
             watchdog = group.create_task(self._watchdog(), name="watchdog")
+            refresh = group.create_task(self._refresh_catalog(), name="catalog-refresh")
+            watched = self._config.ingest.watch_folder
+            watch = (group.create_task(self.live.watch(watched, self._config.ingest.watch_interval_s),
+                                       name="catalog-watch")
+                     if self.live is not None and watched is not None else None)
             if self._http is not None:
                 runs.append(group.create_task(self._http.serve(), name="http"))
             await self._stop.wait()
             self._notifier.stopping("stopping capture")
             log.info("stopping capture")
             watchdog.cancel()
+            refresh.cancel()
+            if watch is not None:
+                watch.cancel()
             for task in runs:
                 task.cancel()
+
+    async def _refresh_catalog(self) -> None:
+        """Pick up tracks other processes added to (or removed from) a shared catalog."""
+        if self.live is None:
+            return
+        while True:
+            await asyncio.sleep(self._config.service.catalog_refresh_s)
+            try:
+                await self.live.refresh()
+            except CatalogError as exc:
+                log.warning("cannot re-read the catalog's tracks (will retry): %s", exc)
 
     def _observe(self, sinks: Sequence[EventSink], model: SharedModel) -> PipelineMetrics:
         """With ``http:``: Prometheus metrics and the HTTP server over them (built, not yet bound)."""
@@ -192,6 +250,10 @@ class Service:
     async def _shutdown(self, sink: EventSink, executor: ThreadPoolExecutor, closer: _Closer) -> None:
         deadline_s = self._config.service.shutdown_timeout_s
         started = self._monotonic()
+        if self.live is not None:
+            self.live.stop()
+        if self._control is not None:
+            await self._control.close()
         if self._http is not None:
             await self._http.close()  # already closed when its task was cancelled; not if startup failed
         self._notifier.stopping("ending open plays")

@@ -80,6 +80,31 @@ def iter_pcm_blocks(path: Path, sample_rate: int, block_s: float = BLOCK_SECONDS
         raise DecodeError(f"{path}: contains no audio stream ffmpeg can decode")
 
 
+def audio_stream_sha256(path: Path) -> str:
+    """SHA-256 of the file's first audio stream as coded (its packets, copied, not decoded).
+
+    Tags live outside the audio packets in every container we read (ID3 frames, Vorbis comment
+    and FLAC metadata blocks, MP4 ``moov`` atoms, cover art as a separate stream), so re-tagging
+    a file keeps this digest, while any change to the audio changes it. Copying packets does not
+    depend on the decoder, so an ffmpeg upgrade keeps it too.
+    """
+    _check_file(path)
+    args = [
+        _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
+        "-map", "0:a:0", "-c", "copy", "-f", "hash", "-hash", "sha256", "pipe:1",
+    ]
+    try:
+        result = subprocess.run(args, capture_output=True, check=False, timeout=120, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise DecodeError(f"{path}: ffmpeg did not read the audio within 120 s") from None
+    line = result.stdout.decode("ascii", "replace").strip()
+    if result.returncode != 0 or not line.startswith("SHA256="):
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = reason[-1] if reason else f"ffmpeg exited with status {result.returncode}"
+        raise DecodeError(f"{path}: not a readable audio file: {detail[-_STDERR_TAIL:]}")
+    return line.removeprefix("SHA256=")
+
+
 def decode_file(path: Path, sample_rate: int) -> np.ndarray:
     """The whole file as one mono float32 array (for queries and evaluation excerpts)."""
     blocks = list(iter_pcm_blocks(path, sample_rate))
@@ -92,6 +117,8 @@ class AudioTags:
     artist: str
     album: str
     duration_s: float
+    isrc: str = ""
+    """As tagged (ID3 ``TSRC``, Vorbis/MP4 ``ISRC``), not yet checked."""
 
 
 def probe_tags(path: Path) -> AudioTags:
@@ -126,4 +153,5 @@ def probe_tags(path: Path) -> AudioTags:
         artist=tags.get("artist", tags.get("album_artist", "")),
         album=tags.get("album", ""),
         duration_s=duration,
+        isrc=tags.get("isrc", tags.get("tsrc", "")),
     )

@@ -7,10 +7,11 @@ instead of raising, so one unreadable file becomes one line in the summary and t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from tunetrace.audio.decode import iter_pcm_blocks, probe_tags
 from tunetrace.audio.windows import frame_stream
-from tunetrace.catalog.scan import SidecarEntry, content_hash, load_sidecar, scan_paths
+from tunetrace.catalog.scan import SidecarEntry, content_hash, load_sidecar, normalise_isrc, scan_paths
+from tunetrace.catalog.tags import read_tags
 from tunetrace.config import IngestConfig
 from tunetrace.encoders.base import Encoder
 from tunetrace.errors import CatalogError, DecodeError
@@ -28,6 +30,40 @@ if TYPE_CHECKING:
     from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    title: str
+    artist: str
+    album: str
+    isrc: str
+    title_is_file_name: bool = False
+    """No tag or CSV row gave a title: it is the file's stem, which does not re-title a track
+    already in the catalog (a renamed copy is the same recording with the same title)."""
+
+
+def file_metadata(path: Path, sidecar: SidecarEntry | None) -> Metadata:
+    """The metadata CSV first, then the tags (mutagen, then ffprobe), then the file stem as title.
+
+    Raises ``DecodeError`` when ffprobe finds no audio stream (the file is not audio).
+    """
+    probed = probe_tags(path)
+    tagged = read_tags(path)
+
+    def pick(csv_value: str | None, tag_value: str, probed_value: str) -> str:
+        return csv_value or tag_value or probed_value
+
+    title = pick(sidecar.title if sidecar else None, tagged.title if tagged else "", probed.title)
+    return Metadata(
+        title=title, title_is_file_name=title == path.stem and not (sidecar and sidecar.title),
+        artist=pick(sidecar.artist if sidecar else None, tagged.artist if tagged else "", probed.artist),
+        album=pick(sidecar.album if sidecar else None, tagged.album if tagged else "", probed.album),
+        isrc=pick(
+            sidecar.isrc if sidecar else None,
+            normalise_isrc(tagged.isrc) if tagged else "", normalise_isrc(probed.isrc),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -41,7 +77,8 @@ class EmbeddedTrack:
 class FileOutcome:
     path: Path
     status: str
-    """``added``, ``replaced``, ``skipped`` or ``failed``."""
+    """``added``, ``replaced``, ``updated`` (same audio, new tags: metadata rewritten, same track
+    id), ``skipped`` (already in the catalog as it is) or ``failed``."""
     reason: str = ""
     track: Track | None = None
     audio_s: float = 0.0
@@ -65,7 +102,9 @@ class IngestSummary:
 
     @property
     def vectors(self) -> int:
-        return sum(o.track.n_vectors for o in self.outcomes if o.track and o.status != "skipped")
+        return sum(
+            o.track.n_vectors for o in self.outcomes if o.track and o.status in ("added", "replaced")
+        )
 
     @property
     def failures(self) -> list[FileOutcome]:
@@ -122,9 +161,16 @@ def _register_operators() -> None:
                 return FileOutcome(path, "failed", f"{path}: {what}")
             digest = content_hash(path)
             existing = self._store.find_by_hash(digest)
+            meta = file_metadata(path, self._sidecar.get(path.resolve()))
             if existing is not None and not self._replace:
-                return FileOutcome(path, "skipped", "already in the catalog", existing)
-            tags = probe_tags(path)
+                retagged = replace(
+                    existing, title=existing.title if meta.title_is_file_name else meta.title,
+                    artist=meta.artist, album=meta.album, isrc=meta.isrc, source_path=str(path.resolve()),
+                )
+                if existing.same_metadata(retagged):
+                    return FileOutcome(path, "skipped", "already in the catalog", existing)
+                self._store.update_track(retagged)
+                return FileOutcome(path, "updated", "new tags for a track in the catalog", retagged)
             info = self._encoder.info
             spec = info.window_spec
             vectors: list[np.ndarray] = []
@@ -143,12 +189,9 @@ def _register_operators() -> None:
                 offsets.append(starts / info.sample_rate)
             if not vectors:
                 raise DecodeError(f"{path}: decoded to no audio")
-            extra = self._sidecar.get(path.resolve())
             track = Track(
                 track_id=track_id_for(digest),
-                title=(extra.title if extra and extra.title else tags.title),
-                artist=(extra.artist if extra and extra.artist else tags.artist),
-                album=(extra.album if extra and extra.album else tags.album),
+                title=meta.title, artist=meta.artist, album=meta.album, isrc=meta.isrc,
                 duration_s=samples / info.sample_rate,
                 source_path=str(path.resolve()),
                 content_hash=digest,
@@ -211,12 +254,18 @@ ProgressHook = Callable[[FileOutcome], None]
 def ingest(
     paths: Iterable[Path], encoder: Encoder, store: CatalogStore, config: IngestConfig, *,
     replace: bool = False, batch_size: int = 64, on_file: ProgressHook | None = None,
+    stop: threading.Event | None = None,
 ) -> IngestSummary:
-    """Ingest every audio file under ``paths``; failures are collected, never fatal."""
+    """Ingest every audio file under ``paths``; failures are collected, never fatal.
+
+    ``stop`` (set by a daemon shutting down) ends the run after the file in progress.
+    """
     started = time.monotonic()
     pipeline = build_pipeline(encoder, store, config, replace=replace, batch_size=batch_size)
     summary = IngestSummary()
     for path in scan_paths(paths, config.extensions):
+        if stop is not None and stop.is_set():
+            break
         try:
             outcome: FileOutcome = pipeline(path).get()[0]
         except RuntimeError as exc:  # towhee wraps anything an operator did not handle

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tunetrace.cli.common import (
     EXIT_OK,
@@ -16,19 +17,17 @@ from tunetrace.cli.common import (
     add_config_option,
     load,
 )
-from tunetrace.config import load_config
+from tunetrace.config import Config, load_config
 from tunetrace.errors import DecodeError
+
+if TYPE_CHECKING:
+    from tunetrace.store.milvus import CatalogStore
 
 # -- ingest -----------------------------------------------------------------------------------
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from tunetrace.catalog.ingest import FileOutcome, ingest
     from tunetrace.catalog.scan import scan_paths
-    from tunetrace.encoders import create_encoder
-    from tunetrace.store import open_catalog
 
     config = load(args)
     missing = [p for p in args.paths if not p.exists()]
@@ -49,31 +48,120 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_PARTIAL
+    started = time.monotonic()
+    daemon = _daemon_socket(config)
+    if daemon is not None:
+        print(f"the daemon owns this catalog: handing {len(files)} file(s) to it ({daemon})",
+              file=sys.stderr)
+        outcomes = _ingest_via_daemon(daemon, files, replace=args.replace, quiet=args.quiet)
+    else:
+        outcomes = _ingest_here(config, files, replace=args.replace, quiet=args.quiet)
+        _notify_daemon(config)
+    failed = _print_ingest_summary(outcomes, time.monotonic() - started)
+    return EXIT_PARTIAL if failed or missing else EXIT_OK
+
+
+Outcome = dict[str, Any]
+"""One file's outcome as ``catalog.live.outcome_message`` writes it (locally or from the daemon)."""
+
+
+def _progress_bar(total: int, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", disable=quiet or None, file=sys.stderr)
+
+
+def _ingest_here(config: Config, files: list[Path], *, replace: bool, quiet: bool) -> list[Outcome]:
+    """Open the catalog in this process (refused, saying what to do, while another holds it)."""
+    from tunetrace.catalog.ingest import FileOutcome, ingest
+    from tunetrace.catalog.live import outcome_message
+    from tunetrace.encoders import create_encoder
+    from tunetrace.store import open_catalog
+
     encoder = create_encoder(config.encoder, config.data_dir)
+    outcomes: list[Outcome] = []
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True) as store:
-        bar = tqdm(total=len(files), unit="file", disable=args.quiet or None, file=sys.stderr)
+        bar = _progress_bar(len(files), quiet)
 
         def progress(outcome: FileOutcome) -> None:
+            outcomes.append(outcome_message(outcome))
             bar.set_postfix_str(f"{outcome.status}: {outcome.path.name}"[:60])
             bar.update(1)
 
-        summary = ingest(
-            files, encoder, store, config.ingest, replace=args.replace,
-            batch_size=config.encoder.batch_size, on_file=progress,
-        )
+        ingest(files, encoder, store, config.ingest, replace=replace,
+               batch_size=config.encoder.batch_size, on_file=progress)
         bar.close()
-    hours = summary.audio_s / 3600
-    speed = summary.audio_s / summary.wall_s if summary.wall_s > 0 else 0.0
-    out = sys.stdout
+    return outcomes
+
+
+def _ingest_via_daemon(socket: Path, files: list[Path], *, replace: bool, quiet: bool) -> list[Outcome]:
+    """The daemon ingests with its own encoder and catalog; outcomes stream back per file."""
+    from tunetrace.catalog.control import request
+
+    outcomes: list[Outcome] = []
+    bar = _progress_bar(len(files), quiet)
+
+    def progress(message: Outcome) -> None:
+        outcomes.append(message)
+        bar.set_postfix_str(f"{message['status']}: {Path(message['path']).name}"[:60])
+        bar.update(1)
+
+    request(socket, {"op": "ingest", "paths": [str(p.resolve()) for p in files], "replace": replace},
+            progress)
+    bar.close()
+    return outcomes
+
+
+def _print_ingest_summary(outcomes: list[Outcome], wall_s: float) -> int:
+    """Print the one-line summary and each failure; return how many files failed."""
+    count = Counter(o["status"] for o in outcomes)
+    stored = [o for o in outcomes if o["status"] in ("added", "replaced")]
+    audio_s = sum(float(o["audio_s"]) for o in stored)
+    vectors = sum(int(o["n_vectors"]) for o in stored)
+    speed = audio_s / wall_s if wall_s > 0 else 0.0
+    updated = f", updated {count['updated']} (new tags)" if count["updated"] else ""
     print(
-        f"added {summary.added}, skipped {summary.count('skipped')} (already in the catalog), "
-        f"failed {len(summary.failures)}; {hours:.2f} h of audio, {summary.vectors} vectors, "
-        f"{summary.wall_s:.1f} s wall ({speed:.0f} s of audio per second)",
-        file=out,
+        f"added {count['added'] + count['replaced']}{updated}, skipped {count['skipped']} (already in "
+        f"the catalog), failed {count['failed']}; {audio_s / 3600:.2f} h of audio, {vectors} vectors, "
+        f"{wall_s:.1f} s wall ({speed:.0f} s of audio per second)",
     )
-    for failure in summary.failures:
-        print(f"  failed: {failure.reason}", file=out)
-    return EXIT_PARTIAL if summary.failures or missing else EXIT_OK
+    for failure in (o for o in outcomes if o["status"] == "failed"):
+        print(f"  failed: {failure['reason']}")
+    return count["failed"]
+
+
+def _daemon_socket(config: Config) -> Path | None:
+    """The control socket of a running daemon that owns this embedded catalog, if any.
+
+    A Milvus server has no owner: every process writes it directly.
+    """
+    from tunetrace.catalog.control import listening
+    from tunetrace.config import is_server_uri
+    from tunetrace.store.lock import read_holder
+
+    if is_server_uri(config.milvus_uri()):
+        return None
+    holder = read_holder(Path(config.milvus_uri()).expanduser().resolve())
+    if holder is None or not holder.control_socket:
+        return None
+    path = Path(holder.control_socket)
+    return path if listening(path) else None
+
+
+def _notify_daemon(config: Config) -> None:
+    """After writing a shared catalog directly: the local daemon, if any, re-reads it now (others
+    pick the change up within ``service.catalog_refresh_s``)."""
+    from tunetrace.catalog.control import listening, request, socket_path
+    from tunetrace.errors import CatalogError
+
+    path = socket_path(config.data_dir)
+    if not listening(path):
+        return
+    try:
+        request(path, {"op": "refresh"}, timeout_s=60)
+    except CatalogError as exc:
+        print(f"warning: the local daemon did not refresh its catalog now ({exc}); it will within "
+              "service.catalog_refresh_s", file=sys.stderr)
 
 
 # -- identify ---------------------------------------------------------------------------------
@@ -88,6 +176,7 @@ def _identification_record(path: Path, result: Any, elapsed_s: float) -> dict[st
         "title": track.title if track else None,
         "artist": track.artist if track else None,
         "album": track.album if track else None,
+        "isrc": (track.isrc or None) if track else None,
         "offset_s": round(result.offset_s, 3) if track else None,
         "confidence": round(result.confidence, 4),
         "speed_ratio": result.speed_ratio if track else None,
@@ -145,55 +234,80 @@ def _cmd_identify(args: argparse.Namespace) -> int:
 # -- catalog ----------------------------------------------------------------------------------
 
 
+def _remove_via_daemon(socket: Path, track_id: int) -> int:
+    from tunetrace.catalog.control import request
+
+    reply = request(socket, {"op": "remove", "track_id": track_id}, timeout_s=120)
+    if not reply.get("removed"):
+        print(f"error: no track with id {track_id} in the catalog (see `tunetrace catalog list`)",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    print(f"removed track {track_id} (the running daemon no longer recognises it)")
+    return EXIT_OK
+
+
+def _print_list(store: CatalogStore, as_json: bool) -> int:
+    tracks = store.tracks()
+    if as_json:
+        for t in tracks:
+            print(json.dumps({
+                "track_id": t.track_id, "title": t.title, "artist": t.artist,
+                "album": t.album, "duration_s": round(t.duration_s, 2),
+                "source_path": t.source_path, "n_vectors": t.n_vectors, "isrc": t.isrc or None,
+            }))
+    else:
+        for t in tracks:
+            who = f" — {t.artist}" if t.artist else ""
+            print(f"{t.track_id:>20}  {t.duration_s/60:5.1f} min  {t.title}{who}")
+    return EXIT_OK
+
+
+def _print_stats(store: CatalogStore, config: Config, as_json: bool) -> int:
+    tracks = store.tracks()
+    info = store.info
+    vector_rows = store.vector_count()
+    stats = {
+        "uri": config.milvus_uri() if config.milvus.uri is None else config.milvus.uri,
+        "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
+        "window_s": info.window_s, "hop_s": info.hop_s,
+        "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
+        "vectors": sum(t.n_vectors for t in tracks), "vector_rows": vector_rows,
+        "index": store.index.type, "index_build": store.index.build, "shards": store.index.shards,
+    }
+    outgrown = store.size_warning(vector_rows)
+    if as_json:
+        print(json.dumps({**stats, "warning": outgrown}))
+    else:
+        for key, value in stats.items():
+            print(f"{key:>12}: {value}")
+    if outgrown:
+        print(f"warning: {outgrown}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_catalog(args: argparse.Namespace) -> int:
     from tunetrace.encoders import create_encoder
     from tunetrace.store import open_catalog
 
     config = load(args)
+    if args.catalog_command == "remove":
+        daemon = _daemon_socket(config)
+        if daemon is not None:
+            return _remove_via_daemon(daemon, args.track_id)
     encoder = create_encoder(config.encoder, config.data_dir)
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
         if args.catalog_command == "list":
-            tracks = store.tracks()
-            if args.json:
-                for t in tracks:
-                    print(json.dumps({
-                        "track_id": t.track_id, "title": t.title, "artist": t.artist,
-                        "album": t.album, "duration_s": round(t.duration_s, 2),
-                        "source_path": t.source_path, "n_vectors": t.n_vectors,
-                    }))
-            else:
-                for t in tracks:
-                    who = f" — {t.artist}" if t.artist else ""
-                    print(f"{t.track_id:>20}  {t.duration_s/60:5.1f} min  {t.title}{who}")
-            return EXIT_OK
+            return _print_list(store, args.json)
         if args.catalog_command == "stats":
-            tracks = store.tracks()
-            info = store.info
-            vector_rows = store.vector_count()
-            stats = {
-                "uri": config.milvus_uri() if config.milvus.uri is None else config.milvus.uri,
-                "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
-                "window_s": info.window_s, "hop_s": info.hop_s,
-                "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
-                "vectors": sum(t.n_vectors for t in tracks), "vector_rows": vector_rows,
-                "index": store.index.type, "index_build": store.index.build, "shards": store.index.shards,
-            }
-            outgrown = store.size_warning(vector_rows)
-            if args.json:
-                print(json.dumps({**stats, "warning": outgrown}))
-            else:
-                for key, value in stats.items():
-                    print(f"{key:>12}: {value}")
-            if outgrown:
-                print(f"warning: {outgrown}", file=sys.stderr)
-            return EXIT_OK
+            return _print_stats(store, config, args.json)
         removed = store.remove_track(args.track_id)
-        if not removed:
-            print(f"error: no track with id {args.track_id} in the catalog (see `tunetrace catalog list`)",
-                  file=sys.stderr)
-            return EXIT_PARTIAL
-        print(f"removed track {args.track_id}")
-        return EXIT_OK
+    if not removed:
+        print(f"error: no track with id {args.track_id} in the catalog (see `tunetrace catalog list`)",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    print(f"removed track {args.track_id}")
+    _notify_daemon(config)
+    return EXIT_OK
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

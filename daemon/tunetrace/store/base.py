@@ -27,6 +27,13 @@ class Track:
     content_hash: str
     n_vectors: int
     ingested_at: float
+    isrc: str = ""
+    """International Standard Recording Code from the tags or the metadata CSV (``""``: none)."""
+
+    def same_metadata(self, other: Track) -> bool:
+        """Whether a re-ingest of the same audio would leave this track's metadata as it is."""
+        return (self.title, self.artist, self.album, self.isrc) == (
+            other.title, other.artist, other.album, other.isrc)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from tunetrace.config import (
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.errors import CatalogError, CatalogMismatchError, ConfigError
 from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, track_id_for
+from tunetrace.store.lock import CatalogLock
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,12 @@ def _route_pymilvus_logs() -> None:
 
 _route_pymilvus_logs()
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the catalog's layout and ids; a catalog of another version is refused with what to do.
-2: track ids are 53-bit (were 63-bit, which JavaScript consumers of the MQTT payloads rounded)."""
+2: track ids are 53-bit (were 63-bit, which JavaScript consumers of the MQTT payloads rounded).
+3: a track's identity (content hash, hence id) is its audio stream without the tags, so re-tagging
+a file updates its track; tracks carry an ISRC. A layout-2 catalog's ids hash the whole file, so
+they cannot be carried over: its files are re-ingested into a new catalog."""
 _MAX_TEXT = 1024
 _PLACEHOLDER_DIM = 2  # Milvus requires a vector field in every collection
 _QUERY_PAGE = 1000
@@ -132,8 +136,11 @@ class CatalogStore:
     def __init__(
         self, client: MilvusClient, prefix: str, info: EncoderInfo, is_lite: bool,
         timeout_s: float | None = None, index: IndexConfig | None = None, shards: int = 1,
+        lock: CatalogLock | None = None,
     ) -> None:
         self._client = client
+        self.lock = lock
+        """Held for an embedded catalog while it is open (``None`` for a server)."""
         self._index_config = index or IndexConfig()
         self._wanted_index = IndexChoice.resolve(self._index_config, shards, is_lite=is_lite)
         self.index = self._wanted_index
@@ -156,20 +163,35 @@ class CatalogStore:
         problem = lite_limits_problem(config.index.type, config.shards) if is_lite else None
         if problem:
             raise ConfigError(problem)
-        client, is_lite = _connect(config, uri)
+        lock = _lock_if_embedded(uri)
+        try:
+            client, is_lite = _connect(config, uri)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         store = cls(
             client, config.collection_prefix, info, is_lite, config.timeout_s,
-            index=config.index, shards=config.shards,
+            index=config.index, shards=config.shards, lock=lock,
         )
         try:
             store._check_or_create(create=create)
         except BaseException:
-            client.close()
+            store.close()
             raise
         return store
 
+    @property
+    def is_embedded(self) -> bool:
+        """Milvus Lite: one process at a time (the daemon hands ingest work in over its socket)."""
+        return self._is_lite
+
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._client.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def __enter__(self) -> CatalogStore:
         return self
@@ -251,7 +273,7 @@ class CatalogStore:
         if not self._has(self._tracks):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("track_id", DataType.INT64, is_primary=True)
-            for name in ("title", "artist", "album", "source_path", "content_hash"):
+            for name in ("title", "artist", "album", "source_path", "content_hash", "isrc"):
                 schema.add_field(name, DataType.VARCHAR, max_length=_MAX_TEXT)
             schema.add_field("duration_s", DataType.FLOAT)
             schema.add_field("n_vectors", DataType.INT64)
@@ -353,6 +375,14 @@ class CatalogStore:
         }
         self._call(lambda: self._client.upsert(self._tracks, [row], timeout=self._timeout_s))
 
+    def update_track(self, track: Track) -> None:
+        """Rewrite a complete track's metadata (re-tagged file); its vectors stay as they are."""
+        row = {
+            **{k: _clip(v) if isinstance(v, str) else v for k, v in asdict(track).items()},
+            "placeholder": [0.0] * _PLACEHOLDER_DIM,
+        }
+        self._call(lambda: self._client.upsert(self._tracks, [row], timeout=self._timeout_s))
+
     def remove_track(self, track_id: int) -> bool:
         """Delete a track and its vectors; ``False`` if there was no such track."""
         existed = bool(self.get_tracks([track_id]))
@@ -426,7 +456,7 @@ class CatalogStore:
 
 _TRACK_FIELDS = [
     "track_id", "title", "artist", "album", "duration_s", "source_path", "content_hash",
-    "n_vectors", "ingested_at",
+    "n_vectors", "ingested_at", "isrc",
 ]
 
 
@@ -436,6 +466,7 @@ def _track_from_row(row: dict[str, Any]) -> Track:
         album=str(row["album"]), duration_s=float(row["duration_s"]),
         source_path=str(row["source_path"]), content_hash=str(row["content_hash"]),
         n_vectors=int(row["n_vectors"]), ingested_at=float(row["ingested_at"]),
+        isrc=str(row.get("isrc") or ""),
     )
 
 
@@ -456,9 +487,10 @@ def _mismatch_message(recorded: dict[str, Any], expected: dict[str, Any]) -> str
 def _schema_message(recorded: object) -> str:
     return (
         f"this catalog was made by another version of tunetrace (catalog layout {recorded!r}, this "
-        f"version reads {SCHEMA_VERSION}: track ids are now {TRACK_ID_BITS}-bit so that JavaScript "
-        "reads them exactly). Point data_dir (or milvus.uri / milvus.collection_prefix) at a new "
-        "catalog and re-ingest with `tunetrace ingest`."
+        f"version reads {SCHEMA_VERSION}: track ids are {TRACK_ID_BITS}-bit so that JavaScript reads "
+        "them exactly, and a track is identified by its audio without the tags, so that re-tagging "
+        "a file updates its track; tracks carry an ISRC). Point data_dir (or milvus.uri / "
+        "milvus.collection_prefix) at a new catalog and re-ingest with `tunetrace ingest`."
     )
 
 
@@ -478,6 +510,13 @@ def _retrying(connect: Any) -> Any:
             log.warning("Milvus not available yet (%s); retrying", exc.message)
             time.sleep(_CONNECT_RETRY_S * attempt)
     raise AssertionError("unreachable")
+
+
+def _lock_if_embedded(uri: str) -> CatalogLock | None:
+    """Take our lock before Milvus Lite sees the file (a refused Lite opener deletes Lite's lock)."""
+    if is_server_uri(uri):
+        return None
+    return CatalogLock.acquire(Path(uri).expanduser().resolve())
 
 
 def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
@@ -503,6 +542,11 @@ def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
     try:
         client = _retrying(lambda: MilvusClient(**kwargs))
     except MilvusException as exc:
+        if not is_server:
+            raise CatalogError(
+                f"cannot open the embedded catalog {uri}: {exc.message}. Check that data_dir is "
+                "writable and that no other program (outside tunetrace) has the catalog open."
+            ) from exc
         raise CatalogError(
             f"cannot connect to Milvus at {uri}: {exc.message}. Check milvus.uri and that the server "
             "is running (milvus.token if it needs authentication)."

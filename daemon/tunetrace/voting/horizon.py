@@ -64,6 +64,14 @@ class HorizonVoter:
         self._since_decision = 0
         self._silence_rms = 10.0 ** (params.silence_threshold_dbfs / 20.0)
 
+    def set_shape(self, shape: CatalogShape) -> None:
+        """The catalog changed (tracks ingested or removed while running): vote with its new shape.
+
+        A track missing from the shape scores nothing, so this is what makes a new track
+        recognisable; the swap is one reference assignment, safe while ``process`` runs.
+        """
+        self._shape = shape
+
     def process(self, batch: WindowBatch) -> list[Observation]:
         """One observation per ``windows_per_decision`` windows, in stream order (blocking: call from
         an executor)."""
