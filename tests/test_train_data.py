@@ -257,7 +257,7 @@ def test_struct_layout_matches_the_rebuilt_queen_format() -> None:
 
 
 def test_train_prepare_through_the_cli_names_an_unknown_source(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from tunetrace.cli.main import main
 
@@ -265,3 +265,22 @@ def test_train_prepare_through_the_cli_names_an_unknown_source(
     config.write_text(f"data: {{cache_dir: {tmp_path / 'cache'}}}\n")
     assert main(["train", "--config", str(config), "prepare", "--sources", "nope"]) == 1
     assert "--sources: unknown source(s) nope" in caplog.text
+
+
+def test_train_prepare_through_the_cli_decodes_the_chosen_sources_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tunetrace.cli.main import main
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _encode(_tones(6.0, 12), tmp_path / name / "song.ogg", "-c:a", "libvorbis")
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"data:\n  cache_dir: {tmp_path / 'cache'}\n  train_sources:\n"
+        f"    - {{name: a, path: {tmp_path / 'a'}}}\n    - {{name: b, path: {tmp_path / 'b'}}}\n"
+    )
+    caplog.set_level("INFO")
+    assert main(["train", "--config", str(config), "prepare", "--sources", "b"]) == 0
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["b"]
+    assert "b: 1 tracks cached, 0.00 h" in caplog.text

@@ -99,6 +99,7 @@ def _prepare(config: TrainConfig, args: argparse.Namespace) -> int:
     from tunetrace.train.data import (
         VARIANTS,
         CodecSpec,
+        cached_samples,
         prepare_codec_copies,
         prepare_source,
         prepare_variant_copies,
@@ -117,7 +118,8 @@ def _prepare(config: TrainConfig, args: argparse.Namespace) -> int:
                 tracks = prepare_source(spec, cache, SAMPLE_RATE)
             if source in config.data.train_sources:
                 train_tracks.extend(tracks)
-            logging.info("%s: %d tracks cached", source.name, len(tracks))
+            hours = sum(cached_samples(t) for t in tracks) / SAMPLE_RATE / 3600
+            logging.info("%s: %d tracks cached, %.2f h", source.name, len(tracks), hours)
     except TunetraceError as exc:
         logging.error("%s", exc)
         return 1

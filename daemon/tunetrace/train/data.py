@@ -186,6 +186,11 @@ def prepare_source(source: SourceSpec, cache_dir: Path, sample_rate: int) -> lis
     return written
 
 
+def cached_samples(track: Path) -> int:
+    """Length of a cached track without reading it (the ``.npy`` header only)."""
+    return int(np.load(track, mmap_mode="r").size)
+
+
 def estimate_lag(reference: np.ndarray, copy: np.ndarray, max_lag: int = MAX_ALIGN_LAG_SAMPLES) -> int:
     """Samples by which ``copy`` lags ``reference`` (codec delay), from an FFT cross-correlation."""
     n = min(reference.size, copy.size, 8000 * 60)
