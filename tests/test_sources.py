@@ -14,8 +14,9 @@ from scipy.signal import resample_poly
 from tests.fixtures.audio import synthetic_music, write_wav
 from tests.fixtures.streams import IcecastServer
 from tunetrace.audio.decode import decode_file
+from tunetrace.redact import redact_url
 from tunetrace.sources import AudioBlock, Backoff, BackoffPolicy, RunnerParams, SourceError, SourceRunner
-from tunetrace.sources.ffmpeg import FfmpegSource, ffmpeg_args, input_args, redact_url
+from tunetrace.sources.ffmpeg import FfmpegSource, ffmpeg_args, input_args
 from tunetrace.sources.soundcard import StreamResampler
 
 RATE = 8000
@@ -85,9 +86,12 @@ def test_http_mp3_streams_get_fast_start_and_reconnect_options() -> None:
 
 
 def test_ffmpeg_gets_an_argument_list_and_credentials_are_redacted_for_logs() -> None:
+    plain = "http://radio.example:8000/live.mp3"
+    args = ffmpeg_args(plain, RATE, realtime=True, loop=False)
+    assert args[args.index("-i") + 1] == plain, "the URL is one argument, never parsed by a shell"
     url = "http://user:s3cret@radio.example:8000/live.mp3"
     args = ffmpeg_args(url, RATE, realtime=True, loop=False)
-    assert args[args.index("-i") + 1] == url, "the URL is one argument, never parsed by a shell"
+    assert not any("s3cret" in a for a in args), "credentials go to ffmpeg's stdin, not its argv"
     assert args[-6:] == ["-ar", str(RATE), "-f", "f32le", "pipe:1"][-5:] or "pipe:1" in args
     assert redact_url(url) == "http://***@radio.example:8000/live.mp3"
     assert "s3cret" not in FfmpegSource(url, RATE).description

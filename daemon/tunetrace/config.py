@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunetrace.errors import ConfigError
 
@@ -40,6 +49,15 @@ def default_data_dir() -> Path:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _readable_file(path: Path | None) -> Path | None:
+    """A CA bundle is checked when the config is loaded, so ``check-config`` and ``serve`` agree."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}; point it at a PEM CA bundle (or remove the key)")
+    return path
 
 
 EncoderName = Literal["fingerprint", "spectral", "vggish"]
@@ -96,6 +114,8 @@ class MilvusConfig(_Section):
     shards: int = Field(default=1, ge=1, le=64)
     """Shards of the vectors collection on a Milvus server or cluster (set when it is created;
     more shards spread inserts over more data nodes). Milvus Lite has one."""
+
+    _ca_file_exists = field_validator("ca_file")(_readable_file)
 
     @model_validator(mode="after")
     def _lite_limits(self) -> MilvusConfig:
@@ -182,6 +202,14 @@ class MatcherConfig(_Section):
     """A match needs at least this many query windows agreeing in time."""
     speed_ratios: tuple[float, ...] = (1.0,)
     """Playback speeds to try (1.03 = played 3% fast); the best time-consistent match wins."""
+    max_query_s: float = Field(default=60.0, gt=0, le=600)
+    """``identify`` reads at most this much of each file (from its start): a query is a snippet,
+    and memory and time then stay bounded whatever the file's length (a 1-hour file costs what a
+    60 s one does). Raise it for long, noisy recordings; voting's memory grows with it (peak RSS
+    of ``identify`` measured at ~265 MB for 60 s, ~1 GB for 300 s), hence the 600 s ceiling."""
+    silence_threshold_dbfs: float = Field(default=-55.0, le=0)
+    """Query windows quieter than this are not searched (silence is not music); a query with no
+    louder window is answered "no match: silent"."""
 
     @model_validator(mode="after")
     def _speeds_positive(self) -> MatcherConfig:
@@ -205,6 +233,15 @@ class IngestConfig(_Section):
     half-way). Files removed from the folder stay in the catalog (``tunetrace catalog remove``)."""
     watch_interval_s: float = Field(default=10.0, gt=0)
     """How often the watched folder is scanned."""
+    min_duration_s: float = Field(default=2.0, ge=0)
+    """Shorter files are refused (reported as failed): a jingle-length blip matches by chance and
+    cannot anchor a time-consistent vote. ``0`` accepts anything at least one window long."""
+    silence_threshold_dbfs: float = Field(default=-55.0, le=0)
+    """Windows quieter than this are not indexed (silence is not the recording: an indexed silent
+    stretch would "match" every silent query); a file with no louder window is refused."""
+    follow_symlinks_out: bool = False
+    """Inside an ingested folder, follow symbolic links that lead out of it. Off: such a link is
+    reported and skipped (a planted link must not make ingest read files elsewhere)."""
 
 
 # -- live daemon ----------------------------------------------------------------------------------
@@ -314,6 +351,8 @@ class MqttConfig(_Section):
     """Publish Home Assistant MQTT discovery so stations appear as devices."""
     discovery_prefix: str = "homeassistant"
 
+    _ca_file_exists = field_validator("ca_file")(_readable_file)
+
 
 class PlayLogConfig(_Section):
     path: Path | None = None
@@ -333,6 +372,11 @@ class ServiceConfig(_Section):
     into a shared Milvus server (or removes) are recognised (or no longer) without a restart.
     Changes made through the daemon (``tunetrace ingest``/``catalog remove`` with its config) apply
     at once."""
+
+    catalog_outage_watchdog_s: float = Field(default=300.0, gt=0)
+    """How long failing catalog searches still feed systemd's watchdog. Milvus Lite's server
+    process is restarted in place when it dies, and a Milvus server restarting comes back by
+    itself; an outage longer than this stops the pings, so systemd restarts the daemon."""
 
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -420,14 +464,36 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _unique_stations(self) -> Config:
-        names = [s.name for s in self.stations]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(s.name for s in self.stations)  # linear: 75k stations check in milliseconds
+        duplicates = sorted(n for n, c in counts.items() if c > 1)
         if duplicates:
             raise ValueError(f"stations: names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
     def milvus_uri(self) -> str:
         return self.milvus.uri or str(self.data_dir / "catalog.db")
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """Why this process could not keep its state in ``path`` (``None``: it can).
+
+    Checked by ``check-config`` and before ``serve`` opens anything, so that an unwritable data
+    dir is a configuration error (exit 78, no restart loop), not a traceback at the first write.
+    """
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"data_dir: {existing} is not a folder; set data_dir to a folder"
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        what = "is" if existing == path else f"does not exist and its parent {existing} is"
+        return (
+            f"data_dir: {path} {what} not writable by this user (uid {os.geteuid()}); create it and "
+            "give it to the user that runs tunetrace (systemd: StateDirectory=), or set data_dir"
+        )
+    return None
 
 
 def with_encoder(config: Config, name: EncoderName) -> Config:
@@ -441,11 +507,40 @@ def with_encoder(config: Config, name: EncoderName) -> Config:
     return config.model_copy(update=update)
 
 
-def _expand_env(value: Any, path: str) -> Any:
+_SAFE_LOADER: type[yaml.SafeLoader] | type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it: 2.5x faster on a 75k-station file."""
+
+MAX_CONFIG_VALUES = 1_000_000
+"""Values (mappings, lists, scalars) a config may expand to. YAML aliases share one parsed object,
+but every consumer walks them as copies: nine levels of nine aliases (a "billion laughs" file of
+a few hundred bytes) would grow past gigabytes. A real config, even with 75k stations, stays far
+below."""
+
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+"""A config file larger than this is refused before it is parsed."""
+
+
+class _Budget:
+    def __init__(self, limit: int, source: str) -> None:
+        self.left = limit
+        self.source = source
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ConfigError(
+                f"{self.source}: the configuration expands to more than {MAX_CONFIG_VALUES:,} values "
+                "(YAML aliases nested inside each other?); write the values out"
+            )
+
+
+def _expand_env(value: Any, path: str, budget: _Budget | None = None) -> Any:
+    budget = budget or _Budget(MAX_CONFIG_VALUES, "<config>")
+    budget.spend()
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_expand_env(v, f"{path}[{i}]", budget) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -500,7 +595,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys, not {type(data).__name__}")
     try:
-        return Config.model_validate(_expand_env(data, ""))
+        return Config.model_validate(_expand_env(data, "", _Budget(MAX_CONFIG_VALUES, source)))
     except ValidationError as exc:
         problems = [_describe(dict(e), Config) for e in exc.errors()]
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(problems)) from None
@@ -515,11 +610,26 @@ def load_config(path: Path | None = None) -> Config:
     if path is None:
         return Config()
     try:
-        text = path.read_text(encoding="utf-8")
+        oversized = path.stat().st_size > MAX_CONFIG_BYTES
+        text = "" if oversized else path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: cannot read the config file: permission denied for uid {os.geteuid()}; make it "
+            "readable by the user tunetrace runs as (systemd's dynamic user: chmod 0644, secrets as "
+            "${NAME} in /etc/tunetrace/secrets.env)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text file (invalid UTF-8 at byte {exc.start}); give the YAML config file"
+        ) from None
+    if oversized:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; is this the config file?")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader, C or Python
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -10,7 +10,6 @@ section and the shared model (``open_model``: the encoder, the catalog and its s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -24,9 +23,9 @@ from uuid import uuid4
 
 from tunetrace.audio.windows import WindowSpec
 from tunetrace.backoff import Backoff, BackoffPolicy
-from tunetrace.config import Config, StationConfig
+from tunetrace.config import Config, StationConfig, data_dir_problem
 from tunetrace.encoders import Encoder, create_encoder
-from tunetrace.errors import CatalogError
+from tunetrace.errors import CatalogError, ConfigError
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.observe.base import (
     NullMetrics,
@@ -39,6 +38,7 @@ from tunetrace.observe.logs import station_scope
 from tunetrace.observe.timing import TimedCatalog, TimedEncoder
 from tunetrace.publish.base import EventSink
 from tunetrace.publish.evidence import EvidenceRecorder
+from tunetrace.redact import redact_url
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
 from tunetrace.sources.base import AudioBlock, SourceRunner
@@ -118,6 +118,9 @@ class StationParams:
     max_pending_windows: int
     """A file read as fast as possible waits while this many windows are unread (live never waits)."""
     health_interval_s: float
+    catalog_outage_watchdog_s: float = 300.0
+    """A catalog outage counts as progress for the watchdog this long; past it, the pings stop and
+    systemd restarts the daemon (a fresh start reopens the catalog from scratch)."""
 
 
 class Station:
@@ -163,6 +166,7 @@ class Station:
         self._tracks: dict[int, Track] = {}
         self.stats = StationStats(last_progress_monotonic=monotonic())
         self._catalog_up = True
+        self._catalog_down_since = 0.0
         self._catalog_retry = Backoff(CATALOG_RETRY)
         self._last_stream_s = 0.0
         self._capture_done = False
@@ -290,18 +294,27 @@ class Station:
 
         Time still passes on the air, so the tracker sees an observation without evidence (an open
         play ends after ``end_after_s``); each attempt counts as progress for the watchdog (the
-        longest wait, 10 s, is well inside it), since restarting the daemon would not bring the
-        catalog back.
+        longest wait, 10 s, is well inside it) for ``catalog_outage_watchdog_s``: a server being
+        restarted comes back by itself (and a dead Milvus Lite server is restarted by the store),
+        but a longer outage stops the pings, so systemd restarts the daemon rather than leaving
+        it ``catalog_down`` for ever.
         """
+        now = self._monotonic()
         if self._catalog_up:
             self._catalog_up = False
+            self._catalog_down_since = now
             log.warning("catalog search failed, retrying with backoff: %s", error)
             self._health_changed.set()
         self._ring.dropped_windows += len(batch)
         self._report_drops()
         stream_s = float(batch.start_samples[-1]) / self._rate + self._window_s
         await self._apply(self._tracker.observe(Observation(stream_s)))
-        self.stats.last_progress_monotonic = self._monotonic()
+        if now - self._catalog_down_since < self._params.catalog_outage_watchdog_s:
+            self.stats.last_progress_monotonic = now
+        elif self.stats.last_progress_monotonic > self._catalog_down_since:
+            log.error("%s: the catalog has failed for %.0f s; no longer feeding the watchdog "
+                      "(service.catalog_outage_watchdog_s)", self.name, now - self._catalog_down_since)
+            self.stats.last_progress_monotonic = self._catalog_down_since
         await asyncio.sleep(self._catalog_retry.next_delay_s())
 
     def _report_drops(self) -> None:
@@ -429,6 +442,7 @@ def build_station(
             tracker_config.search_interval_s / tracker_config.window_hop_s))),
         max_pending_windows=config.service.max_pending_windows,
         health_interval_s=config.service.health_interval_s,
+        catalog_outage_watchdog_s=config.service.catalog_outage_watchdog_s,
     )
     source = create_source(station.source, spec.sample_rate)
     runner = SourceRunner(
@@ -478,7 +492,7 @@ def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
     if not shape.track_vectors:
         log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested "
                     "(`tunetrace ingest --config <this config> FILE...` works while the daemon runs)",
-                    config.milvus_uri())
+                    redact_url(config.milvus_uri()))
     outgrown = store.size_warning(shape.total_vectors)
     if outgrown:
         log.warning("%s", outgrown)
@@ -486,6 +500,12 @@ def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
 
 
 def data_dir_ready(path: Path) -> None:
-    """Create the data directory (systemd's ``StateDirectory=`` normally already has)."""
-    with contextlib.suppress(FileExistsError):
+    """Create the data directory (systemd's ``StateDirectory=`` normally already has); one that
+    cannot be written is a configuration error (exit 78), reported before anything is opened."""
+    problem = data_dir_problem(path)
+    if problem is not None:
+        raise ConfigError(problem)
+    try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot create {path}: {exc.strerror}; set data_dir") from None

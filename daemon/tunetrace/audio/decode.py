@@ -3,12 +3,19 @@
 ffmpeg runs as a child process with an argument list (never a shell string) and writes raw
 ``f32le`` PCM to a pipe, which is read in fixed-size blocks so a long file never sits in memory
 twice.  Metadata comes from ffprobe's JSON.
+
+A local file is always named to ffmpeg as ``file:<absolute path>`` with ``-protocol_whitelist file``:
+ffmpeg otherwise reads a name like ``concat:a.opus|b.opus`` or ``subfile,,start,...`` as a protocol
+and would happily decode other files than the one named.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,31 +38,71 @@ def _tool(name: str) -> str:
     return found
 
 
-def ffmpeg_decode_args(source: str, sample_rate: int, extra_input_args: tuple[str, ...] = ()) -> list[str]:
-    """The ffmpeg command that turns ``source`` into mono f32le PCM on stdout."""
+def ffmpeg_decode_args(
+    source: str, sample_rate: int, extra_input_args: tuple[str, ...] = (), max_seconds: float | None = None,
+) -> list[str]:
+    """The ffmpeg command that turns ``source`` into mono f32le PCM on stdout (at most ``max_seconds``)."""
+    limit = ["-t", f"{max_seconds:.3f}"] if max_seconds is not None else []
     return [
         _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
         *extra_input_args, "-i", source,
-        "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+        "-vn", "-sn", "-dn", *limit, "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
     ]
 
 
+LOCAL_ONLY = ("-protocol_whitelist", "file")
+"""Input options for a local file: no protocol but ``file`` (so no ``concat:``, ``http:`` ...)."""
+
+
+def local_source(path: Path) -> str:
+    """How ffmpeg must be told about a local file: by the ``file:`` protocol, never by a bare name."""
+    return f"file:{path.absolute()}"
+
+
+_OS_ERRORS = {
+    errno.ELOOP: "a symbolic link loop (the link points back at itself)",
+    errno.ENAMETOOLONG: "the file name is too long for the file system",
+    errno.EACCES: "permission denied; make it (and its folders) readable by this user",
+    errno.ENOTDIR: "a part of the path is not a folder",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A plain phrase for why a path cannot be read (the caller puts the path in front)."""
+    if exc.errno == errno.ENOENT:
+        return "no such file"
+    return _OS_ERRORS.get(exc.errno or 0, f"cannot read it: {exc.strerror or exc}")
+
+
 def _check_file(path: Path) -> None:
-    """Say plainly what ffmpeg would report as "Invalid argument" for these."""
-    if path.is_dir():
+    """Say plainly what ffmpeg would report as "Invalid argument" (or hang on) for these."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise DecodeError(f"{path}: a broken symbolic link") from None
+        raise DecodeError(f"{path}: {describe_os_error(exc)}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise DecodeError(f"{path}: is a folder, not an audio file")
-    if not path.is_file():
-        raise DecodeError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise DecodeError(f"{path}: not a regular file (a FIFO, socket or device); name an audio file")
+    if info.st_size == 0:
         raise DecodeError(f"{path}: the file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise DecodeError(f"{path}: {_OS_ERRORS[errno.EACCES]}")
 
 
-def iter_pcm_blocks(path: Path, sample_rate: int, block_s: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
-    """Yield consecutive blocks of decoded audio; raise ``DecodeError`` naming the file on failure."""
+def iter_pcm_blocks(
+    path: Path, sample_rate: int, block_s: float = BLOCK_SECONDS, max_seconds: float | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield consecutive blocks of decoded audio; raise ``DecodeError`` naming the file on failure.
+
+    ``max_seconds`` stops decoding there (ffmpeg's ``-t``): a query never needs a whole hour.
+    """
     _check_file(path)
     block_bytes = int(block_s * sample_rate) * 4
     with subprocess.Popen(
-        ffmpeg_decode_args(str(path), sample_rate),
+        ffmpeg_decode_args(local_source(path), sample_rate, LOCAL_ONLY, max_seconds),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
@@ -75,6 +122,7 @@ def iter_pcm_blocks(path: Path, sample_rate: int, block_s: float = BLOCK_SECONDS
         returncode = proc.wait()
     if returncode != 0:
         reason = stderr.splitlines()[-1] if stderr else f"ffmpeg exited with status {returncode}"
+        reason = reason.replace(local_source(path), str(path))  # as the user named it
         raise DecodeError(f"{path}: cannot decode audio: {reason[-_STDERR_TAIL:]}")
     if produced == 0:
         raise DecodeError(f"{path}: contains no audio stream ffmpeg can decode")
@@ -90,7 +138,8 @@ def audio_stream_sha256(path: Path) -> str:
     """
     _check_file(path)
     args = [
-        _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
+        _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+        *LOCAL_ONLY, "-i", local_source(path),
         "-map", "0:a:0", "-c", "copy", "-f", "hash", "-hash", "sha256", "pipe:1",
     ]
     try:
@@ -101,13 +150,14 @@ def audio_stream_sha256(path: Path) -> str:
     if result.returncode != 0 or not line.startswith("SHA256="):
         reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = reason[-1] if reason else f"ffmpeg exited with status {result.returncode}"
+        detail = detail.replace(local_source(path), str(path))  # as the user named it
         raise DecodeError(f"{path}: not a readable audio file: {detail[-_STDERR_TAIL:]}")
     return line.removeprefix("SHA256=")
 
 
-def decode_file(path: Path, sample_rate: int) -> np.ndarray:
-    """The whole file as one mono float32 array (for queries and evaluation excerpts)."""
-    blocks = list(iter_pcm_blocks(path, sample_rate))
+def decode_file(path: Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """The file (its first ``max_seconds``) as one mono float32 array (queries, evaluation excerpts)."""
+    blocks = list(iter_pcm_blocks(path, sample_rate, max_seconds=max_seconds))
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
@@ -127,15 +177,16 @@ def probe_tags(path: Path) -> AudioTags:
     try:
         result = subprocess.run(
             [
-                _tool("ffprobe"), "-v", "error", "-print_format", "json",
-                "-show_format", "-show_streams", str(path),
+                _tool("ffprobe"), "-v", "error", *LOCAL_ONLY, "-print_format", "json",
+                "-show_format", "-show_streams", local_source(path),
             ],
             capture_output=True, check=False, timeout=60, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         raise DecodeError(f"{path}: ffprobe did not answer within 60 s") from None
     if result.returncode != 0:
-        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        stderr = result.stderr.decode("utf-8", "replace").replace(local_source(path), str(path))
+        reason = stderr.strip().splitlines()
         raise DecodeError(f"{path}: not a readable audio file: {reason[-1] if reason else 'ffprobe failed'}")
     info = json.loads(result.stdout or b"{}")
     tags: dict[str, str] = {}

@@ -17,9 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunetrace.audio.decode import iter_pcm_blocks, probe_tags
+from tunetrace.audio.decode import describe_os_error, iter_pcm_blocks, probe_tags
 from tunetrace.audio.windows import frame_stream
-from tunetrace.catalog.scan import SidecarEntry, content_hash, load_sidecar, normalise_isrc, scan_paths
+from tunetrace.catalog.scan import (
+    ScanProblem,
+    SidecarEntry,
+    content_hash,
+    load_sidecar,
+    normalise_isrc,
+    scan_paths,
+)
 from tunetrace.catalog.tags import read_tags
 from tunetrace.config import IngestConfig
 from tunetrace.encoders.base import Encoder
@@ -139,12 +146,14 @@ def _register_operators() -> None:
 
         def __init__(
             self, encoder: _Shared, store: _Shared, sidecar: dict[Path, SidecarEntry],
-            replace: bool, batch_size: int,
+            replace: bool, batch_size: int, min_duration_s: float, silence_threshold_dbfs: float,
         ) -> None:
             self._encoder: Encoder = encoder.value
             self._store: CatalogStore = store.value
             self._sidecar = sidecar
             self._replace, self._batch_size = replace, batch_size
+            self._min_duration_s = min_duration_s
+            self._silence_rms = 10.0 ** (silence_threshold_dbfs / 20.0)
 
         def __call__(self, path: Path) -> EmbeddedTrack | FileOutcome:
             try:
@@ -155,10 +164,9 @@ def _register_operators() -> None:
                 return FileOutcome(path, "failed", f"{path}: cannot read the file: {exc.strerror or exc}")
 
         def _embed(self, path: Path) -> EmbeddedTrack | FileOutcome:
-            if not path.is_file():
-                broken_link = path.is_symlink() and not path.exists()
-                what = "a broken symbolic link" if broken_link else "no such file"
-                return FileOutcome(path, "failed", f"{path}: {what}")
+            refusal = _not_a_file(path)
+            if refusal is not None:
+                return refusal
             digest = content_hash(path)
             existing = self._store.find_by_hash(digest)
             meta = file_metadata(path, self._sidecar.get(path.resolve()))
@@ -183,22 +191,42 @@ def _register_operators() -> None:
                     samples += block.size
                     yield block
 
-            for windows, starts in frame_stream(counted(iter_pcm_blocks(path, info.sample_rate)), spec):
+            blocks = counted(iter_pcm_blocks(path, info.sample_rate))
+            for all_windows, all_starts in frame_stream(blocks, spec):
+                audible = _audible(all_windows, self._silence_rms)
+                windows, starts = all_windows[audible], all_starts[audible]
                 for start in range(0, windows.shape[0], self._batch_size):
                     vectors.append(self._encoder.embed(windows[start : start + self._batch_size]))
                 offsets.append(starts / info.sample_rate)
-            if not vectors:
+            duration_s = samples / info.sample_rate
+            if samples == 0:
                 raise DecodeError(f"{path}: decoded to no audio")
+            unindexable = self._unindexable(path, duration_s, spec.window_s, audible=bool(vectors))
+            if unindexable is not None:
+                return FileOutcome(path, "failed", unindexable)
             track = Track(
                 track_id=track_id_for(digest),
                 title=meta.title, artist=meta.artist, album=meta.album, isrc=meta.isrc,
-                duration_s=samples / info.sample_rate,
+                duration_s=duration_s,
                 source_path=str(path.resolve()),
                 content_hash=digest,
                 n_vectors=int(sum(v.shape[0] for v in vectors)),
                 ingested_at=time.time(),
             )
             return EmbeddedTrack(track, np.concatenate(vectors), np.concatenate(offsets))
+
+        def _unindexable(
+            self, path: Path, duration_s: float, window_s: float, *, audible: bool,
+        ) -> str | None:
+            """Why a decoded file is not indexed (too short, or silent throughout); ``None``: it is."""
+            shortest_s = max(self._min_duration_s, window_s)
+            if duration_s < shortest_s:
+                return (f"{path}: too short to index ({duration_s:.1f} s; a track needs at least "
+                        f"{shortest_s:.1f} s, ingest.min_duration_s)")
+            if not audible:
+                return (f"{path}: silent (no window louder than ingest.silence_threshold_dbfs); "
+                        "nothing to index")
+            return None
 
     @register(name="tunetrace/insert_track")
     class InsertTrack:
@@ -221,7 +249,26 @@ def _register_operators() -> None:
             )
 
 
+def _audible(windows: np.ndarray, silence_rms: float) -> np.ndarray:
+    """Indices of the windows louder than the silence threshold (RMS over the window)."""
+    rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1))
+    return np.flatnonzero(rms >= silence_rms)
+
+
 _registered = False
+
+
+def _not_a_file(path: Path) -> FileOutcome | None:
+    """A failed outcome for a path that is not a readable regular file; ``None`` when it is one."""
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # a name too long for the file system, a link loop
+        return FileOutcome(path, "failed", f"{path}: {describe_os_error(exc)}")
+    if is_file:
+        return None
+    broken_link = path.is_symlink() and not path.exists()
+    what = "a broken symbolic link" if broken_link else "no such file"
+    return FileOutcome(path, "failed", f"{path}: {what}")
 
 
 def build_pipeline(
@@ -239,7 +286,8 @@ def build_pipeline(
         pipe.input("path")
         .map("path", "embedded", ops.tunetrace.embed_file(
             encoder=_Shared(encoder), store=_Shared(store), sidecar=sidecar,
-            replace=replace, batch_size=batch_size,
+            replace=replace, batch_size=batch_size, min_duration_s=config.min_duration_s,
+            silence_threshold_dbfs=config.silence_threshold_dbfs,
         ))
         .map(("path", "embedded"), "outcome", ops.tunetrace.insert_track(
             store=_Shared(store), insert_batch=config.insert_batch,
@@ -263,17 +311,28 @@ def ingest(
     started = time.monotonic()
     pipeline = build_pipeline(encoder, store, config, replace=replace, batch_size=batch_size)
     summary = IngestSummary()
-    for path in scan_paths(paths, config.extensions):
-        if stop is not None and stop.is_set():
-            break
-        try:
-            outcome: FileOutcome = pipeline(path).get()[0]
-        except RuntimeError as exc:  # towhee wraps anything an operator did not handle
-            outcome = FileOutcome(path, "failed", f"{path}: {str(exc).splitlines()[0]}")
+    problems: list[ScanProblem] = []
+
+    def record(outcome: FileOutcome) -> None:
         if outcome.status == "failed":
             log.warning("%s", outcome.reason)
         summary.outcomes.append(outcome)
         if on_file is not None:
             on_file(outcome)
+
+    found = scan_paths(paths, config.extensions, problems, follow_symlinks_out=config.follow_symlinks_out)
+    for path in found:
+        if stop is not None and stop.is_set():
+            break
+        while problems:  # reported where the scan met them, in order
+            problem = problems.pop(0)
+            record(FileOutcome(problem.path, "failed", problem.reason))
+        try:
+            outcome: FileOutcome = pipeline(path).get()[0]
+        except RuntimeError as exc:  # towhee wraps anything an operator did not handle
+            outcome = FileOutcome(path, "failed", f"{path}: {str(exc).splitlines()[0]}")
+        record(outcome)
+    for problem in problems:
+        record(FileOutcome(problem.path, "failed", problem.reason))
     summary.wall_s = time.monotonic() - started
     return summary

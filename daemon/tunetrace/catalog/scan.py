@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -12,24 +14,74 @@ from tunetrace.audio.decode import audio_stream_sha256
 from tunetrace.errors import ConfigError
 
 
-def scan_paths(paths: Iterable[Path], extensions: Iterable[str]) -> Iterator[Path]:
+@dataclass(frozen=True)
+class ScanProblem:
+    """A path under an ingested folder that could not be considered, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+def scan_paths(
+    paths: Iterable[Path], extensions: Iterable[str], problems: list[ScanProblem] | None = None,
+    *, follow_symlinks_out: bool = False,
+) -> Iterator[Path]:
     """Files named explicitly, plus files with an audio suffix found recursively in folders.
 
     Sorted within each folder so runs are reproducible; hidden files and folders are skipped.
+    What cannot be looked at is appended to ``problems`` instead of being skipped in silence: a
+    subfolder this user may not read, a name too long for the file system, and (unless
+    ``follow_symlinks_out``) a link that leads out of the folder being ingested, which would
+    otherwise let ``ingest /srv/music`` read ``/etc/shadow`` through a planted link.
     """
     suffixes = {s.lower() for s in extensions}
     for path in paths:
-        if path.is_dir():
-            for found in sorted(path.rglob("*")):
-                relative = found.relative_to(path)
-                if any(part.startswith(".") for part in relative.parts):
-                    continue
-                # A broken link is yielded too, so that it is reported rather than silently skipped.
-                broken_link = found.is_symlink() and not found.exists()
-                if (found.is_file() or broken_link) and found.suffix.lower() in suffixes:
-                    yield found
+        if _is_dir(path):
+            yield from _scan_folder(path, suffixes, problems, follow_symlinks_out)
         else:
-            yield path
+            yield path  # what is wrong with it (a name too long ...) is reported by the caller
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _scan_folder(
+    root: Path, suffixes: set[str], problems: list[ScanProblem] | None, follow_symlinks_out: bool,
+) -> Iterator[Path]:
+    inside = root.resolve()
+
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else root
+        if problems is not None:
+            problems.append(ScanProblem(where, f"{where}: cannot list the folder: {_why(error)}"))
+
+    for folder, subfolders, names in os.walk(root, onerror=unreadable):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(names):
+            found = Path(folder) / name
+            if name.startswith(".") or found.suffix.lower() not in suffixes:
+                continue
+            # A broken link is yielded too, so that it is reported rather than silently skipped.
+            if found.is_symlink() and found.exists() and not follow_symlinks_out:
+                target = found.resolve()
+                if not target.is_relative_to(inside):
+                    if problems is not None:
+                        problems.append(ScanProblem(found, (
+                            f"{found}: a symbolic link out of {root} (to {target}); not followed: name the "
+                            "target itself, or set ingest.follow_symlinks_out: true"
+                        )))
+                    continue
+            yield found
+
+
+def _why(error: OSError) -> str:
+    if error.errno == errno.EACCES:
+        return "permission denied; make it readable (and enterable) by this user"
+    return error.strerror or str(error)
 
 
 def content_hash(path: Path) -> str:

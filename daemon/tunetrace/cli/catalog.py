@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -17,8 +18,9 @@ from tunetrace.cli.common import (
     add_config_option,
     load,
 )
-from tunetrace.config import Config, load_config
-from tunetrace.errors import DecodeError
+from tunetrace.config import Config, data_dir_problem, load_config
+from tunetrace.errors import ConfigError, DecodeError
+from tunetrace.redact import redact_url
 
 if TYPE_CHECKING:
     from tunetrace.store.milvus import CatalogStore
@@ -27,19 +29,32 @@ if TYPE_CHECKING:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from tunetrace.catalog.scan import scan_paths
+    from tunetrace.catalog.ingest import FileOutcome
+    from tunetrace.catalog.live import outcome_message
+    from tunetrace.catalog.scan import ScanProblem, scan_paths
 
     config = load(args)
-    missing = [p for p in args.paths if not p.exists()]
-    for path in missing:
-        what = "a broken symbolic link" if path.is_symlink() else "no such file or folder"
-        print(f"error: {path}: {what}", file=sys.stderr)
+    missing: list[Path] = []
     files: list[Path] = []
-    for path in (p for p in args.paths if p.exists()):
-        found = list(scan_paths([path], config.ingest.extensions))
+    scan_problems: list[ScanProblem] = []
+    for path in args.paths:
+        problem = _path_problem(path)
+        if problem is not None:
+            missing.append(path)
+            print(f"error: {path}: {problem}", file=sys.stderr)
+            continue
+        problems: list[ScanProblem] = []
+        found = list(scan_paths(
+            [path], config.ingest.extensions, problems, follow_symlinks_out=config.ingest.follow_symlinks_out,
+        ))
         if path.is_dir() and not found:  # otherwise a mistyped folder would pass silently
             missing.append(path)
-            print(f"error: {path}: a folder with no audio files in it", file=sys.stderr)
+            for unreadable in problems:
+                print(f"error: {unreadable.reason}", file=sys.stderr)
+            if not problems:
+                print(f"error: {path}: a folder with no audio files in it", file=sys.stderr)
+        else:
+            scan_problems.extend(problems)
         files.extend(found)
     if not files:
         print(
@@ -57,6 +72,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     else:
         outcomes = _ingest_here(config, files, replace=args.replace, quiet=args.quiet)
         _notify_daemon(config)
+    # What the scan could not look at (an unreadable subfolder, a link out of the tree) failed too.
+    outcomes.extend(outcome_message(FileOutcome(p.path, "failed", p.reason)) for p in scan_problems)
     failed = _print_ingest_summary(outcomes, time.monotonic() - started)
     return EXIT_PARTIAL if failed or missing else EXIT_OK
 
@@ -85,7 +102,7 @@ def _ingest_here(config: Config, files: list[Path], *, replace: bool, quiet: boo
 
         def progress(outcome: FileOutcome) -> None:
             outcomes.append(outcome_message(outcome))
-            bar.set_postfix_str(f"{outcome.status}: {outcome.path.name}"[:60])
+            bar.set_postfix_str(_shown(f"{outcome.status}: {outcome.path.name}")[:60])
             bar.update(1)
 
         ingest(files, encoder, store, config.ingest, replace=replace,
@@ -103,7 +120,7 @@ def _ingest_via_daemon(socket: Path, files: list[Path], *, replace: bool, quiet:
 
     def progress(message: Outcome) -> None:
         outcomes.append(message)
-        bar.set_postfix_str(f"{message['status']}: {Path(message['path']).name}"[:60])
+        bar.set_postfix_str(_shown(f"{message['status']}: {Path(message['path']).name}")[:60])
         bar.update(1)
 
     request(socket, {"op": "ingest", "paths": [str(p.resolve()) for p in files], "replace": replace},
@@ -126,7 +143,7 @@ def _print_ingest_summary(outcomes: list[Outcome], wall_s: float) -> int:
         f"{wall_s:.1f} s wall ({speed:.0f} s of audio per second)",
     )
     for failure in (o for o in outcomes if o["status"] == "failed"):
-        print(f"  failed: {failure['reason']}")
+        print(f"  failed: {_shown(str(failure['reason']))}")
     return count["failed"]
 
 
@@ -164,11 +181,41 @@ def _notify_daemon(config: Config) -> None:
               "service.catalog_refresh_s", file=sys.stderr)
 
 
+def _path_problem(path: Path) -> str | None:
+    """Why a path named on the command line cannot be ingested at all (``None``: it can be tried)."""
+    from tunetrace.audio.decode import describe_os_error
+
+    try:
+        path.stat()
+    except OSError as exc:  # a name too long, a link loop: one path, not the whole run
+        if exc.errno != errno.ENOENT:
+            return describe_os_error(exc)
+        return "a broken symbolic link" if path.is_symlink() else "no such file or folder"
+    return None
+
+
 # -- identify ---------------------------------------------------------------------------------
 
 
-def _identification_record(path: Path, result: Any, elapsed_s: float) -> dict[str, Any]:
+_RESULT_KEYS = (
+    "file", "match", "track_id", "title", "artist", "album", "isrc", "offset_s", "confidence",
+    "speed_ratio", "aligned_windows", "latency_s", "note", "query_s", "error",
+)
+"""Every ``identify --json`` line has all of these, result or error, so consumers need no special case."""
+
+_NOTES = {
+    "silent": "the audio is silent",
+    "too_short": "the audio is shorter than one window",
+}
+
+
+def _identification_record(
+    path: Path, result: Any, elapsed_s: float, query_s: float, truncated: bool,
+) -> dict[str, Any]:
     track = result.track
+    note = _NOTES.get(result.note) if result.note else None
+    if truncated:
+        note = f"only the first {query_s:.0f} s were identified (matcher.max_query_s)"
     return {
         "file": str(path),
         "match": result.matched,
@@ -182,48 +229,73 @@ def _identification_record(path: Path, result: Any, elapsed_s: float) -> dict[st
         "speed_ratio": result.speed_ratio if track else None,
         "aligned_windows": result.aligned_windows,
         "latency_s": round(elapsed_s, 4),
+        "note": note,
+        "query_s": round(query_s, 3),
+        "error": None,
     }
 
 
+def _error_record(path: Path, error: str) -> dict[str, Any]:
+    record: dict[str, Any] = dict.fromkeys(_RESULT_KEYS)
+    record.update(file=str(path), match=False, error=error)
+    return record
+
+
+def _shown(text: str) -> str:
+    """A name as one line of text output: a newline in a file name must not forge a line."""
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
 def _print_identification(record: dict[str, Any], out: TextIO) -> None:
-    if "error" in record:
-        print(f"{record['file']}: error: {record['error']}", file=out)
+    name = _shown(record["file"])
+    if record["error"] is not None:
+        print(f"{name}: error: {_shown(record['error'])}", file=out)
     elif record["match"]:
         artist = f" by {record['artist']}" if record["artist"] else ""
+        note = f" [{record['note']}]" if record["note"] else ""
         print(
-            f"{record['file']}: {record['title']}{artist} at {record['offset_s']:.1f} s "
-            f"(confidence {record['confidence']:.2f})",
+            f"{name}: {_shown(record['title'] + artist)} at {record['offset_s']:.1f} s "
+            f"(confidence {record['confidence']:.2f}){note}",
             file=out,
         )
+    elif record["note"] and record["note"] in _NOTES.values():
+        print(f"{name}: no match: {record['note']}", file=out)
     else:
-        print(f"{record['file']}: no match (best confidence {record['confidence']:.2f})", file=out)
+        note = f" [{record['note']}]" if record["note"] else ""
+        print(f"{name}: no match (best confidence {record['confidence']:.2f}){note}", file=out)
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    from tunetrace.audio.decode import decode_file
+    from tunetrace.audio.decode import decode_file, describe_os_error
     from tunetrace.encoders import create_encoder
     from tunetrace.identify import Recognizer
     from tunetrace.store import open_catalog
 
     config = load(args)
     encoder = create_encoder(config.encoder, config.data_dir)
+    rate = encoder.info.sample_rate
+    limit_s = config.matcher.max_query_s
     failed = 0
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
-        recognizer = Recognizer(encoder, store, config.matcher)
+        recognizer = Recognizer(encoder, store, config.matcher, batch_size=config.encoder.batch_size)
         for path in args.files:
             started = time.perf_counter()
             record: dict[str, Any]
             try:
-                audio = decode_file(path, encoder.info.sample_rate)
+                # A second past the limit tells a file that was cut from one exactly that long.
+                audio = decode_file(path, rate, max_seconds=limit_s + 1.0)
+                truncated = audio.size > round(limit_s * rate)
+                audio = audio[: round(limit_s * rate)]
                 result = recognizer.identify(audio)
-                record = _identification_record(path, result, time.perf_counter() - started)
+                record = _identification_record(
+                    path, result, time.perf_counter() - started, audio.size / rate, truncated,
+                )
             except DecodeError as exc:
                 failed += 1
-                # Same keys as a result, so a JSON Lines consumer needs no special case.
-                record = {
-                    "file": str(path), "match": False, "track_id": None, "title": None, "artist": None,
-                    "offset_s": None, "confidence": None, "error": str(exc),
-                }
+                record = _error_record(path, str(exc))
+            except OSError as exc:  # a path the checks above could not foresee: one file, not the batch
+                failed += 1
+                record = _error_record(path, f"{path}: {describe_os_error(exc)}")
             if args.json:
                 print(json.dumps(record), flush=True)
             else:
@@ -267,7 +339,7 @@ def _print_stats(store: CatalogStore, config: Config, as_json: bool) -> int:
     info = store.info
     vector_rows = store.vector_count()
     stats = {
-        "uri": config.milvus_uri() if config.milvus.uri is None else config.milvus.uri,
+        "uri": redact_url(config.milvus_uri()),
         "encoder": info.encoder_id, "dimension": info.dimension, "metric": info.metric,
         "window_s": info.window_s, "hop_s": info.hop_s,
         "tracks": len(tracks), "hours": round(sum(t.duration_s for t in tracks) / 3600, 3),
@@ -312,8 +384,11 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    problem = data_dir_problem(config.data_dir)
+    if problem is not None:
+        raise ConfigError(problem)
     source = args.config or "built-in defaults / $TUNETRACE_CONFIG"
-    print(f"{source}: OK (encoder {config.encoder.name}, catalog {config.milvus_uri()})")
+    print(f"{source}: OK (encoder {config.encoder.name}, catalog {redact_url(config.milvus_uri())})")
     return EXIT_OK
 
 

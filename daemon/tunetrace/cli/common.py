@@ -49,7 +49,10 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # pymilvus warns on every iterator over Milvus Lite ("failed to get mvccTs"), and Lite's
     # in-process gRPC server logs a harmless "AllocTimestamp not implemented" trace.
-    logging.getLogger("pymilvus").setLevel(max(logging.ERROR, logging.getLevelName(level)))
+    # Past DEBUG, pymilvus' own ERROR lines are silenced too: each failed request logs a multi-KB
+    # traceback that repeats what its exception (reported once by the caller) already says.
+    quiet = logging.DEBUG if level == "DEBUG" else logging.CRITICAL
+    logging.getLogger("pymilvus").setLevel(quiet)
     logging.getLogger("grpc").setLevel(logging.CRITICAL)
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,8 @@ from tunetrace.cli.models import add_models_parser
 from tunetrace.cli.serve import add_serve_parser
 from tunetrace.cli.train import add_train_parser
 from tunetrace.errors import TunetraceError
+
+_PRIVATE_UMASK = 0o027
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.func
+    # The catalog, play log and outbox are nobody else's business: new files 0640, folders 0750
+    # (systemd's unit sets the same with UMask=0027). Restored on return, for embedding callers.
+    previous_umask = os.umask(0)
+    os.umask(previous_umask | _PRIVATE_UMASK)
     try:
         return handler(args)
     except TunetraceError as exc:
@@ -46,3 +53,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        os.umask(previous_umask)

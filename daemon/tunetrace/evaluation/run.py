@@ -39,6 +39,7 @@ from tunetrace.evaluation.excerpts import (
     redraw_quiet,
 )
 from tunetrace.identify import Identification, Recognizer
+from tunetrace.redact import redact_url
 from tunetrace.store import open_catalog, track_id_for
 
 if TYPE_CHECKING:
@@ -379,7 +380,7 @@ def run_evaluation(config: Config, options: EvalOptions) -> EvalRun:
     results.sort(key=lambda r: r.query_id)
     return EvalRun(
         results=results, options=options, encoder_id=encoder.info.encoder_id, sample_rate=sample_rate,
-        matcher=config.matcher, catalog_uri=config.milvus_uri(), ingest=summary,
+        matcher=config.matcher, catalog_uri=redact_url(config.milvus_uri()), ingest=summary,
         catalog_tracks=sum(1 for t in tracks if t.in_catalog),
         holdout_tracks=sum(1 for t in tracks if not t.in_catalog), catalog_hours=catalog_hours,
         excluded=excluded, wall_s=time.monotonic() - started, machine=machine,

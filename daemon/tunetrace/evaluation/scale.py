@@ -31,6 +31,7 @@ from tunetrace.config import Config, MatcherConfig, load_config
 from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.evaluation.distractors import SourceTrack, make_distractor
 from tunetrace.identify import Recognizer
+from tunetrace.redact import redact_url
 from tunetrace.store import Track, open_catalog, track_id_for
 from tunetrace.store.memory import MemoryCatalog
 
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder = create_encoder(config.encoder, config.data_dir)
     if args.action == "insert":
         added = insert_distractors(config, encoder, args.cache, args.count, args.seed)
-        print(f"inserted {added} distractors into {config.milvus_uri()}")
+        print(f"inserted {added} distractors into {redact_url(config.milvus_uri())}")
         return 0
     pool = _decoded_pool(args.cache, encoder.info.sample_rate, DEFAULT_SOURCES)
     if args.action == "vectors":

@@ -21,6 +21,11 @@ Delivery guarantees:
   broker is unreachable (or before a crash or restart) are delivered after reconnecting: at least
   once, in order; consumers drop the rare duplicate by ``event_id``.  The outbox is bounded
   (``MqttConfig.outbox_max_events``): beyond it the oldest events are dropped and counted.
+- When the outbox cannot be written (a full disk, an I/O error) the event is not lost: it is kept
+  in memory behind the outbox (same bound, same policy), moved to disk as soon as a write
+  succeeds, and published from memory while the broker is connected.  ``unsaved_events`` (in the
+  stats and every health payload) says how many would not survive a crash; one ERROR line per
+  spell names the file and the fix.
 - Now-playing and health are *state*: retained, only the latest value per topic matters, so they
   are kept in memory and (re)published on every connect instead of queued.
 - ``<prefix>/status`` is ``online`` (retained) after every connect and ``offline`` (retained) at a
@@ -37,8 +42,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,6 +79,17 @@ _STABLE_CONNECTION_S = 10.0
 _GOODBYE_S = 1.0
 """Part of the close deadline kept for publishing ``offline`` and disconnecting."""
 _OUTBOX_BATCH = 32
+_DISK_RETRY_S = 5.0
+"""While outbox writes fail, how often the sender retries them without new events."""
+
+
+@dataclass(frozen=True)
+class _Unsaved:
+    """An event the outbox could not store yet (a full disk)."""
+
+    topic: str
+    payload: bytes
+    message_id: str
 """Outbox messages read per disk access; retained state is refreshed between batches."""
 _SWEEP_QUIET_S = 0.5
 """Retained configs arrive right after the subscription; this long without one means all came."""
@@ -97,7 +115,10 @@ class PublisherStats:
     pending_events: int
     """Events waiting in the outbox."""
     dropped_events: int
-    """Events the outbox discarded when full (over the outbox file's lifetime)."""
+    """Events discarded when full: by the outbox (over its file's lifetime) and, while the disk
+    failed, from memory (since start)."""
+    unsaved_events: int
+    """Events held only in memory because the outbox could not be written (lost on a crash)."""
     pending_state: int
     """Retained topics (now-playing, health, discovery) whose latest value the broker has not yet acked."""
 
@@ -130,6 +151,12 @@ class MqttPublisher:
         self._abandon_flush = False
         self._connects = 0
         self._delivered = 0
+        self._unsaved: deque[_Unsaved] = deque()
+        """Events the outbox could not store (full disk), oldest first, all newer than the outbox's."""
+        self._dropped_unsaved = 0
+        self._disk_failing = False
+        self._unacked: set[int] = set()
+        """Outbox messages the broker acknowledged whose deletion failed (full disk): never resent."""
         # Retained state, latest value per topic, republished in this order on every connect.
         self._retained: dict[str, bytes] = {}
         self._dirty: dict[str, None] = {}
@@ -173,20 +200,56 @@ class MqttPublisher:
             connected=self._connected.is_set(),
             connects=self._connects,
             delivered_events=self._delivered,
-            pending_events=outbox.pending if outbox else 0,
-            dropped_events=outbox.dropped_total if outbox else 0,
+            pending_events=(outbox.pending - len(self._unacked) if outbox else 0) + len(self._unsaved),
+            dropped_events=(outbox.dropped_total if outbox else 0) + self._dropped_unsaved,
+            unsaved_events=len(self._unsaved),
             pending_state=len(self._dirty),
         )
 
     # -- EventSink ---------------------------------------------------------------------------------
 
     async def publish_event(self, event: PlayEvent) -> None:
-        """Persist the event in the outbox (fsync'd) and wake the sender; no network wait."""
-        outbox = self._require_outbox()
-        topic = self._topics.events(event.play.station)
+        """Persist the event in the outbox (fsync'd) and wake the sender; no network wait.
+
+        If the outbox cannot be written the event waits in memory (never dropped for that)."""
+        self._require_outbox()
+        message = _Unsaved(self._topics.events(event.play.station), encode(event.to_json()), event.event_id)
         async with self._append_lock:  # FIFO: keeps the outbox in call order
-            await asyncio.to_thread(outbox.append, topic, encode(event.to_json()), event.event_id)
+            self._unsaved.append(message)
+            await self._save_unsaved()
         self._wake.set()
+
+    async def _save_unsaved(self) -> None:
+        """Move events kept in memory to the outbox, oldest first, until a write fails."""
+        outbox = self._outbox
+        while self._unsaved and outbox is not None:
+            message = self._unsaved[0]
+            try:
+                await asyncio.to_thread(outbox.append, message.topic, message.payload, message.message_id)
+            except (sqlite3.Error, OSError) as exc:
+                self._outbox_write_failed(exc)
+                return
+            self._unsaved.popleft()
+            if self._disk_failing:
+                self._disk_failing = False
+                log.info("MQTT outbox %s writable again", outbox.path)
+
+    def _outbox_write_failed(self, exc: Exception) -> None:
+        limit = self._config.outbox_max_events
+        excess = len(self._unsaved) - limit
+        if excess > 0:  # the outbox's own policy: the oldest go, counted
+            for _ in range(excess):
+                self._unsaved.popleft()
+            self._dropped_unsaved += excess
+            log.warning("%d event(s) dropped: %d wait in memory (mqtt.outbox_max_events)", excess, limit)
+        if not self._disk_failing:  # one line per spell
+            self._disk_failing = True
+            outbox = self._require_outbox()
+            log.error(
+                "cannot write the MQTT outbox %s: %s; %d event(s) kept in memory (lost if the daemon "
+                "dies) and retried; free space in %s",
+                outbox.path, exc, len(self._unsaved), outbox.path.parent,
+            )
 
     async def publish_now_playing(self, station: str, play: Play | None) -> None:
         payload = now_playing_payload(station, play, self._clock())
@@ -194,7 +257,14 @@ class MqttPublisher:
         self._wake.set()
 
     async def publish_health(self, station: str, health: StationHealth) -> None:
-        payload = health_payload(station, health, self._clock())
+        if self._unsaved and self._outbox is not None:  # health ticks are the retry timer too
+            async with self._append_lock:
+                await self._save_unsaved()
+        stats = self.stats()
+        payload = health_payload(station, health, self._clock()) | {
+            "events_pending": stats.pending_events, "events_unsaved": stats.unsaved_events,
+            "events_dropped": stats.dropped_events,
+        }
         self._set_retained(self._topics.health(station), encode(payload))
         self._wake.set()
 
@@ -222,6 +292,9 @@ class MqttPublisher:
                     # The broker is not answering at all: give up on a clean goodbye.
                     task.cancel()
                     await asyncio.wait({task}, timeout=_GOODBYE_S)
+        if self._unsaved:
+            log.error("%d MQTT event(s) could not be written to %s and are lost at exit: free space there",
+                      len(self._unsaved), self._outbox_path)
         if self._outbox is not None:
             pending = len(self._outbox)
             if pending:
@@ -325,7 +398,11 @@ class MqttPublisher:
             await self._drain_outbox(client)
             if self._closing.is_set():
                 return
-            await self._wake.wait()
+            if self._unacked:  # retry the deletes while the disk is full
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _DISK_RETRY_S)
+            else:
+                await self._wake.wait()
 
     async def _publish_retained(self, client: aiomqtt.Client) -> None:
         while self._dirty and not self._flush_abandoned():
@@ -336,18 +413,40 @@ class MqttPublisher:
                 self._dirty.pop(topic, None)
 
     async def _drain_outbox(self, client: aiomqtt.Client) -> None:
+        """The outbox first (older), then what only memory holds; a failed delete is remembered."""
         outbox = self._require_outbox()
+        await self._retry_acks(outbox)
         while not self._flush_abandoned():
-            batch = await asyncio.to_thread(outbox.peek, _OUTBOX_BATCH)
+            batch = [m for m in await asyncio.to_thread(outbox.peek, _OUTBOX_BATCH + len(self._unacked))
+                     if m.seq not in self._unacked]
             if not batch:
-                return
+                break
             for message in batch:
                 if self._flush_abandoned():
                     return
                 await client.publish(message.topic, message.payload, qos=1)  # returns after PUBACK
-                await asyncio.to_thread(outbox.ack, message.seq)
                 self._delivered += 1
+                try:
+                    await asyncio.to_thread(outbox.ack, message.seq)
+                except (sqlite3.Error, OSError):
+                    self._unacked.add(message.seq)  # delivered: deleted later, never resent
             await self._publish_retained(client)
+        async with self._append_lock:
+            await self._save_unsaved()
+        while self._unsaved and not self._flush_abandoned():
+            message_in_memory = self._unsaved[0]
+            await client.publish(message_in_memory.topic, message_in_memory.payload, qos=1)
+            self._delivered += 1
+            if self._unsaved and self._unsaved[0] is message_in_memory:
+                self._unsaved.popleft()
+
+    async def _retry_acks(self, outbox: Outbox) -> None:
+        for seq in sorted(self._unacked):
+            try:
+                await asyncio.to_thread(outbox.ack, seq)
+            except (sqlite3.Error, OSError):
+                return
+            self._unacked.discard(seq)
 
     def _log_failure(self, error: Exception, delay_s: float, *, was_connected: bool, repeat: bool) -> None:
         """Warn once per outage (repeats go to DEBUG); a refused login or a bug is an ERROR every time."""
@@ -356,6 +455,13 @@ class MqttPublisher:
         if not isinstance(error, aiomqtt.MqttError):
             # Not the broker's doing (a full disk under the outbox, a bug): keep the traceback.
             log.error("MQTT publisher failed: %s (retrying in %.1f s)", error, delay_s, exc_info=error)
+        elif (tls_problem := _tls_failure(error)) is not None:
+            # Not an outage: retrying will not fix a certificate, so it is an ERROR every time.
+            log.error(
+                "MQTT broker %s: TLS handshake failed: %s; check mqtt.ca_file (the CA that signed the "
+                "broker's certificate) and that mqtt.host is a name in that certificate (retrying in %.1f s)",
+                where, tls_problem, delay_s,
+            )
         elif isinstance(error, aiomqtt.MqttCodeError) and code in _AUTH_REFUSED_CODES:
             log.error(
                 "MQTT broker %s refused the login as %r: %s; check mqtt.username and mqtt.password "
@@ -390,6 +496,20 @@ class MqttPublisher:
             return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"mqtt.ca_file: cannot load CA bundle {ca_file}: {exc}") from None
+
+
+def _tls_failure(error: BaseException) -> str | None:
+    """The TLS reason behind a connection failure (certificate not trusted, wrong host name)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return str(getattr(current, "verify_message", None) or current.reason or current)
+        if "CERTIFICATE_VERIFY_FAILED" in str(current) or "certificate verify failed" in str(current):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def _wait_disconnected(client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:

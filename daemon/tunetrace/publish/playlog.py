@@ -13,14 +13,23 @@ directory is fsync'd so the renames survive a crash.
 
 File I/O runs in a worker thread; an ``asyncio.Lock`` keeps lines in call order.  Now-playing and
 health updates are not logged here (they are state, not records).
+
+A write that fails (a full disk) leaves nothing behind: the file is unbuffered, so no failed line
+can surface later from a buffer, and it is truncated back to where the line began, so no partial
+line remains.  The line is kept in memory, in order, and written before the next one (on the next
+event or health tick) once the disk accepts it; one ERROR line per spell says so.  At most
+``_MAX_UNWRITTEN`` lines wait; beyond that the oldest are dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +39,9 @@ from tunetrace.config import PlayLogConfig
 from tunetrace.events import Play, PlayEvent, StationHealth
 
 log = logging.getLogger(__name__)
+
+_MAX_UNWRITTEN = 10_000
+"""Lines kept in memory while the disk refuses them (a few MB at most)."""
 
 
 def _utc_now() -> datetime:
@@ -55,6 +67,10 @@ class PlayLog:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._file: BinaryIO | None = None
+        self._unwritten: deque[bytes] = deque()
+        self._failing = False
+        self.dropped_lines = 0
+        """Lines dropped because more than ``_MAX_UNWRITTEN`` waited for the disk."""
 
     @classmethod
     def from_config(cls, config: PlayLogConfig, data_dir: Path) -> PlayLog:
@@ -76,33 +92,80 @@ class PlayLog:
         return None
 
     async def publish_health(self, station: str, health: StationHealth) -> None:
-        return None
+        """Health ticks retry lines the disk refused."""
+        if self._unwritten:
+            async with self._lock:
+                await asyncio.to_thread(self._write_pending)
+
+    @property
+    def unwritten_lines(self) -> int:
+        """Lines waiting in memory for the disk (lost if the daemon dies first)."""
+        return len(self._unwritten)
 
     async def start(self) -> None:
         return None
 
     async def close(self, deadline_s: float) -> None:
-        """Close the file; every line was already written and flushed when it was published."""
+        """Close the file; every line was written when published, unless the disk refused it."""
         async with self._lock:
+            if self._unwritten:
+                await asyncio.to_thread(self._write_pending)
+            if self._unwritten:
+                log.error("play log %s: %d line(s) could not be written and are lost at exit; free space",
+                          self._path, len(self._unwritten))
             await asyncio.to_thread(self._close_file)
 
     # -- worker-thread side -----------------------------------------------------------------------
 
     def _write_line(self, line: bytes) -> None:
+        self._unwritten.append(line)
+        if len(self._unwritten) > _MAX_UNWRITTEN:
+            self._unwritten.popleft()
+            self.dropped_lines += 1
+            log.warning("play log %s: dropped the oldest unwritten line (%d waiting)",
+                        self._path, _MAX_UNWRITTEN)
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write waiting lines in order; stop (keeping them) at the first the disk refuses."""
+        while self._unwritten:
+            try:
+                self._write_one(self._unwritten[0])
+            except OSError as exc:
+                if not self._failing:
+                    self._failing = True
+                    log.error("cannot write the play log %s: %s; %d line(s) kept in memory and retried; "
+                              "free space in %s", self._path, exc.strerror or exc, len(self._unwritten),
+                              self._path.parent)
+                return
+            self._unwritten.popleft()
+            if self._failing:
+                self._failing = False
+                log.info("play log %s writable again", self._path)
+
+    def _write_one(self, line: bytes) -> None:
         handle = self._open()
-        size = handle.tell()
+        size = os.fstat(handle.fileno()).st_size  # not tell(): stale after a truncate (O_APPEND)
         if size > 0 and size + len(line) > self._max_bytes:
             self._rotate()
             handle = self._open()
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+            size = os.fstat(handle.fileno()).st_size
+        try:
+            written = handle.write(line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+            os.fsync(handle.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(handle.fileno(), size)  # no partial line left behind
+            raise
 
     def _open(self) -> BinaryIO:
         if self._file is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             created = not self._path.exists()
-            handle = self._path.open("ab")
+            # Unbuffered: a refused write must fail now, not surface later from a buffer.
+            handle = self._path.open("ab", buffering=0)
             if created:
                 _fsync_directory(self._path.parent)
             if handle.tell() > 0 and not self._ends_with_newline():

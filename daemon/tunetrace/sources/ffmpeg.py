@@ -2,7 +2,10 @@
 
 ffmpeg runs as a child with an argument list (never a shell string) and writes mono ``f32le`` at the
 encoder's rate to a pipe; one session is one ffmpeg process.  The last lines of its stderr are
-kept so a failure names its cause.  Credentials in URLs never reach the logs.
+kept so a failure names its cause.  Credentials in URLs never reach the logs, nor the child's
+command line (``/proc/<pid>/cmdline`` is world-readable, so ``ps`` would show them): a URL with a
+user name, password or token is handed to ffmpeg on its stdin, as a one-entry ``ffconcat`` script,
+and ffmpeg's command line only says ``-f concat -i pipe:0``.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import shutil
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from tunetrace.errors import SourceError
+from tunetrace.redact import redact_text, redact_url, url_has_secrets
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +31,6 @@ BLOCK_S = 0.25
 _STDERR_LINES = 20
 _NETWORK_TIMEOUT_US = 10_000_000
 _TERMINATE_GRACE_S = 1.0
-
-
-def redact_url(url: str) -> str:
-    """``http://user:pw@host/x`` -> ``http://***@host/x``: URLs are logged, passwords never."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def _looks_like_mp3(url: str) -> bool:
@@ -68,15 +61,47 @@ def input_args(url: str, *, realtime: bool, loop: bool) -> list[str]:
     return args
 
 
+_STDIN_PROTOCOLS = "pipe,file,http,https,tcp,tls,crypto,rtsp,rtsps,rtp,udp,hls,httpproxy"
+"""What the inner URL of a stdin script may use; ``file`` is absent from none of ffmpeg's defaults
+either, but ``concat`` / ``subfile`` (reading other files) are left out."""
+
+
 def ffmpeg_args(url: str, sample_rate: int, *, realtime: bool, loop: bool) -> list[str]:
+    """The command line; for a URL with credentials it names no URL at all (see ``stdin_script``)."""
     binary = shutil.which("ffmpeg")
     if binary is None:
         raise SourceError("ffmpeg is not installed or not on PATH (Debian: apt-get install ffmpeg)")
+    if url_has_secrets(url):
+        source = ["-f", "concat", "-safe", "0", "-protocol_whitelist", _STDIN_PROTOCOLS, "-i", "pipe:0"]
+    elif not urlsplit(url).scheme:  # a path: by the file protocol only, never read as a protocol
+        source = [
+            *input_args(url, realtime=realtime, loop=loop), "-protocol_whitelist", "file",
+            "-i", f"file:{Path(url).absolute()}",
+        ]
+    else:
+        source = [*input_args(url, realtime=realtime, loop=loop), "-i", url]
     return [
-        binary, "-nostdin", "-hide_banner", "-loglevel", "error",
-        *input_args(url, realtime=realtime, loop=loop), "-i", url,
+        binary, "-nostdin", "-hide_banner", "-loglevel", "error", *source,
         "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
     ]
+
+
+def _ffconcat_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def stdin_script(url: str) -> bytes:
+    """The ``ffconcat`` script that opens ``url`` with the options ``input_args`` would have given.
+
+    ffmpeg's concat demuxer reads the whole script at start-up and passes each ``option`` line to
+    the inner open (protocol options such as ``reconnect``, format options such as ``probesize``);
+    a forced format (``-f mp3``) has no equivalent, so the small probe size does that job.
+    """
+    lines = ["ffconcat version 1.0", f"file {_ffconcat_quote(url)}"]
+    args = input_args(url, realtime=False, loop=False)
+    pairs = [(args[i], args[i + 1]) for i in range(0, len(args) - 1, 2)]
+    lines += [f"option {name.lstrip('-')} {_ffconcat_quote(value)}" for name, value in pairs if name != "-f"]
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def is_local_file(url: str) -> bool:
@@ -103,13 +128,16 @@ class FfmpegSource:
 
     async def session(self) -> AsyncIterator[np.ndarray]:
         if self._local and not await asyncio.to_thread(Path(urlsplit(self._url).path or self._url).exists):
-            raise SourceError(f"{self._url}: no such file")
+            raise SourceError(f"{self._url}: no such file; check source.url")
         args = ffmpeg_args(self._url, self._sample_rate, realtime=self._pace, loop=self._loop)
+        secret = url_has_secrets(self._url)
         process = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            *args, stdin=asyncio.subprocess.PIPE if secret else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         assert process.stdout is not None and process.stderr is not None
+        if process.stdin is not None:
+            await _hand_over(process.stdin, stdin_script(self._url))
         stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES)
         stderr_task = asyncio.create_task(
             _drain(process.stderr, stderr_tail, self._url), name="ffmpeg-stderr",
@@ -130,7 +158,7 @@ class FfmpegSource:
             await stderr_task
             if returncode != 0:
                 reason = stderr_tail[-1] if stderr_tail else f"ffmpeg exited with status {returncode}"
-                raise SourceError(reason)  # the runner's log line names the station
+                raise SourceError(redact_text(reason))  # the runner's log line names the station
         finally:
             await _stop(process)
             stderr_task.cancel()
@@ -142,10 +170,21 @@ async def _drain(stream: asyncio.StreamReader, tail: deque[str], url: str) -> No
     """Keep ffmpeg's last lines for the error; the station's URL is replaced (the log line names
     the station, and a URL may carry credentials)."""
     async for line in stream:
-        text = line.decode("utf-8", "replace").rstrip().replace(url, "<source url>")
+        text = redact_text(line.decode("utf-8", "replace").rstrip().replace(url, "<source url>"))
         if text:
             tail.append(text)
             log.debug("ffmpeg: %s", text)
+
+
+async def _hand_over(stdin: asyncio.StreamWriter, script: bytes) -> None:
+    """Write the script and close stdin (ffmpeg reads to its end); a child that already died is
+    reported by its exit status, not by a broken pipe here."""
+    with contextlib.suppress(ConnectionError):
+        stdin.write(script)
+        await stdin.drain()
+    stdin.close()
+    with contextlib.suppress(ConnectionError):
+        await stdin.wait_closed()
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:

@@ -14,6 +14,7 @@ interrupted half-way leaves only orphan vectors, which search ignores and re-ing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -36,6 +37,7 @@ from tunetrace.config import (
 )
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.errors import CatalogError, CatalogMismatchError, ConfigError
+from tunetrace.redact import redact_text, redact_url
 from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, track_id_for
 from tunetrace.store.lock import CatalogLock
 
@@ -47,16 +49,18 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", module=
 
 
 def _route_pymilvus_logs() -> None:
-    """pymilvus installs its own stderr handlers when imported (its own format, propagation off),
-    which bypass ours: no station, no journald priority, no JSON. Hand its records to the root
-    logger like every other library's; its warnings (one per iterator over Milvus Lite: "failed to
-    get mvccTs") are noise, so only its errors pass."""
+    """pymilvus installs its own stderr handlers when imported (its own format, propagation off,
+    ERROR and INFO levels), which bypass ours: no station, no journald priority, no JSON, and every
+    failed request printed a multi-KB traceback (~55 MB a day while a catalog is down). Its records
+    go to the root logger like every other library's, and only at DEBUG: its failures reach us as
+    exceptions, which the caller reports once."""
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)
     for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
         library_log = logging.getLogger(name)
         for handler in list(library_log.handlers):
             library_log.removeHandler(handler)
         library_log.propagate = True
-        library_log.setLevel(logging.ERROR)
+        library_log.setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 _route_pymilvus_logs()
@@ -153,6 +157,9 @@ class CatalogStore:
         self._tracks = f"{prefix}_tracks"
         self._meta = f"{prefix}_meta"
         self._is_lite = is_lite
+        self._reopen: tuple[MilvusConfig, str] | None = None
+        """How to connect again when Milvus Lite's server process has died (set by ``open``)."""
+        self._restarting = False
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -174,6 +181,7 @@ class CatalogStore:
             client, config.collection_prefix, info, is_lite, config.timeout_s,
             index=config.index, shards=config.shards, lock=lock,
         )
+        store._reopen = (config, uri)
         try:
             store._check_or_create(create=create)
         except BaseException:
@@ -446,12 +454,55 @@ class CatalogStore:
         """
         try:
             return operation()
+        except (MilvusException, grpc.RpcError):
+            if not self._restart_dead_lite_server():
+                self._raise_catalog_error()
+            return self._once(operation)  # on the new server
+
+    def _once(self, operation: Any) -> Any:
+        try:
+            return operation()
+        except (MilvusException, grpc.RpcError):
+            self._raise_catalog_error()
+
+    def _raise_catalog_error(self) -> NoReturn:
+        """Re-raise the exception being handled as a one-line ``CatalogError`` (no chained
+        traceback: the cause is in the message, and it would be logged on every retry)."""
+        try:
+            raise  # noqa: PLE0704 - re-raises the exception being handled by the caller
         except MilvusException as exc:
-            raise CatalogError(f"Milvus request failed: {exc.message} (code {exc.code})") from exc
+            reason = redact_text(str(exc.message))
+            raise CatalogError(f"Milvus request failed: {reason} (code {exc.code})") from None
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             name = code.name if code is not None else "unknown status"
-            raise CatalogError(f"Milvus request failed: {name} (timeout {self._timeout_s} s)") from exc
+            raise CatalogError(f"Milvus request failed: {name} (timeout {self._timeout_s} s)") from None
+
+    def _restart_dead_lite_server(self) -> bool:
+        """Milvus Lite runs its server as a child process; if that died (killed, OOM), start a new
+        one on the same file and reconnect. ``True`` when that was done (the caller retries)."""
+        if not self._is_lite or self._reopen is None or self._restarting:
+            return False
+        config, uri = self._reopen
+        status = _lite_server_exit_status(uri)
+        if status is None:
+            return False
+        log.warning("Milvus Lite's server process for %s died (exit status %d); starting a new one",
+                    uri, status)
+        self._restarting = True
+        try:
+            _forget_lite_server(uri)
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client, _ = _connect(config, uri)
+            self._load()
+        except CatalogError as exc:
+            log.warning("Milvus Lite could not be restarted: %s", exc)
+            return False
+        finally:
+            self._restarting = False
+        log.info("Milvus Lite restarted on %s; the catalog answers again", uri)
+        return True
 
 
 _TRACK_FIELDS = [
@@ -499,6 +550,26 @@ _CONNECT_ATTEMPTS = 3
 _CONNECT_RETRY_S = 1.0
 
 
+def _lite_server_exit_status(uri: str) -> int | None:
+    """The exit status of this process's Milvus Lite server for ``uri`` if it has died, else ``None``."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    path = str(Path(uri).absolute().resolve())
+    server = server_manager_instance._servers.get(path)
+    process = getattr(server, "_p", None)
+    if process is None:
+        return None
+    status = process.poll()
+    return None if status is None else int(status)
+
+
+def _forget_lite_server(uri: str) -> None:
+    """Drop the dead server from milvus_lite's registry, so the next client starts a fresh one."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(Path(uri).absolute().resolve()))
+
+
 def _retrying(connect: Any) -> Any:
     """Connect, retrying a transient "unavailable" (a server still starting, a GOAWAY) twice."""
     for attempt in range(1, _CONNECT_ATTEMPTS + 1):
@@ -539,6 +610,8 @@ def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
             "grpc.keepalive_permit_without_calls": False,
         }
     started = time.monotonic()
+    shown = redact_url(uri)
+    secrets = (config.token.get_secret_value(),) if config.token is not None else ()
     try:
         client = _retrying(lambda: MilvusClient(**kwargs))
     except MilvusException as exc:
@@ -548,10 +621,10 @@ def _connect(config: MilvusConfig, uri: str) -> tuple[MilvusClient, bool]:
                 "writable and that no other program (outside tunetrace) has the catalog open."
             ) from exc
         raise CatalogError(
-            f"cannot connect to Milvus at {uri}: {exc.message}. Check milvus.uri and that the server "
-            "is running (milvus.token if it needs authentication)."
-        ) from exc
+            f"cannot connect to Milvus at {shown}: {redact_text(str(exc.message), secrets)}. Check "
+            "milvus.uri and that the server is running (milvus.token if it needs authentication)."
+        ) from None
     except Exception as exc:
-        raise CatalogError(f"cannot open Milvus at {uri}: {exc}") from exc
-    log.debug("connected to Milvus at %s in %.2f s", uri, time.monotonic() - started)
+        raise CatalogError(f"cannot open Milvus at {shown}: {redact_text(str(exc), secrets)}") from None
+    log.debug("connected to Milvus at %s in %.2f s", shown, time.monotonic() - started)
     return client, not is_server

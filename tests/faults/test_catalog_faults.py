@@ -1,0 +1,122 @@
+"""The catalog failing under the daemon: Milvus Lite's server process killed, and an outage that
+does not end (systemd must be told, by the watchdog going quiet)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fakes import FakeCatalog
+from tests.fixtures.audio import synthetic_music, write_wav
+from tests.test_service import NotifySocket
+from tunetrace.config import MilvusConfig, parse_config
+from tunetrace.encoders.spectral import SpectralEncoder
+from tunetrace.pipeline import SharedModel
+from tunetrace.publish.base import LogSink
+from tunetrace.sdnotify import SdNotifier
+from tunetrace.service import Service
+from tunetrace.store.milvus import CatalogStore
+
+ENCODER = SpectralEncoder()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _lite_children(db_path: str) -> list[int]:
+    """This process's Milvus Lite server children serving ``db_path`` (other tests' may run too)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        serving = str(Path(db_path).resolve()).encode() in command
+        if ppid == os.getpid() and b"milvus_lite" in command and serving:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_milvus_lite_server_is_restarted_and_search_goes_on(
+    milvus_lite_uri: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    vectors = np.random.default_rng(1).standard_normal((4, ENCODER.info.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with CatalogStore.open(MilvusConfig(timeout_s=5), milvus_lite_uri, ENCODER.info, create=True) as store:
+        assert len(store.search(vectors, 3)) == 4
+        children = _lite_children(milvus_lite_uri)
+        assert len(children) == 1, children
+        os.kill(children[0], signal.SIGKILL)
+        time.sleep(0.3)
+        capfd.readouterr()
+        with caplog.at_level(logging.INFO, logger="tunetrace"):
+            started = time.monotonic()
+            assert len(store.search(vectors, 3)) == 4, "the same call succeeds, on a new server"
+            recovery_s = time.monotonic() - started
+            assert len(store.search(vectors, 3)) == 4
+        new_children = _lite_children(milvus_lite_uri)
+        assert len(new_children) == 1 and new_children != children
+    assert recovery_s < 10
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("server process for" in m and "died (exit status -9)" in m for m in messages), messages
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err, "pymilvus' own tracebacks stay quiet below DEBUG"
+
+
+def test_an_outage_longer_than_the_limit_stops_the_watchdog(
+    tmp_path: Path, notify_socket: NotifySocket,
+) -> None:
+    """Catalog failures feed the watchdog for ``service.catalog_outage_watchdog_s`` only."""
+    wav = write_wav(tmp_path / "m.wav", synthetic_music(5.0, 8000, seed=1), 8000)
+    config = parse_config({
+        "data_dir": str(tmp_path),
+        "service": {"catalog_outage_watchdog_s": 2.0},
+        "stations": [{"name": "wd", "source": {"url": str(wav), "realtime": True, "loop": True}}],
+    })
+    catalog = FakeCatalog()
+    model = SharedModel(ENCODER, catalog, catalog.shape)
+    # A ping every 1.5 s, silent after 3 s without progress: longer than the catalog retry waits
+    # inside the limit (0.5, 1, 2 s), as WatchdogSec=60 is in the unit.
+    notifier = SdNotifier(str(notify_socket.path), watchdog_usec=3_000_000)
+    service = Service(config, sinks=[LogSink()], notifier=notifier, model=model)
+
+    def pings() -> int:
+        return sum(m == "WATCHDOG=1" for m in notify_socket.drain())
+
+    async def scenario() -> tuple[int, int]:
+        task = asyncio.create_task(service.run())
+        await asyncio.to_thread(notify_socket.wait_for, "READY=1", 10)
+        await asyncio.to_thread(notify_socket.wait_for, "WATCHDOG=1", 5)
+        catalog.failing = True
+        start = pings()
+        await asyncio.sleep(2.0)
+        early = pings() - start  # inside the limit: a restarting server is waited for
+        await asyncio.sleep(3.0)  # past the limit, the next retry and the watchdog's stall window
+        late_from = pings()
+        await asyncio.sleep(3.0)
+        late = pings() - late_from
+        service.request_stop()
+        async with asyncio.timeout(10):
+            assert await task == 0
+        return early, late
+
+    early, late = asyncio.run(scenario())
+    assert early >= 1, "pings while the outage is young"
+    assert late == 0, "no pings once the outage outlasted catalog_outage_watchdog_s: systemd restarts us"
