@@ -147,3 +147,98 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert rates[0] < rates[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert rates[-1] == pytest.approx(2e-5, rel=0.05)
+
+
+# ---- issue 13 candidate recipes ----------------------------------------------------------------
+
+TINY_DEEP = TINY_MODEL.model_copy(update={"channels": (12, 24, 24), "blocks_per_stage": 2})
+TINY_2S = TINY_MODEL.model_copy(update={"window_s": 2.0})
+CANDIDATES = {
+    "triplet": (TINY_MODEL, "triplet"),
+    "wide-deep": (TINY_DEEP, "nt_xent"),
+    "window-2s": (TINY_2S, "nt_xent"),
+}
+
+
+def _candidate(tmp_path: Path, name: str) -> TrainConfig:
+    model, loss = CANDIDATES[name]
+    base = _config(tmp_path)
+    return base.model_copy(update={"model": model, "optim": base.optim.model_copy(update={"loss": loss})})
+
+
+def test_triplet_loss_prefers_matching_pairs_and_only_hard_negatives_count() -> None:
+    from tunetrace.train.model import hardest_negative_triplet
+
+    z = torch.nn.functional.normalize(torch.randn(16, 128), dim=1)
+    assert float(hardest_negative_triplet(z, z, 0.3)) == 0.0  # random 128-d vectors: cos << 0.7
+    assert float(hardest_negative_triplet(z, z.roll(1, dims=0), 0.3)) > 0.3
+    twins = torch.cat([z[:8], z[:8]])  # each window has an identical negative: margin violated
+    assert float(hardest_negative_triplet(twins, twins, 0.3)) == pytest.approx(0.3, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_candidate_recipe_training_steps_reduce_loss(name: str) -> None:
+    from tunetrace.train.augment import PairSampler
+    from tunetrace.train.loop import build_trainer
+
+    torch.manual_seed(0)
+    config = _candidate(Path("/nonexistent"), name)
+    trainer = build_trainer(config, torch.device("cpu"))
+    sampler = PairSampler(_pool(seconds=14.0), config.augment, SR, config.model.window_s, seed=1, n_irs=4)
+    batch = sampler.sample(16, np.random.default_rng(0))
+    assert batch.clean.shape == (16, round(config.model.window_s * SR))
+    first = trainer.step(batch, 3e-3)
+    for _ in range(15):
+        last = trainer.step(batch, 3e-3)
+    assert last < 0.5 * first
+
+
+@pytest.mark.parametrize("name", ["wide-deep", "window-2s"])
+def test_candidate_onnx_export_matches_torch_and_loads_in_the_encoder(tmp_path: Path, name: str) -> None:
+    from tunetrace.encoders.fingerprint import FingerprintEncoder
+    from tunetrace.train.export import export_onnx
+    from tunetrace.train.loop import build_trainer
+    from tunetrace.train.model import mel_spec
+
+    config = _candidate(tmp_path, name)
+    model = build_trainer(config, torch.device("cpu")).model.eval()
+    out = tmp_path / "fp.onnx"
+    sidecar = export_onnx(model, config, out, {"note": "test"})
+    assert sidecar["window_s"] == config.model.window_s
+    audio = (np.random.default_rng(2).standard_normal((5, round(config.model.window_s * SR))) * 0.1).astype(
+        np.float32
+    )
+    with torch.no_grad():
+        expected = model(torch.from_numpy(log_mel(audio, mel_spec(config.model)))).numpy()
+    encoder = FingerprintEncoder(out)
+    assert encoder.info.window_s == config.model.window_s
+    np.testing.assert_allclose(encoder.embed(audio), expected, atol=1e-5)
+
+
+def test_fit_with_talk_over_records_the_speech_it_used(tmp_path: Path) -> None:
+    from tunetrace.train.loop import fit
+
+    config = _config(tmp_path, steps=2)
+    config = config.model_copy(
+        update={"augment": config.augment.model_copy(update={"speech_probability": 1.0})}
+    )
+    speech = _pool(1, 30.0).tracks[0]
+    fit(config, train_pool=_pool(), val_pool=None, speech=speech)
+    sidecar = json.loads((config.run_dir / "fingerprint.json").read_text())
+    assert sidecar["training"]["speech_hours"] == pytest.approx(30 / 3600, abs=0.01)
+    assert sidecar["training"]["loss_function"] == "nt_xent"
+
+
+def test_triplet_recipe_warms_up_with_nt_xent() -> None:
+    from tunetrace.train.loop import build_trainer
+    from tunetrace.train.model import hardest_negative_triplet, nt_xent
+
+    config = _candidate(Path("/nonexistent"), "triplet")
+    config = config.model_copy(
+        update={"optim": config.optim.model_copy(update={"nt_xent_warmup_steps": 10})}
+    )
+    trainer = build_trainer(config, torch.device("cpu"))
+    a = torch.nn.functional.normalize(torch.randn(8, 128), dim=1)
+    p = torch.nn.functional.normalize(a + 0.3 * torch.randn(8, 128), dim=1)
+    assert float(trainer.loss(a, p, step=9)) == pytest.approx(float(nt_xent(a, p, 0.05)))
+    assert float(trainer.loss(a, p, step=10)) == pytest.approx(float(hardest_negative_triplet(a, p, 0.3)))

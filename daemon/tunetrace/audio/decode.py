@@ -150,6 +150,7 @@ def audio_stream_sha256(path: Path) -> str:
     if result.returncode != 0 or not line.startswith("SHA256="):
         reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = reason[-1] if reason else f"ffmpeg exited with status {result.returncode}"
+        detail = detail.replace(local_source(path), str(path))  # as the user named it
         raise DecodeError(f"{path}: not a readable audio file: {detail[-_STDERR_TAIL:]}")
     return line.removeprefix("SHA256=")
 

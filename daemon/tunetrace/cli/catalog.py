@@ -198,8 +198,8 @@ def _path_problem(path: Path) -> str | None:
 
 
 _RESULT_KEYS = (
-    "file", "match", "track_id", "title", "artist", "album", "offset_s", "confidence", "speed_ratio",
-    "aligned_windows", "latency_s", "note", "query_s", "error",
+    "file", "match", "track_id", "title", "artist", "album", "isrc", "offset_s", "confidence",
+    "speed_ratio", "aligned_windows", "latency_s", "note", "query_s", "error",
 )
 """Every ``identify --json`` line has all of these, result or error, so consumers need no special case."""
 

@@ -269,6 +269,10 @@ BROADCAST_PROCESSING = "mcompand,volume=12dB,alimiter=limit=0.9:level=disabled,l
 as stations sound), and the 15 kHz low-pass of FM and most streams."""
 MP3_64K = Codec("libmp3lame", 64, "mp3", MP3_CODEC_RATE_HZ)
 AAC_32K = Codec("aac", 32, "adts", 24000)
+AAC_24K = Codec("aac", 24, "adts", 22050)
+OPUS_24K = Codec("libopus", 24, "ogg", 48000)
+"""Opus only runs at 8/12/16/24/48 kHz; 48 kHz is what web radio streams use."""
+OPUS_16K = Codec("libopus", 16, "ogg", 48000)
 BROADCAST_AAC_48K = Codec("aac", 48, "adts", 44100, BROADCAST_PROCESSING)
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Literal, TextIO
+
+from tunetrace.redact import redact_text
 
 LogFormat = Literal["text", "json"]
 
@@ -117,12 +118,12 @@ class JsonFormatter(logging.Formatter):
         return _priority(record) + line if self._journal else line
 
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 
 
 def redact(text: str) -> str:
-    """Credentials in URLs never reach a log line, whoever logged them (``user:pw@`` -> ``***@``)."""
-    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+    """Credentials in URLs never reach a log line, whoever logged them (``user:pw@`` and token-like
+    query parameters -> ``***``): the last line of defence behind ``tunetrace.redact``'s callers."""
+    return redact_text(text)
 
 
 def configure_logging(

@@ -36,8 +36,10 @@ class PairSampler:
     """Draws (clean, degraded) window pairs from a pool of tracks.
 
     The degraded side is read from a context around the anchor, sped up or slowed down, offset in
-    time, optionally swapped for a lossy-codec copy, reverberated and equalised (one FFT for both),
-    then mixed with noise or other music and scaled. A bank of impulse responses is drawn once.
+    time, optionally swapped for a lossy-codec copy (MP3/AAC/Opus, the broadcast chain) or a
+    pitch-shifted/time-stretched one, reverberated and equalised (one FFT for both), then mixed
+    with noise or other music, talked over by recorded speech, and scaled. A bank of impulse
+    responses is drawn once.
     """
 
     def __init__(
@@ -49,8 +51,13 @@ class PairSampler:
         *,
         seed: int,
         n_irs: int = 256,
+        speech: np.ndarray | None = None,
     ) -> None:
         self.pool = pool
+        self.speech = speech
+        """One long stream of recorded speech (``data.load_speech``), or ``None``: no talk-over."""
+        if speech is not None and speech.size <= round(window_s * sample_rate):
+            raise ValueError("the speech stream is shorter than one window")
         self.config = config
         self.sample_rate = sample_rate
         self.window = round(window_s * sample_rate)
@@ -65,8 +72,12 @@ class PairSampler:
         )
         self.pink = pink_noise(sample_rate * 60, rng)
         self.max_offset = round(config.offset_max_s * sample_rate)
+        # Room for a time-stretched copy read at its own scale (tempo 0.95-1.05), when there is one.
+        stretch_room = 1.06 if any(pool.stretched) else 1.0
         self.margin = (
-            int(np.ceil((self.window + self.context) * (1.0 + config.speed_max))) + self.max_offset + 2
+            int(np.ceil((self.window + self.context) * (1.0 + config.speed_max) * stretch_room))
+            + self.max_offset
+            + 2
         )
         lengths = np.array([t.size for t in pool.tracks], dtype=np.float64)
         usable = np.maximum(lengths - 2 * self.margin - self.window, 0.0)
@@ -84,11 +95,16 @@ class PairSampler:
                 break
         return track, start
 
-    def _source(self, track: int, rng: np.random.Generator) -> np.ndarray:
+    def _source(self, track: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """The audio the degraded side is read from, and its time scale against the clean track."""
+        stretched = self.pool.stretched[track] if self.pool.stretched else []
+        if stretched and rng.random() < self.config.stretch_probability:
+            pick = stretched[int(rng.integers(len(stretched)))]
+            return pick.audio, pick.time_scale
         copies = self.pool.codec_copies[track]
         if copies and rng.random() < self.config.codec_probability:
-            return copies[int(rng.integers(len(copies)))]
-        return self.pool.tracks[track]
+            return copies[int(rng.integers(len(copies)))], 1.0
+        return self.pool.tracks[track], 1.0
 
     def sample(self, n_pairs: int, rng: np.random.Generator) -> PairBatch:
         cfg = self.config
@@ -100,14 +116,16 @@ class PairSampler:
             clean[i] = self.pool.tracks[track][start : start + self.window]
             ratio = 1.0 + float(rng.uniform(-cfg.speed_max, cfg.speed_max))
             offset = int(rng.integers(-self.max_offset, self.max_offset + 1))
-            source = self._source(track, rng)
-            origin = start + offset - self.context * ratio
+            source, scale = self._source(track, rng)
+            origin = (start + offset) * scale - self.context * ratio
             positions = origin + np.arange(span, dtype=np.float64) * ratio
-            base = int(np.floor(positions[0]))
+            base = max(0, int(np.floor(positions[0])))
             piece = source[base : int(np.ceil(positions[-1])) + 2]
-            chunks[i] = np.interp(positions - base, np.arange(piece.size), piece)
+            if piece.size < 2:  # a copy a few samples shorter than its track: read silence
+                piece = np.zeros(2, np.float32)
+            chunks[i] = np.interp(positions - base, np.arange(piece.size), piece, right=0.0)
         chunks = self._filter(chunks, rng)[:, self.context :]
-        degraded = self._noise(chunks, rng)
+        degraded = self._talk_over(self._noise(chunks, rng), rng)
         gains = 10.0 ** (rng.uniform(*cfg.gain_db, size=(n_pairs, 1)) / 20.0)
         return PairBatch(clean, (degraded * gains).astype(np.float32))
 
@@ -142,4 +160,25 @@ class PairSampler:
                 noise = self.pool.tracks[track][start : start + self.window]
             if rms(out[i]) > QUIET_RMS * 0.1:
                 out[i] = mix_at_snr(out[i], noise, float(rng.uniform(*cfg.snr_db)))
+        return out
+
+    def _speech_window(self, rng: np.random.Generator) -> np.ndarray:
+        """A voiced stretch of the speech stream (a few tries to avoid a pause)."""
+        assert self.speech is not None
+        for _ in range(10):
+            start = int(rng.integers(self.speech.size - self.window))
+            piece = self.speech[start : start + self.window]
+            if rms(piece) > QUIET_RMS * 10:
+                break
+        return piece
+
+    def _talk_over(self, windows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A presenter over the music at ``speech_snr_db`` (applied after any noise: both happen)."""
+        cfg = self.config
+        if self.speech is None or cfg.speech_probability <= 0:
+            return windows
+        out = windows.copy()
+        for i in np.flatnonzero(rng.random(len(windows)) < cfg.speech_probability):
+            if rms(out[i]) > QUIET_RMS * 0.1:
+                out[i] = mix_at_snr(out[i], self._speech_window(rng), float(rng.uniform(*cfg.speech_snr_db)))
         return out

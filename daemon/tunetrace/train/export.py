@@ -17,7 +17,7 @@ import torch
 
 from tunetrace.hashing import file_sha256
 from tunetrace.train.config import TrainConfig
-from tunetrace.train.model import SAMPLE_RATE, WINDOW_S, FingerprintNet, count_parameters, mel_spec
+from tunetrace.train.model import SAMPLE_RATE, FingerprintNet, count_parameters, mel_spec, window_samples
 
 OPSET = 17
 HOP_S = 0.5
@@ -44,7 +44,7 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Write ``out`` (ONNX, dynamic batch) and ``out.with_suffix('.json')``; return the sidecar."""
     spec = mel_spec(config.model)
-    n_frames = spec.n_frames(round(WINDOW_S * SAMPLE_RATE))
+    n_frames = spec.n_frames(window_samples(config.model))
     model = model.eval().cpu()
     example = torch.zeros(2, n_frames, spec.n_mels)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def export_onnx(
     sidecar: dict[str, Any] = {
         "format": "tunetrace-fingerprint/1",
         "sample_rate": SAMPLE_RATE,
-        "window_s": WINDOW_S,
+        "window_s": config.model.window_s,
         "hop_s": HOP_S,
         "dimension": config.model.dimension,
         "metric": "IP",
@@ -95,7 +95,7 @@ def export_onnx(
 def load_checkpoint_model(config: TrainConfig, checkpoint: Path) -> tuple[FingerprintNet, dict[str, Any]]:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     spec = mel_spec(config.model)
-    model = FingerprintNet(config.model, spec.n_frames(round(WINDOW_S * SAMPLE_RATE)))
+    model = FingerprintNet(config.model, spec.n_frames(window_samples(config.model)))
     model.load_state_dict(state["model"])
     return model, dict(state.get("training", {}))
 

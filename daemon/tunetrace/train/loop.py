@@ -23,9 +23,16 @@ from tqdm import tqdm
 
 from tunetrace.train.augment import PairBatch, PairSampler
 from tunetrace.train.config import TrainConfig
-from tunetrace.train.data import AudioPool, load_pool, refresh_codec_copies
+from tunetrace.train.data import AudioPool, load_pool, load_speech, refresh_codec_copies
 from tunetrace.train.export import export_onnx
-from tunetrace.train.model import SAMPLE_RATE, WINDOW_S, FingerprintNet, TorchLogMel, mel_spec, nt_xent
+from tunetrace.train.model import (
+    SAMPLE_RATE,
+    FingerprintNet,
+    TorchLogMel,
+    contrastive_loss,
+    mel_spec,
+    window_samples,
+)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -53,14 +60,20 @@ class Trainer:
         vectors: torch.Tensor = self.model(self.front_end(torch.from_numpy(audio).to(self.device)))
         return vectors
 
-    def step(self, batch: PairBatch, lr: float) -> float:
+    def loss(self, anchors: torch.Tensor, positives: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """``optim.loss``; NT-Xent instead during the first ``optim.nt_xent_warmup_steps`` steps."""
+        optim = self.config.optim
+        name = "nt_xent" if step is not None and step < optim.nt_xent_warmup_steps else optim.loss
+        return contrastive_loss(anchors, positives, name, optim.temperature, optim.margin)
+
+    def step(self, batch: PairBatch, lr: float, step: int | None = None) -> float:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         both = np.concatenate([batch.clean, batch.degraded])
         z = self.embed(both)
         n = batch.clean.shape[0]
-        loss = nt_xent(z[:n], z[n:], self.config.optim.temperature)
+        loss = self.loss(z[:n], z[n:], step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -74,13 +87,13 @@ class Trainer:
         degraded = torch.cat([self.embed(d) for d in np.array_split(batch.degraded, 4)])
         similarity = degraded @ clean.T
         top1 = (similarity.argmax(dim=1) == torch.arange(len(clean), device=clean.device)).float().mean()
-        loss = nt_xent(clean, degraded, self.config.optim.temperature)
+        loss = self.loss(clean, degraded)
         return {"val_top1": float(top1), "val_loss": float(loss)}
 
 
 def build_trainer(config: TrainConfig, device: torch.device) -> Trainer:
     spec = mel_spec(config.model)
-    model = FingerprintNet(config.model, spec.n_frames(round(WINDOW_S * SAMPLE_RATE))).to(device)
+    model = FingerprintNet(config.model, spec.n_frames(window_samples(config.model))).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
@@ -110,6 +123,7 @@ def _pool_summary(pool: AudioPool) -> dict[str, Any]:
         "tracks": len(pool.tracks),
         "hours": round(pool.total_samples / SAMPLE_RATE / 3600, 2),
         "with_codec_copies": sum(1 for c in pool.codec_copies if c),
+        "with_stretched_copies": sum(1 for c in pool.stretched if c),
     }
 
 
@@ -118,7 +132,8 @@ def _load_pools(
 ) -> tuple[AudioPool, AudioPool | None]:
     cache = config.data.cache_dir
     if train_pool is None:
-        train_pool = load_pool(cache, [s.name for s in config.data.train_sources], _codec_tags(config))
+        names = [s.name for s in config.data.train_sources]
+        train_pool = load_pool(cache, names, _codec_tags(config), list(config.data.variants))
     if val_pool is None and config.data.val_sources:
         val_pool = load_pool(cache, [s.name for s in config.data.val_sources])
     return train_pool, val_pool
@@ -128,7 +143,7 @@ def _validation_batch(config: TrainConfig, val_pool: AudioPool | None) -> PairBa
     """A fixed set of degraded validation pairs, identical for every run with the same seed."""
     if val_pool is None:
         return None
-    sampler = PairSampler(val_pool, config.augment, SAMPLE_RATE, WINDOW_S, seed=config.seed + 1)
+    sampler = PairSampler(val_pool, config.augment, SAMPLE_RATE, config.model.window_s, seed=config.seed + 1)
     return sampler.sample(config.val_pairs, np.random.default_rng([config.seed, 999_999_999]))
 
 
@@ -163,12 +178,14 @@ def fit(
     train_pool: AudioPool | None = None,
     val_pool: AudioPool | None = None,
     should_stop: Callable[[], bool] | None = None,
+    speech: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train until ``steps`` (default ``optim.steps``); returns the last logged metrics.
 
     ``steps`` may differ from the value a checkpoint was started with: the cosine schedule is a
     function of (step, total), so shortening it on resume simply anneals sooner. When
     ``should_stop()`` turns true (SIGTERM/SIGINT in the CLI) the loop checkpoints and returns.
+    ``speech`` (default: loaded from ``data.speech_sources``) is talked over the music.
     """
     total_steps = steps or config.optim.steps
     torch.manual_seed(config.seed)
@@ -176,7 +193,11 @@ def fit(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config.run_dir.mkdir(parents=True, exist_ok=True)
     train_pool, val_pool = _load_pools(config, train_pool, val_pool)
-    sampler = PairSampler(train_pool, config.augment, SAMPLE_RATE, WINDOW_S, seed=config.seed)
+    if speech is None and config.data.speech_sources and config.augment.speech_probability > 0:
+        speech = load_speech(config.data.cache_dir, [s.name for s in config.data.speech_sources], SAMPLE_RATE)
+    sampler = PairSampler(
+        train_pool, config.augment, SAMPLE_RATE, config.model.window_s, seed=config.seed, speech=speech
+    )
     val_batch = _validation_batch(config, val_pool)
     trainer = build_trainer(config, device)
     checkpoint = config.run_dir / CHECKPOINT_NAME
@@ -188,6 +209,10 @@ def fit(
         "seed": config.seed,
         "batch_pairs": config.optim.batch_pairs,
         "temperature": config.optim.temperature,
+        "loss_function": config.optim.loss,
+        "speech_sources": [s.name for s in config.data.speech_sources] if speech is not None else [],
+        "speech_hours": round(speech.size / SAMPLE_RATE / 3600, 2) if speech is not None else 0.0,
+        "variants": list(config.data.variants),
     }
     log.info("training on %s (%s), steps %d -> %d", device, training["train"], start_step, total_steps)
     now = time.monotonic()
@@ -209,7 +234,7 @@ def fit(
             batch = pending.result()
             pending = pool.submit(draw, step + 1) if step + 1 < total_steps else None
             lr = learning_rate(config, step, total_steps)
-            state.losses.append(trainer.step(batch, lr))
+            state.losses.append(trainer.step(batch, lr, step))
             progress.update(1)
             done = step + 1
             last = done == total_steps or (should_stop is not None and should_stop())
@@ -220,7 +245,9 @@ def fit(
                 training.update(step=done, loss=state.metrics.get("loss"), **state.validation)
                 _checkpoint(trainer, checkpoint, done, training)
                 state.last_checkpoint = time.monotonic()
-                added = refresh_codec_copies(train_pool, config.data.cache_dir, _codec_tags(config))
+                added = refresh_codec_copies(
+                    train_pool, config.data.cache_dir, _codec_tags(config), list(config.data.variants)
+                )
                 if added:
                     log.info("picked up %d new codec copies", added)
             if last:

@@ -20,7 +20,11 @@ from tunetrace.audio.features import MelSpec
 from tunetrace.train.config import ModelConfig
 
 SAMPLE_RATE = 8000
-WINDOW_S = 1.0
+
+
+def window_samples(config: ModelConfig) -> int:
+    """Samples per embedded window (``model.window_s``: 1 s shipped, 2 s a candidate)."""
+    return round(config.window_s * SAMPLE_RATE)
 
 
 def mel_spec(config: ModelConfig) -> MelSpec:
@@ -63,7 +67,8 @@ class FingerprintNet(nn.Module):
 
     The patch mean is removed first, so overall gain is not the network's problem. Flattening
     (instead of pooling) keeps where in time and frequency each pattern sits, which is what makes
-    a fingerprint specific.
+    a fingerprint specific. ``blocks_per_stage`` > 1 adds stride-1 convolutions after each
+    strided one (a deeper network at the same resolution schedule).
     """
 
     def __init__(self, config: ModelConfig, n_frames: int) -> None:
@@ -72,12 +77,13 @@ class FingerprintNet(nn.Module):
         in_channels = 1
         height, width = n_frames, config.n_mels
         for channels in config.channels:
-            layers += [
-                nn.Conv2d(in_channels, channels, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.ReLU(inplace=True),
-            ]
-            in_channels = channels
+            for block in range(config.blocks_per_stage):
+                layers += [
+                    nn.Conv2d(in_channels, channels, 3, stride=1 if block else 2, padding=1, bias=False),
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(inplace=True),
+                ]
+                in_channels = channels
             height, width = (height + 1) // 2, (width + 1) // 2
         self.encoder = nn.Sequential(*layers)
         self.project = nn.Linear(in_channels * height * width, config.dimension)
@@ -96,6 +102,36 @@ def nt_xent(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) 
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, targets)
+
+
+def hardest_negative_triplet(anchors: torch.Tensor, positives: torch.Tensor, margin: float) -> torch.Tensor:
+    """Self-supervised triplet loss over unit vectors with the hardest in-batch negative.
+
+    For each pair (a_i, p_i) the negative is the most similar other window of the batch, clean or
+    degraded (``max_j!=i`` over a_i·p_j and a_i·a_j, and the same from p_i's side); the loss is
+    ``relu(margin - a_i·p_i + a_i·n_i)`` averaged over both directions. Unlike NT-Xent it does not
+    push every negative away, only the one that would be confused, which is what a retrieval
+    with a decision threshold needs.
+    """
+    n = anchors.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=anchors.device)
+    positive = (anchors * positives).sum(dim=1)
+    hardest = []
+    for own, other in ((anchors, positives), (positives, anchors)):
+        across = (own @ other.T).masked_fill(eye, -2.0)
+        within = (own @ own.T).masked_fill(eye, -2.0)
+        hardest.append(torch.maximum(across.max(dim=1).values, within.max(dim=1).values))
+    losses = [F.relu(margin - positive + negative) for negative in hardest]
+    return torch.cat(losses).mean()
+
+
+def contrastive_loss(
+    anchors: torch.Tensor, positives: torch.Tensor, loss: str, temperature: float, margin: float
+) -> torch.Tensor:
+    """The training objective ``optim.loss`` names."""
+    if loss == "triplet":
+        return hardest_negative_triplet(anchors, positives, margin)
+    return nt_xent(anchors, positives, temperature)
 
 
 def count_parameters(model: nn.Module) -> int:
