@@ -371,3 +371,23 @@ def test_the_retention_runs_at_start_and_says_what_it_deleted(
     store = open_history(url)
     assert [p.started_at for p in store.plays(at(-1), at(20 * 86400))] == [at(9 * 86400)]
     store.close()
+
+
+def test_the_http_api_reads_past_plays_from_the_history_by_overlap(tmp_path: Path) -> None:
+    from tunetrace.history.query import HistoryPlayQuery
+
+    url = f"sqlite:///{tmp_path / 'history.sqlite3'}"
+    store = open_history(url)
+    long_ago = make_play(start_s=-3 * 86400.0).ended(at(-3 * 86400.0 + 200), 200.0, "track_changed")
+    spanning = make_play(track_id=8, start_s=-100.0).ended(at(100), 200.0, "track_changed")
+    other_station = make_play(station="radio-two", track_id=9, start_s=10.0)
+    still_open = make_play(track_id=10, start_s=300.0)
+    for play in (long_ago, spanning, other_station, still_open):
+        store.record_play(play)
+    store.close()
+    query = HistoryPlayQuery(url)
+
+    assert [p.track_id for p in query.plays("radio-one", at(0), at(50))] == [8]
+    assert [p.track_id for p in query.plays(None, at(0), at(400))] == [8, 9, 10]
+    assert [p.track_id for p in query.plays("radio-one", at(1000), None)] == [10]  # open: still on
+    assert [p.track_id for p in query.plays(None, None, None)] == [7, 8, 9, 10]

@@ -252,16 +252,16 @@ class Service:
         http_config = self._config.http
         if http_config is None:
             return NullMetrics()
+        from tunetrace.history.query import HistoryPlayQuery
         from tunetrace.observe.http import HttpServer
         from tunetrace.observe.metrics import CONTENT_TYPE, PrometheusMetrics
-        from tunetrace.publish.playlog import PlayLogReader
 
         metrics = PrometheusMetrics()
         metrics.catalog_size(len(model.shape.track_vectors), model.shape.total_vectors)
         for sink in sinks:
             if isinstance(sink, _ReportsMqtt):
                 metrics.watch_mqtt(sink.mqtt_status)
-        plays = PlayLogReader.from_config(self._config.playlog, self._config.data_dir)
+        plays = HistoryPlayQuery(self._config.history_url())  # the record, not the rotating log
         self._http = HttpServer(http_config, _StatusView(self), plays, metrics,
                                 metrics_content_type=CONTENT_TYPE)
         return metrics

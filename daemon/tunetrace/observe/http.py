@@ -46,8 +46,8 @@ _MAX_PLAYS = 10_000
 class PlayQuery(Protocol):
     """Past plays, for ``/api/plays``. Blocking (reads files or a database): called in a thread.
 
-    Implemented over the JSON Lines play log for now (``publish.playlog.PlayLogReader``); the
-    play history replaces it when it lands."""
+    The daemon answers from the play history (``history.query.HistoryPlayQuery``); the JSON Lines
+    play log has a reader too (``publish.playlog.PlayLogReader``)."""
 
     def plays(self, station: str | None, start: datetime | None, end: datetime | None) -> list[Play]:
         """Plays of ``station`` (all stations: ``None``) overlapping ``[start, end]``, oldest first."""
