@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 from scipy.io import wavfile
 
 from tunetrace.config import Config, SourceConfig, StationConfig, load_config
-from tunetrace.evaluation.live import EPOCH, CollectingSink, Segment, make_schedule, render
+from tunetrace.evaluation.live import EPOCH, CollectingSink, Segment, emit_json, make_schedule, render
 from tunetrace.events import PlayEvent
 from tunetrace.history import open_history
 from tunetrace.history.report import build_report
@@ -274,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_airtime_error_per_play_s": round(max(
             (c.airtime_error_s / max(1, c.true_plays) for c in checks), default=0.0), 2),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.json)
     return 0
 
 

@@ -382,6 +382,14 @@ async def run_stream(
     return sinks, wall_s
 
 
+def emit_json(result: dict[str, Any], path: Path | None) -> None:
+    """A benchmark's result: printed, and written to ``path`` too when one is given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n", encoding="utf-8")
+
+
 def cpu_breakdown(before: CpuSample, after: CpuSample) -> dict[str, Any]:
     """CPU seconds spent between two samples: the process, its helpers, its decoders, and the
     process split by thread (the event loop, the embedding workers, client library threads)."""
@@ -486,10 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_every_5_min_mib": rss_samples,
         "plays": len(plays),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.json)
     return 0
 
 
