@@ -248,22 +248,32 @@ def codec_roundtrip(audio: np.ndarray, sample_rate: int, codec: CodecSpec) -> np
 
 def prepare_codec_copies(tracks: list[Path], cache_dir: Path, sample_rate: int, codec: CodecSpec) -> None:
     """Write ``cache_dir/codec/<tag>/<source>/<track>.npy`` for every clean cached track."""
+    _write_copies(
+        tracks, lambda track: cache_dir / "codec" / codec.tag / track.parent.name / track.name,
+        lambda audio: codec_roundtrip(audio, sample_rate, codec), f"codec {codec.tag}",
+    )
+
+
+def _write_copies(
+    tracks: list[Path], target_of: Callable[[Path], Path], make: Callable[[np.ndarray], np.ndarray],
+    label: str,
+) -> None:
+    """One degraded copy per cached track, written atomically; existing copies are kept (a re-run
+    resumes), and a track the copy cannot be made of is logged and skipped."""
     for track in tracks:
-        target = cache_dir / "codec" / codec.tag / track.parent.name / track.name
+        target = target_of(track)
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        audio = np.load(track)
         try:
-            copy = codec_roundtrip(audio, sample_rate, codec)
+            copy = make(np.load(track))
         except DecodeError as exc:
             log.warning("%s: %s", track, exc)
             continue
         tmp = target.with_suffix(".tmp.npy")
         np.save(tmp, copy)
         tmp.replace(target)
-        log.info("codec %s: %s", codec.tag, track.name)
-
+        log.info("%s: %s", label, track.name)
 
 VARIANT_CHUNK_S = 60.0
 """Copies are made 60 s at a time: one ffmpeg run per chunk stays well inside its timeout."""
@@ -326,20 +336,10 @@ def variant_path(cache_dir: Path, name: str, source: str, stem: str) -> Path:
 
 def prepare_variant_copies(tracks: list[Path], cache_dir: Path, sample_rate: int, variant: Variant) -> None:
     """Write ``cache_dir/variant/<name>/<source>/<track>.npy`` for every clean cached track."""
-    for track in tracks:
-        target = variant_path(cache_dir, variant.name, track.parent.name, track.stem)
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            copy = make_variant(np.load(track), sample_rate, variant)
-        except DecodeError as exc:
-            log.warning("%s: %s", track, exc)
-            continue
-        tmp = target.with_suffix(".tmp.npy")
-        np.save(tmp, copy)
-        tmp.replace(target)
-        log.info("variant %s: %s", variant.name, track.name)
+    _write_copies(
+        tracks, lambda track: variant_path(cache_dir, variant.name, track.parent.name, track.stem),
+        lambda audio: make_variant(audio, sample_rate, variant), f"variant {variant.name}",
+    )
 
 
 @dataclass(frozen=True)
