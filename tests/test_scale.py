@@ -7,6 +7,7 @@ import pytest
 
 from tests.fixtures.audio import synthetic_music
 from tunetrace.evaluation.distractors import DURATION_RANGE_S, KINDS, SourceTrack, make_distractor
+from tunetrace.evaluation.scale import IndexSpec, exact_neighbours
 from tunetrace.store import Track
 from tunetrace.store.memory import MemoryCatalog
 
@@ -60,3 +61,31 @@ def test_the_memory_catalog_returns_the_exact_nearest_windows_best_first() -> No
         scores = [h.similarity for h in window_hits]
         assert scores == sorted(scores, reverse=True) and len(scores) == 4
     assert catalog.get_tracks([5, 6]) == {5: track} and catalog.tracks() == [track]
+
+
+def test_an_index_spec_reads_type_build_and_search_parameters() -> None:
+    spec = IndexSpec.parse("HNSW:M=16,efConstruction=200:ef=64")
+    assert (spec.type, spec.build, spec.search) == ("HNSW", {"M": 16, "efConstruction": 200}, {"ef": 64})
+    assert IndexSpec.parse("DISKANN::search_list=100").search == {"search_list": 100}
+    assert IndexSpec.parse("FLAT") == IndexSpec("FLAT", {}, {})
+    with pytest.raises(SystemExit, match="TYPE"):
+        IndexSpec.parse("HNSW:a:b:c")
+
+
+def test_the_exact_reference_over_blocks_equals_the_memory_catalogs_answer() -> None:
+    """The recall reference streams the cache in blocks; merged, it must be the exact top-k."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((900, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    track_ids, offsets = np.arange(900) // 100, (np.arange(900) % 100) * 0.5
+    queries = vectors[[5, 250, 899]] + 0.05 * rng.standard_normal((3, 16)).astype(np.float32)
+    bounds = ((0, 300), (300, 301), (301, 900))
+    blocks = iter([(vectors[a:b], track_ids[a:b], offsets[a:b]) for a, b in bounds])
+    found = exact_neighbours(queries, blocks, top_k=5)
+    catalog = MemoryCatalog()
+    for t in range(9):
+        rows = track_ids == t
+        track = Track(t, f"t{t}", "", "", 50.0, "", f"h{t}", 100, 0.0)
+        catalog.add_track(track, vectors[rows], offsets[rows])
+    expected = [{(h.track_id, round(h.offset_s, 2)) for h in hits} for hits in catalog.search(queries, 5)]
+    assert found == expected

@@ -114,3 +114,41 @@ def test_the_configured_index_and_shards_are_built_recorded_and_searched_with(
         result = recognizer.identify(audio[4 * encoder.info.sample_rate : 10 * encoder.info.sample_rate])
         assert result.track is not None and result.track.title == "melody-2"
 
+
+
+@pytest.mark.milvus_server
+def test_a_bulk_filled_catalog_changes_its_index_in_place_and_records_it(
+    milvus_server: MilvusServer, tmp_path: Path,
+) -> None:
+    """What the index benchmark relies on: tracks inserted in bulk are complete, their vectors
+    read back exactly, and a rebuilt index is recorded and searched with on reopen."""
+    import numpy as np
+
+    from tunetrace.store import Track, track_id_for
+    from tunetrace.store.milvus import IndexChoice
+
+    config_path = write_config(tmp_path, uri=milvus_server.uri, prefix=unique_prefix("bulk"),
+                               milvus={"index": "{type: FLAT}"})
+    config = load_config(config_path)
+    info = create_encoder(config.encoder).info
+    rng = np.random.default_rng(4)
+    items = []
+    for n in range(3):
+        vectors = rng.standard_normal((40, info.dimension)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        track = Track(track_id_for(f"bulk-{n}"), f"bulk-{n}", "", "", 20.0, "", f"bulk-{n}", 40, 0.0)
+        items.append((track, vectors, np.arange(40) * 0.5))
+    with CatalogStore.open(config.milvus, config.milvus_uri(), info, create=True) as store:
+        store.add_new_tracks(items, insert_batch=50)
+        assert store.content_hashes() == {"bulk-0", "bulk-1", "bulk-2"}
+        assert store.vector_count() == 120
+        vectors, offsets = store.track_vectors(items[1][0].track_id)
+        order = np.argsort(offsets)
+        assert np.allclose(vectors[order], items[1][1], atol=1e-6)
+        assert np.allclose(offsets[order], items[1][2])
+        built_s = store.rebuild_index(IndexChoice("IVF_FLAT", {"nlist": 4}))
+        assert built_s >= 0 and store.index == IndexChoice("IVF_FLAT", {"nlist": 4})
+    with CatalogStore.open(config.milvus, config.milvus_uri(), info, create=False) as store:
+        assert store.index == IndexChoice("IVF_FLAT", {"nlist": 4})
+        hits = store.search(items[2][1][[7]], top_k=3)[0]
+        assert (hits[0].track_id, hits[0].offset_s) == (items[2][0].track_id, 3.5)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from tunetrace.identify import Recognizer
 from tunetrace.redact import redact_url
 from tunetrace.store import Track, open_catalog, track_id_for
 from tunetrace.store.memory import MemoryCatalog
+
+if TYPE_CHECKING:
+    from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
 
@@ -233,22 +237,240 @@ def check_distractors(
     return CheckResult(sample * per_distractor, source_hits, other_hits, len(control_queries), control_hits)
 
 
+BULK_TRACKS = 24
+"""Distractors per bulk insert (~10,000 vectors)."""
+
+
 def insert_distractors(config: Config, encoder: Encoder, cache_dir: Path, count: int, seed: int) -> int:
-    """Add cached distractors to the configured catalog (those already there are skipped)."""
+    """Add cached distractors to the configured catalog (those already there are skipped: an
+    interrupted insert resumes), in bulk inserts of ``BULK_TRACKS`` tracks."""
     added = 0
     started = last = time.monotonic()
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True) as store:
+        present = store.content_hashes()
+        pending: list[tuple[Track, np.ndarray, np.ndarray]] = []
         for item, vectors, offsets in read_chunks(cache_dir, count):
             track = distractor_track(item, seed)
-            if store.find_by_hash(track.content_hash) is not None:
+            if track.content_hash in present:
                 continue
-            store.add_track(track, vectors, offsets)
-            added += 1
+            pending.append((track, vectors, offsets))
+            if len(pending) >= BULK_TRACKS:
+                store.add_new_tracks(pending)
+                added += len(pending)
+                pending = []
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
                 print(f"inserted {added} distractors ({item.index + 1}/{count}), "
                       f"{added / (last - started):.1f} tracks/s", file=sys.stderr, flush=True)
+        store.add_new_tracks(pending)
+        added += len(pending)
     return added
+
+
+IndexParamValue = int | float | str
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """One index to measure: ``TYPE[:build[:search]]``, e.g. ``HNSW:M=16,efConstruction=200:ef=64``."""
+
+    type: str
+    build: dict[str, IndexParamValue]
+    search: dict[str, IndexParamValue]
+
+    @classmethod
+    def parse(cls, text: str) -> IndexSpec:
+        parts = text.split(":")
+        if not parts[0] or len(parts) > 3:
+            raise SystemExit(f"--spec {text!r}: expected TYPE[:key=value,...[:key=value,...]]")
+
+        def params(part: str) -> dict[str, IndexParamValue]:
+            found: dict[str, IndexParamValue] = {}
+            for item in filter(None, part.split(",")):
+                key, _, value = item.partition("=")
+                found[key] = int(value) if value.isdigit() else value
+            return found
+
+        return cls(parts[0], params(parts[1]) if len(parts) > 1 else {},
+                   params(parts[2]) if len(parts) > 2 else {})
+
+
+def query_vectors(files: Sequence[Path], encoder: Encoder, count: int, seed: int) -> np.ndarray:
+    """``count`` query vectors of real excerpts: windows of catalog music at random (off-grid)
+    starts, half of them with white noise at 10 dB SNR, as a live station would search them."""
+    from tunetrace.audio.decode import decode_file
+    from tunetrace.evaluation.degrade import white_noise
+
+    rng = np.random.default_rng(seed)
+    info = encoder.info
+    size = info.window_spec.window_samples
+    windows: list[np.ndarray] = []
+    audio = [decode_file(path, info.sample_rate) for path in files]
+    while len(windows) < count:
+        track = audio[int(rng.integers(len(audio)))]
+        start = int(rng.integers(0, track.size - size))
+        window = track[start : start + size].astype(np.float32)
+        if float(np.sqrt(np.mean(np.square(window)))) < 1e-3:
+            continue
+        windows.append(white_noise(window, 10.0, rng) if len(windows) % 2 else window)
+    return encoder.embed(np.stack(windows).astype(np.float32))
+
+
+def exact_neighbours(
+    queries: np.ndarray, blocks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], top_k: int,
+) -> list[set[tuple[int, float]]]:
+    """The exact ``top_k`` (track id, offset) of each query by inner product over every block of
+    (vectors, track ids, offsets): the reference an approximate index's recall is measured on."""
+    best_scores = np.full((queries.shape[0], top_k), -np.inf, np.float32)
+    best_keys = np.zeros((queries.shape[0], top_k, 2), np.float64)
+    for vectors, track_ids, offsets in blocks:
+        scores = queries @ vectors.astype(np.float32).T
+        keys = np.stack(
+            [np.broadcast_to(track_ids, scores.shape), np.broadcast_to(offsets, scores.shape)], -1,
+        )
+        merged_scores = np.concatenate([best_scores, scores], axis=1)
+        merged_keys = np.concatenate([best_keys, keys.astype(np.float64)], axis=1)
+        keep = np.argpartition(-merged_scores, top_k - 1, axis=1)[:, :top_k]
+        best_scores = np.take_along_axis(merged_scores, keep, axis=1)
+        best_keys = np.take_along_axis(merged_keys, keep[..., None], axis=1)
+    return [{(int(t), round(float(o), 2)) for t, o in row} for row in best_keys]
+
+
+def _catalog_blocks(
+    cache_dir: Path, count: int, seed: int, real: Sequence[tuple[int, np.ndarray, np.ndarray]],
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for item, vectors, offsets in read_chunks(cache_dir, count):
+        batch.append((vectors, np.full(vectors.shape[0], distractor_track(item, seed).track_id), offsets))
+        if len(batch) == CHUNK:
+            yield tuple(np.concatenate(column) for column in zip(*batch, strict=True))  # type: ignore[misc]
+            batch = []
+    batch.extend((v, np.full(v.shape[0], t), o) for t, v, o in real)
+    yield tuple(np.concatenate(column) for column in zip(*batch, strict=True))  # type: ignore[misc]
+
+
+def _percentile_ms(values: Sequence[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values), q)) * 1000, 3)
+
+
+def _server_rss_mb(pid: int | None) -> float | None:
+    """Resident memory of the server process and all its descendants (Linux ``/proc``)."""
+    if pid is None:
+        return None
+    children: dict[int, list[int]] = {}
+    rss_pages: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            statm = (entry / "statm").read_text().split()
+        except OSError:
+            continue
+        children.setdefault(int(stat[1]), []).append(int(entry.name))
+        rss_pages[int(entry.name)] = int(statm[1])
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss_pages.get(current, 0)
+        todo.extend(children.get(current, []))
+    import os
+
+    return round(total * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def _open_with(config: Config, spec: IndexSpec, encoder: Encoder) -> CatalogStore:
+    """The configured catalog, searched with ``spec``'s parameters."""
+    from tunetrace.store.milvus import CatalogStore
+
+    update = {"type": spec.type, "build": spec.build, "search": spec.search}
+    index = config.milvus.index.model_copy(update=update)
+    milvus = config.milvus.model_copy(update={"index": index})
+    return CatalogStore.open(milvus, config.milvus_uri(), encoder.info, create=False)
+
+
+def measure_index(
+    config: Config, encoder: Encoder, spec: IndexSpec, queries: np.ndarray,
+    truth: list[set[tuple[int, float]]] | None, *, build: bool, server_pid: int | None, top_k: int,
+) -> dict[str, object]:
+    """Build ``spec`` on the configured catalog (optionally), then its recall against ``truth``,
+    its search latency per vector (alone, and in batches of 64 as identify sends them), and the
+    server's memory."""
+    from tunetrace.store.milvus import IndexChoice
+
+    result: dict[str, object] = {"type": spec.type, "build": spec.build, "search": spec.search}
+    with _open_with(config, spec, encoder) as store:
+        if build:
+            result["build_s"] = round(store.rebuild_index(IndexChoice(spec.type, dict(spec.build))), 1)
+        result["vectors"] = store.vector_count()
+        store.search(queries[:8], top_k)  # warm
+        single: list[float] = []
+        found: list[list[tuple[int, float]]] = []
+        for vector in queries:
+            began = time.perf_counter()
+            hits = store.search(vector[None, :], top_k)[0]
+            single.append(time.perf_counter() - began)
+            found.append([(h.track_id, round(h.offset_s, 2)) for h in hits])
+        batched: list[float] = []
+        for start in range(0, queries.shape[0] - 63, 64):
+            began = time.perf_counter()
+            store.search(queries[start : start + 64], top_k)
+            batched.append((time.perf_counter() - began) / 64)
+        result.update({
+            "single_ms_median": _percentile_ms(single, 50), "single_ms_p95": _percentile_ms(single, 95),
+            "batch64_ms_per_vector": _percentile_ms(batched, 50),
+            "server_rss_mb": _server_rss_mb(server_pid),
+        })
+        if truth is not None:
+            recall = [len(set(f) & t) / len(t) for f, t in zip(found, truth, strict=True)]
+            top1 = [bool(f) and f[0][0] in {k[0] for k in t} for f, t in zip(found, truth, strict=True)]
+            result["recall_at_k"] = round(float(np.mean(recall)), 4)
+            result["top1_track_in_exact"] = round(float(np.mean(top1)), 4)
+    return result
+
+
+def run_indexes(args: argparse.Namespace, config: Config, encoder: Encoder) -> int:
+    """The ``indexes`` action: every ``--spec`` measured in turn on the same collection."""
+    from tunetrace.catalog.scan import scan_paths
+    from tunetrace.store.milvus import CatalogStore, IndexChoice
+
+    files = sorted(scan_paths([args.catalog], config.ingest.extensions))
+    queries = query_vectors(files, encoder, args.queries, args.seed)
+    truth = None
+    if args.truth_file is not None and args.truth_file.exists():
+        recorded = json.loads(args.truth_file.read_text())
+        truth = [{(int(t), float(o)) for t, o in row} for row in recorded]
+    elif args.truth_file is not None:
+        with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+            real = [t for t in store.tracks() if not t.content_hash.startswith("distractor:")]
+            vectors = [(t.track_id, *store.track_vectors(t.track_id)) for t in real]
+        began = time.monotonic()
+        blocks = _catalog_blocks(args.cache, args.count, args.seed, vectors)
+        truth = exact_neighbours(queries, blocks, args.top_k)
+        print(f"exact reference: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        args.truth_file.write_text(json.dumps([sorted(row) for row in truth]))
+    if args.build_only:
+        for text in args.spec:
+            spec = IndexSpec.parse(text)
+            with _open_with(config, spec, encoder) as store:
+                built_s = store.rebuild_index(IndexChoice(spec.type, dict(spec.build)))
+            line = json.dumps({"type": spec.type, "build": spec.build, "build_s": round(built_s, 1),
+                               "load_avg": Path("/proc/loadavg").read_text().split()[:3]})
+            print(line, flush=True)
+            if args.out:
+                with args.out.open("a") as handle:
+                    handle.write(line + "\n")
+        return 0
+    for text in args.spec:
+        result = measure_index(config, encoder, IndexSpec.parse(text), queries, truth,
+                               build=args.build, server_pid=args.server_pid, top_k=args.top_k)
+        line = json.dumps({**result, "queries": args.queries, "top_k": args.top_k,
+                           "load_avg": Path("/proc/loadavg").read_text().split()[:3]})
+        print(line, flush=True)
+        if args.out:
+            with args.out.open("a") as handle:
+                handle.write(line + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,16 +478,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tunetrace.evaluation.scale", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=("vectors", "check", "insert"))
+    parser.add_argument("action", choices=("vectors", "check", "insert", "indexes"))
     parser.add_argument("--cache", type=Path, required=True, help="cached vectors (outside the repo)")
     parser.add_argument("--count", type=int, default=20_000 - 30, help="distractors (vectors, insert)")
     parser.add_argument("--sample", type=int, default=40, help="distractors to check (check)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--config", "-c", type=Path, default=None, help="tunetrace config (insert, check)")
+    parser.add_argument("--spec", action="append", default=[],
+                        help="indexes: TYPE[:build[:search]], e.g. HNSW:M=16,efConstruction=200:ef=64")
+    parser.add_argument("--build", action="store_true", help="indexes: build each spec before measuring")
+    parser.add_argument("--truth-file", type=Path, default=None,
+                        help="indexes: exact neighbours of the queries (computed and saved if missing)")
+    parser.add_argument("--build-only", action="store_true", help="indexes: build each spec, measure nothing")
+    parser.add_argument("--queries", type=int, default=256, help="indexes: query vectors")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--server-pid", type=int, default=None, help="indexes: milvus-server's pid (memory)")
+    parser.add_argument("--catalog", type=Path, default=CONTROL_SOURCES[0][1], help="indexes: real music")
+    parser.add_argument("--out", type=Path, default=None, help="indexes: append JSON lines here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
     encoder = create_encoder(config.encoder, config.data_dir)
+    if args.action == "indexes":
+        return run_indexes(args, config, encoder)
     if args.action == "insert":
         added = insert_distractors(config, encoder, args.cache, args.count, args.seed)
         print(f"inserted {added} distractors into {redact_url(config.milvus_uri())}")

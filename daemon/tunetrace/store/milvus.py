@@ -383,6 +383,73 @@ class CatalogStore:
         }
         self._call(lambda: self._client.upsert(self._tracks, [row], timeout=self._timeout_s))
 
+    def add_new_tracks(
+        self, items: Sequence[tuple[Track, np.ndarray, np.ndarray]], insert_batch: int = 20_000,
+    ) -> None:
+        """Bulk path for tracks the caller knows are absent (a benchmark catalog being filled):
+        their vectors in a few large inserts, then their track rows in one upsert. ``add_track``'s
+        per-track delete and the caller's per-track lookup cost a consistent read each on a
+        server (tens of ms), which would dominate inserting 20,000 tracks."""
+        rows: list[dict[str, Any]] = []
+        for track, embeddings, offsets_s in items:
+            if embeddings.shape != (offsets_s.shape[0], self._info.dimension):
+                raise ValueError(f"embeddings must have shape (n, {self._info.dimension}), one offset each")
+            rows.extend(
+                {"track_id": track.track_id, "offset_s": float(off), "embedding": vec}
+                for vec, off in zip(embeddings, offsets_s, strict=True)
+            )
+        for start in range(0, len(rows), insert_batch):
+            batch = rows[start : start + insert_batch]
+            self._call(lambda batch=batch: self._client.insert(self._vectors, batch, timeout=self._timeout_s))
+        track_rows = [
+            {
+                **{k: _clip(v) if isinstance(v, str) else v for k, v in asdict(track).items()},
+                "placeholder": [0.0] * _PLACEHOLDER_DIM,
+            }
+            for track, _, _ in items
+        ]
+        if track_rows:
+            self._call(lambda: self._client.upsert(self._tracks, track_rows, timeout=self._timeout_s))
+
+    def track_vectors(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """A track's stored vectors and offsets (the exact reference of an index measurement)."""
+        rows = self._call(lambda: self._client.query(
+            self._vectors, filter=f"track_id == {int(track_id)}", output_fields=["embedding", "offset_s"],
+            timeout=self._timeout_s,
+        ))
+        vectors = np.array([r["embedding"] for r in rows], np.float32).reshape(-1, self._info.dimension)
+        return vectors, np.array([float(r["offset_s"]) for r in rows])
+
+    def content_hashes(self) -> set[str]:
+        """Content hashes of every complete track (one paged query: resuming a bulk fill)."""
+        return {t.content_hash for t in self.tracks()}
+
+    def rebuild_index(self, choice: IndexChoice) -> float:
+        """Replace the vectors collection's index by ``choice`` and record it; the seconds the
+        build took (Milvus builds it per sealed segment; ``create_index`` returns when all are
+        built). For measuring index types on one collection without inserting it again."""
+        self._call(lambda: self._client.flush(self._vectors, timeout=self._timeout_s))
+        self._call(lambda: self._client.release_collection(self._vectors, timeout=self._timeout_s))
+        for name in self._call(lambda: self._client.list_indexes(self._vectors, timeout=self._timeout_s)):
+            self._call(lambda name=name: self._client.drop_index(
+                self._vectors, name, timeout=self._timeout_s,
+            ))
+        index = self._client.prepare_index_params()
+        index.add_index(
+            "embedding", index_type=choice.type, metric_type=self._info.metric, params=dict(choice.build),
+        )
+        started = time.monotonic()
+        self._call(lambda: self._client.create_index(self._vectors, index, timeout=None))
+        built_s = time.monotonic() - started
+        self._call(lambda: self._client.load_collection(self._vectors, timeout=None))
+        self._call(lambda: self._client.upsert(
+            self._meta,
+            [{"key": "index", "value": json.dumps(asdict(choice)), "placeholder": [0.0] * _PLACEHOLDER_DIM}],
+            timeout=self._timeout_s,
+        ))
+        self.index = choice
+        return built_s
+
     def update_track(self, track: Track) -> None:
         """Rewrite a complete track's metadata (re-tagged file); its vectors stay as they are."""
         row = {
