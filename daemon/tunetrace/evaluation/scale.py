@@ -429,6 +429,40 @@ def measure_index(
     return result
 
 
+VECTOR_FORMATS = ("sign-bits", "float16")
+"""Formats whose recall ``format_recall`` measures: binary from the 128 sign bits (Hamming), and
+half precision."""
+
+
+def _in_format(vectors: np.ndarray, kind: str) -> np.ndarray:
+    converted: np.ndarray = (
+        np.sign(vectors) if kind == "sign-bits" else vectors.astype(np.float16)
+    ).astype(np.float32)
+    return converted
+
+
+def format_recall(
+    args: argparse.Namespace, config: Config, encoder: Encoder, queries: np.ndarray,
+    truth: list[set[tuple[int, float]]], kind: str,
+) -> dict[str, object]:
+    """Recall against exact float32 search of a catalog stored in another vector format, searched
+    exactly (the best any index over that format can do). For sign bits the Hamming distance is
+    ``(d - s_q . s_v) / 2``, so the exact inner product of the signs ranks the same."""
+    from tunetrace.store.milvus import CatalogStore
+
+    with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+        real = [t for t in store.tracks() if not t.content_hash.startswith("distractor:")]
+        vectors = [(t.track_id, *store.track_vectors(t.track_id)) for t in real]
+    blocks = (
+        (_in_format(v, kind), t, o) for v, t, o in _catalog_blocks(args.cache, args.count, args.seed, vectors)
+    )
+    found = exact_neighbours(_in_format(queries, kind), blocks, args.top_k)
+    recall = [len(f & t) / len(t) for f, t in zip(found, truth, strict=True)]
+    tracks = [bool({k[0] for k in f} & {k[0] for k in t}) for f, t in zip(found, truth, strict=True)]
+    return {"format": kind, "top_k": args.top_k, "recall_at_k": round(float(np.mean(recall)), 4),
+            "shares_a_track": round(float(np.mean(tracks)), 4)}
+
+
 def run_indexes(args: argparse.Namespace, config: Config, encoder: Encoder) -> int:
     """The ``indexes`` action: every ``--spec`` measured in turn on the same collection."""
     from tunetrace.catalog.scan import scan_paths
@@ -449,6 +483,16 @@ def run_indexes(args: argparse.Namespace, config: Config, encoder: Encoder) -> i
         truth = exact_neighbours(queries, blocks, args.top_k)
         print(f"exact reference: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
         args.truth_file.write_text(json.dumps([sorted(row) for row in truth]))
+    if args.format:
+        if truth is None:
+            raise SystemExit("--format needs --truth-file")
+        for kind in args.format:
+            print(json.dumps(format_recall(args, config, encoder, queries, truth, kind)), flush=True)
+        return 0
+    if args.seal:
+        with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+            waited = store.seal_and_index()
+        print(json.dumps({"sealed_and_indexed_after_s": round(waited, 1)}), flush=True)
     if args.build_only:
         for text in args.spec:
             spec = IndexSpec.parse(text)
@@ -489,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", action="store_true", help="indexes: build each spec before measuring")
     parser.add_argument("--truth-file", type=Path, default=None,
                         help="indexes: exact neighbours of the queries (computed and saved if missing)")
+    parser.add_argument("--format", action="append", choices=VECTOR_FORMATS, default=[],
+                        help="indexes: recall of vectors stored in this format against exact search")
+    parser.add_argument("--seal", action="store_true",
+                        help="indexes: seal growing segments and wait until every row is indexed")
     parser.add_argument("--build-only", action="store_true", help="indexes: build each spec, measure nothing")
     parser.add_argument("--queries", type=int, default=256, help="indexes: query vectors")
     parser.add_argument("--top-k", type=int, default=10)

@@ -424,6 +424,26 @@ class CatalogStore:
         """Content hashes of every complete track (one paged query: resuming a bulk fill)."""
         return {t.content_hash for t in self.tracks()}
 
+    def seal_and_index(self, poll_s: float = 5.0, limit_s: float = 3600.0) -> float:
+        """Seal the vectors still in growing segments (searched by brute force until sealed) and
+        wait until every row is indexed; the seconds waited. Before measuring a bulk-filled
+        catalog: what a long-running server reaches by itself."""
+        started = time.monotonic()
+        self._call(lambda: self._client.flush(self._vectors, timeout=None))
+        while time.monotonic() - started < limit_s:
+            names = self._call(lambda: self._client.list_indexes(self._vectors, timeout=self._timeout_s))
+            described = [
+                self._call(lambda name=name: self._client.describe_index(
+                    self._vectors, name, timeout=self._timeout_s,
+                ))
+                for name in names
+            ]
+            if all(int(d.get("pending_index_rows", 0)) == 0
+                   and int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)) for d in described):
+                break
+            time.sleep(poll_s)
+        return time.monotonic() - started
+
     def rebuild_index(self, choice: IndexChoice) -> float:
         """Replace the vectors collection's index by ``choice`` and record it; the seconds the
         build took (Milvus builds it per sealed segment; ``create_index`` returns when all are
