@@ -79,6 +79,12 @@ _SEARCH_BATCH = 256
 # be found on reopen, a re-ingest would not see the track it just added, and a delete could miss
 # rows it should replace. Strong makes every read see every earlier write.
 _CONSISTENCY = "Strong"
+_SEARCH_CONSISTENCY = "Bounded"
+"""Vector searches read at bounded staleness instead: under Strong a server holds every search
+until its time tick catches up (~200 ms: measured 205 ms median for one query vector on an IVF_SQ8
+index whose search itself takes a few ms, docs/scaling.md §2), which would dominate a 5 s
+identify's budget of 100 ms. A window ingested a few seconds ago may be missed by a search; the
+track rows (read Strong) still decide what exists."""
 
 DEFAULT_BUILD: dict[str, dict[str, IndexParam]] = {
     "HNSW": {"M": 16, "efConstruction": 200},
@@ -95,10 +101,13 @@ DEFAULT_SEARCH: dict[str, dict[str, IndexParam]] = {
     "SCANN": {"nprobe": 16},
 }
 """Search parameters when ``milvus.index.search`` is empty (HNSW and DISKANN scale with top_k)."""
-LITE_COMFORTABLE_VECTORS = 500_000
-"""Beyond this many vectors an exact (FLAT) Milvus Lite catalog costs a live station more than a
-tenth of a core in search alone: Lite's FLAT search measured 30 ms per query vector at 500k
-vectors (/work/shared/ENVIRONMENT.md §4b), and a station searches 4 windows a second."""
+LITE_COMFORTABLE_VECTORS = 200_000
+"""Beyond this many vectors (~470 tracks) an exact (FLAT) Milvus Lite catalog misses the live
+target of 5 ms of search per 0.5 s of audio (two windows at the fingerprint's 0.25 s hop, so
+2.5 ms per searched window). Lite's exact search cost grows linearly with the catalog; its lowest
+measured cost is 11 ms per query window at 854,301 vectors (13 ns per catalog vector, a 5 s
+identify in 900 ms), so 2.5 ms is reached near 190,000 vectors (docs/scaling.md §2; under load it
+measured 52-82 ms per window, which would put the limit lower still)."""
 
 
 @dataclass(frozen=True)
@@ -518,6 +527,7 @@ class CatalogStore:
                     self._vectors, data=list(chunk), limit=top_k,
                     output_fields=["track_id", "offset_s"], search_params=params,
                     anns_field="embedding", timeout=self._timeout_s,
+                    consistency_level=_SEARCH_CONSISTENCY,
                 )
             )
             sign = 1.0 if self._info.metric == "IP" else -1.0
