@@ -79,12 +79,19 @@ _SEARCH_BATCH = 256
 # be found on reopen, a re-ingest would not see the track it just added, and a delete could miss
 # rows it should replace. Strong makes every read see every earlier write.
 _CONSISTENCY = "Strong"
-_SEARCH_CONSISTENCY = "Bounded"
-"""Vector searches read at bounded staleness instead: under Strong a server holds every search
-until its time tick catches up (~200 ms: measured 205 ms median for one query vector on an IVF_SQ8
-index whose search itself takes a few ms, docs/scaling.md §2), which would dominate a 5 s
-identify's budget of 100 ms. A window ingested a few seconds ago may be missed by a search; the
-track rows (read Strong) still decide what exists."""
+_SEARCH_CONSISTENCY = "Session"
+"""Vector searches wait only for this client's own writes: under Strong a server holds every
+search until its time tick catches up (~200 ms: measured 205 ms median for one query vector on an
+IVF_SQ8 index whose search itself takes 3-4 ms, docs/scaling.md §2), which alone would exceed a
+5 s identify's budget of 100 ms. A process that only searches (the daemon) waits for nothing; one
+that inserts and then searches (ingest, tests) still sees what it wrote. Windows another process
+inserted moments ago become visible within the server's time tick; track rows are read Strong."""
+
+SERVER_DEFAULT_INDEX = "IVF_SQ8"
+"""``milvus.index.type: auto`` on a server, chosen by measurement (docs/scaling.md §2): at 854,301
+vectors it built in 129 s, searched one window in 3-4 ms with its top-1 track always among the
+exact top 10, and held the server at 0.7-1.5 GB; HNSW (M 16, efConstruction 200) had not finished
+building after 11 minutes on the same 2 cores, and stores 4x the bytes per vector."""
 
 DEFAULT_BUILD: dict[str, dict[str, IndexParam]] = {
     "HNSW": {"M": 16, "efConstruction": 200},
@@ -120,7 +127,7 @@ class IndexChoice:
 
     @classmethod
     def resolve(cls, config: IndexConfig, shards: int, *, is_lite: bool) -> IndexChoice:
-        kind = config.type if config.type != "auto" else ("FLAT" if is_lite else "HNSW")
+        kind = config.type if config.type != "auto" else ("FLAT" if is_lite else SERVER_DEFAULT_INDEX)
         return cls(kind, dict(config.build) or dict(DEFAULT_BUILD.get(kind, {})), shards)
 
     @classmethod
@@ -333,9 +340,9 @@ class CatalogStore:
         if self._is_lite and self.index.type == "FLAT" and n_vectors > LITE_COMFORTABLE_VECTORS:
             return (
                 f"this Milvus Lite catalog holds {n_vectors:,} vectors; above "
-                f"{LITE_COMFORTABLE_VECTORS:,} its exact search costs each live station more than a tenth "
-                "of a core. Move it to a Milvus server with an approximate index (milvus.uri, "
-                "milvus.index.type: HNSW; docs/scaling.md) and re-ingest"
+                f"{LITE_COMFORTABLE_VECTORS:,} its exact search costs each live station more than 5 ms "
+                "per 0.5 s of audio. Move it to a Milvus server with an approximate index (milvus.uri, "
+                f"milvus.index.type: auto or {SERVER_DEFAULT_INDEX}; docs/scaling.md) and re-ingest"
             )
         return None
 
