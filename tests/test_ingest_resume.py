@@ -8,6 +8,7 @@ track without all of its vectors.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -21,9 +22,6 @@ import pytest
 
 from tests.fixtures.audio import synthetic_music, write_wav
 from tests.fixtures.milvus import write_config
-from tunetrace.config import load_config
-from tunetrace.encoders import create_encoder
-from tunetrace.store import open_catalog
 
 FILES = 12
 DURATION_S = 40.0
@@ -47,14 +45,30 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{REPO / 'daemon'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
+_STATE = """
+import json, sys
+from pathlib import Path
+from tunetrace.config import load_config
+from tunetrace.encoders import create_encoder
+from tunetrace.store import open_catalog
+config = load_config(Path(sys.argv[1]))
+encoder = create_encoder(config.encoder, config.data_dir)
+with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+    tracks = store.tracks()
+    print(json.dumps([len(tracks), store.vector_count(), sum(t.n_vectors for t in tracks),
+                      max((t.n_vectors for t in tracks), default=0)]))
+"""
+
+
 def _catalog_state(config_path: Path) -> tuple[int, int, int, int]:
-    """(tracks, vectors stored, vectors the tracks account for, largest vector count of one file)."""
-    config = load_config(config_path)
-    encoder = create_encoder(config.encoder, config.data_dir)
-    with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
-        tracks = store.tracks()
-        return (len(tracks), store.vector_count(), sum(t.n_vectors for t in tracks),
-                max((t.n_vectors for t in tracks), default=0))
+    """(tracks, vectors stored, vectors the tracks account for, largest vector count of one file),
+    read in a process of its own: a Lite catalog stays locked to its opener until that exits."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _STATE, str(config_path)], env=_env(), capture_output=True, text=True,
+        timeout=120, check=True,
+    )
+    tracks, vectors, accounted, largest = json.loads(probe.stdout)
+    return int(tracks), int(vectors), int(accounted), int(largest)
 
 
 @pytest.mark.slow
@@ -77,7 +91,7 @@ def test_an_ingest_killed_in_the_middle_resumes_without_duplicates(tmp_path: Pat
             done = int(match.group(1))
             break
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=30)  # returns once no child is left holding its stderr: workers died too
     assert proc.returncode == -signal.SIGKILL
     assert 3 <= done < FILES, "the kill must land in the middle of the run"
 

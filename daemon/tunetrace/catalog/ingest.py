@@ -10,9 +10,12 @@ tracks, which the next run skips by the hash of their audio.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -265,14 +268,31 @@ _worker: Encoder | None = None
 """This worker process's encoder, built once by ``_start_worker``."""
 
 
-def _start_worker(factory: EncoderFactory, encoder_id: str) -> None:
+def _start_worker(factory: EncoderFactory, encoder_id: str, parent_pid: int) -> None:
     global _worker  # noqa: PLW0603 - one encoder per worker process, built before its first job
+    _die_with(parent_pid)
     encoder = factory()
     if encoder.info.encoder_id != encoder_id:
         raise ModelError(
             f"an ingest worker built encoder {encoder.info.encoder_id}, not the catalog's {encoder_id}"
         )
     _worker = encoder
+
+
+def _die_with(parent_pid: int) -> None:
+    """End this worker when the ingesting process dies, even by SIGKILL.
+
+    A worker waits for jobs on a pipe whose writing end it inherited itself, so it would never see
+    the end of it: killed ingests would leave their workers waiting forever, each holding a model.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above: nobody to work for
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _worker_encoder() -> Encoder:
@@ -307,7 +327,7 @@ def _executor(workers: int, encoder: Encoder, factory: EncoderFactory | None) ->
     # spawn, not fork: the caller may hold threads (gRPC, the daemon's loop) a fork would copy mid-step.
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(factory, encoder.info.encoder_id),
+        initializer=_start_worker, initargs=(factory, encoder.info.encoder_id, os.getpid()),
     )
 
 
