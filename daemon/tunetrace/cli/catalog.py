@@ -90,9 +90,12 @@ class _Progress:
     def __init__(self, files: list[Path], *, quiet: bool, every_s: float) -> None:
         from tunetrace.catalog.progress import IngestProgress, ProgressPrinter
 
-        self._sizes = {str(p): _size(p) for p in files}
-        self._resolved = {str(p.resolve()): size for p, size in zip(files, self._sizes.values(), strict=True)}
-        progress = IngestProgress(len(files), sum(self._sizes.values()), time.monotonic())
+        self._sizes: dict[str, int] = {}
+        """Bytes of each file, by the name the ingest reports: as named here or (the daemon) resolved."""
+        for path in files:
+            self._sizes[str(path)] = self._sizes[_resolved(path)] = _size(path)
+        total_bytes = sum(_size(path) for path in files)
+        progress = IngestProgress(len(files), total_bytes, time.monotonic())
         self._printer = None if quiet else ProgressPrinter(
             progress, sys.stderr, time.monotonic, live=sys.stderr.isatty(), every_s=every_s,
         )
@@ -100,12 +103,19 @@ class _Progress:
     def done(self, message: Outcome) -> None:
         if self._printer is not None:
             path = str(message["path"])
-            size = self._sizes.get(path, self._resolved.get(path, 0))
+            size = self._sizes.get(path, 0)
             self._printer.done(str(message["status"]), float(message["audio_s"]), size)
 
     def close(self) -> None:
         if self._printer is not None:
             self._printer.close()
+
+
+def _resolved(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # a link loop: reported by the ingest itself
+        return str(path)
 
 
 def _size(path: Path) -> int:
