@@ -407,6 +407,10 @@ class ServiceConfig(_Section):
     """How long failing catalog searches still feed systemd's watchdog. Milvus Lite's server
     process is restarted in place when it dies, and a Milvus server restarting comes back by
     itself; an outage longer than this stops the pings, so systemd restarts the daemon."""
+    batch_gather_s: float = Field(default=0.1, ge=0, le=2.0)
+    """How long one station's due windows wait for other stations' before all are embedded and
+    searched together (one encoder call and one catalog request per tick instead of one per
+    station): more stations per core for up to this much later decisions on the wall clock."""
 
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})

@@ -332,7 +332,7 @@ async def run_stream(
     ``rss_samples``: filled with the resident memory every ``rss_every_s`` while the stream runs.
     ``cpu_at_end``: receives a ``CpuSample`` taken while the worker threads are still alive.
     """
-    from tunetrace.pipeline import build_station, open_model
+    from tunetrace.pipeline import build_station, open_model, shared_batcher
 
     closer = None
     if model is None:
@@ -348,6 +348,7 @@ async def run_stream(
         their own timeline), the elapsed time since the start when paced like a live stream."""
         return EPOCH + timedelta(seconds=time.monotonic() - started_monotonic) if realtime else EPOCH
 
+    batcher = shared_batcher(opened, executor, config)
     built = []
     for index in range(stations):
         sink = CollectingSink()
@@ -356,6 +357,7 @@ async def run_stream(
         )
         station = build_station(
             station_config, config, opened, sink, executor, until_eof=True, wall_clock=clock,
+            batcher=batcher,
         )
         sink.station = station
         sinks.append(sink)

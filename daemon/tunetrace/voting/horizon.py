@@ -74,17 +74,34 @@ class HorizonVoter:
 
     def process(self, batch: WindowBatch) -> list[Observation]:
         """One observation per ``windows_per_decision`` windows, in stream order (blocking: call from
-        an executor)."""
+        an executor). Embeds and searches this batch alone; several stations share one embedding
+        call and one search through ``voting.batcher.RecognitionBatcher`` instead."""
         if len(batch) == 0:
             return []
-        rms = np.sqrt(np.mean(np.square(batch.windows, dtype=np.float64), axis=1))
-        audible = np.flatnonzero(rms >= self._silence_rms)
-        hits: list[list[Hit]] = [[] for _ in range(len(batch))]
+        audible = self.audible(batch)
+        found: list[list[Hit]] = []
         if audible.size:
             vectors = self._encoder.embed(batch.windows[audible])
             found = self._catalog.search(vectors, self._params.top_k)
-            for row, window_hits in zip(audible, found, strict=True):
-                hits[int(row)] = window_hits
+        return self.observe(batch, audible, found)
+
+    @property
+    def top_k(self) -> int:
+        return self._params.top_k
+
+    def audible(self, batch: WindowBatch) -> np.ndarray:
+        """Rows of ``batch`` loud enough to embed and search (silence votes for nothing)."""
+        if len(batch) == 0:
+            return np.zeros(0, np.int64)
+        rms = np.sqrt(np.mean(np.square(batch.windows, dtype=np.float64), axis=1))
+        return np.flatnonzero(rms >= self._silence_rms)
+
+    def observe(self, batch: WindowBatch, audible: np.ndarray, found: list[list[Hit]]) -> list[Observation]:
+        """Add a batch's hits to the horizon and vote: ``found[i]`` are the neighbours of row
+        ``audible[i]`` (rows not in ``audible`` had none)."""
+        hits: list[list[Hit]] = [[] for _ in range(len(batch))]
+        for row, window_hits in zip(audible, found, strict=True):
+            hits[int(row)] = window_hits
         rate = self._params.sample_rate
         observations = []
         for start_sample, window_hits in zip(batch.start_samples, hits, strict=True):
