@@ -36,8 +36,6 @@ still matches with a quarter of it outside the track (the fingerprint is trained
 by up to a quarter of their length), so the first supporting window starts up to a quarter window
 before the track does and the last ends up to a quarter window after it; without this correction
 every play started ~0.25 s early and ended ~0.2 s late on the benchmark streams."""
-DECISION_INTERVAL_S = 0.2
-"""Stream time between two decisions; the tracker's confirmations are counted in decisions."""
 @dataclass(frozen=True)
 class HorizonParams:
     sample_rate: int
@@ -209,5 +207,5 @@ def horizon_params(
         horizon_s=max(tracker.horizon_s, info.window_s + tracker.window_hop_s),
         top_k=matcher.top_k, silence_threshold_dbfs=silence_threshold_dbfs,
         voting=VotingParams.from_config(matcher, info.hop_s),
-        windows_per_decision=max(1, round(DECISION_INTERVAL_S / tracker.window_hop_s)),
+        windows_per_decision=max(1, round(tracker.decision_interval_s / tracker.window_hop_s)),
     )
