@@ -223,3 +223,27 @@ def test_pending_windows_past_the_limit_are_sent_at_once(catalog: FakeCatalog) -
             return loop.time() - started
 
     assert asyncio.run(main()) < 5.0
+
+
+def test_the_stage_measurement_counts_every_window_and_decision(catalog: FakeCatalog) -> None:
+    """``evaluation.stages`` (CPU per window by stage) feeds the voter as a station on air does."""
+    from tunetrace.evaluation.stages import STAGES, measure
+    from tunetrace.tracker import PlayTracker, TrackerParams
+
+    encoder = CountingEncoder()
+    voter = _voter(encoder, catalog)
+    batch = _batch(33, 4.0, seconds=10.0)
+    per_call = 2
+    tracker_config = parse_config({}).tracker
+    tracker = PlayTracker(TrackerParams.from_config(tracker_config))
+    times = measure(voter, tracker, batch.windows, batch.start_samples, per_call,
+                    encoder.embed, catalog.search)
+
+    whole_calls = len(batch) // per_call
+    assert times.windows == whole_calls * per_call
+    assert encoder.calls == [per_call] * whole_calls
+    windows_per_decision = round(tracker_config.decision_interval_s / tracker_config.window_hop_s)
+    assert times.decisions == times.windows // windows_per_decision
+    assert set(times.per_window_ms()) == set(STAGES)
+    assert all(v >= 0 for v in times.cpu_s.values())
+    assert tracker.current is not None and tracker.current.track_id == 33, "the track was recognised"
