@@ -494,6 +494,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--show", action="store_true", help="print the true schedule and the plays")
     parser.add_argument("--realtime", action="store_true",
                         help="play the stream at real-time pace (memory over a long run; slow by design)")
+    parser.add_argument("--rss-every-s", type=float, default=300.0,
+                        help="sample the resident memory this often while the stream runs")
     parser.add_argument("--feed", choices=("http", "file"), default="http",
                         help="with --realtime: each station reads the stream from a local HTTP server "
                              "that sends it at its pace, like a radio stream (default), or from the "
@@ -537,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         radio: list[float] = []
         station_sinks, wall_s = asyncio.run(run_stream(
             config, wav, args.stations, model, realtime=args.realtime, rss_samples=rss_samples,
-            cpu_at_end=after, feed=args.feed, server_cpu_s=radio,
+            cpu_at_end=after, feed=args.feed, server_cpu_s=radio, rss_every_s=args.rss_every_s,
         ))
         cpu = cpu_breakdown(before, after[0])
         cpu["stream_server_s"] = round(sum(radio), 2)
@@ -571,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         "rss_end_mib": round(rss_end, 1),
         "realtime": args.realtime,
         "feed": args.feed if args.realtime else "file",
-        "rss_every_5_min_mib": rss_samples,
+        "rss_every_s": args.rss_every_s,
+        "rss_samples_mib": rss_samples,
         "plays": len(plays),
     }
     emit_json(result, args.json)
