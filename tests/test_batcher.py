@@ -247,3 +247,22 @@ def test_the_stage_measurement_counts_every_window_and_decision(catalog: FakeCat
     assert set(times.per_window_ms()) == set(STAGES)
     assert all(v >= 0 for v in times.cpu_s.values())
     assert tracker.current is not None and tracker.current.track_id == 33, "the track was recognised"
+
+
+def test_a_large_call_is_embedded_in_chunks_of_the_encoder_batch_size(catalog: FakeCatalog) -> None:
+    """The encoder's working memory stays at one encoder batch however many stations submit."""
+    encoder = CountingEncoder()
+    voters = [_voter(encoder, catalog) for _ in range(3)]
+    batches = [_batch(22, 4.0 * i, seconds=3.0) for i in range(3)]
+    total = sum(len(b) for b in batches)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            params = BatcherParams(gather_s=0.05, embed_windows=5)
+            batcher = RecognitionBatcher(encoder, catalog, executor, params)
+            await asyncio.wait_for(asyncio.gather(
+                *(batcher.process(v, b) for v, b in zip(voters, batches, strict=True))), timeout=30)
+
+    asyncio.run(main())
+    assert sum(encoder.calls) == total
+    assert max(encoder.calls) == 5 and len(encoder.calls) == -(-total // 5)

@@ -597,7 +597,7 @@ def shared_batcher(
     """The one ``RecognitionBatcher`` all of a process's stations submit their windows to."""
     return RecognitionBatcher(
         TimedEncoder(model.encoder, metrics or NullMetrics()), model.catalog, executor,
-        BatcherParams(gather_s=config.service.batch_gather_s),
+        BatcherParams(gather_s=config.service.batch_gather_s, embed_windows=config.encoder.batch_size),
     )
 
 

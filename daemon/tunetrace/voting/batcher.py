@@ -49,6 +49,10 @@ class BatcherParams:
     stream clock: observations carry their windows' stream time)."""
     max_windows: int = 256
     """A call is made at once when this many windows are pending (bounds one call's latency)."""
+    embed_windows: int = 64
+    """Most windows per encoder call (``encoder.batch_size``): a call's windows are embedded in
+    chunks of this size, so the encoder's working memory (onnxruntime keeps its arena at the
+    largest batch it has seen) does not grow with the number of stations."""
 
 
 @dataclass
@@ -169,8 +173,7 @@ class RecognitionBatcher:
         if not audible:
             return {}
         try:
-            vectors = self._encoder.embed(
-                np.concatenate([r.batch.windows[r.audible] for r in audible], axis=0))
+            vectors = self._embed(np.concatenate([r.batch.windows[r.audible] for r in audible], axis=0))
         except Exception:  # find whose windows the encoder refuses
             return self._one_by_one(audible)
         top_k = max(r.voter.top_k for r in audible)
@@ -192,13 +195,20 @@ class RecognitionBatcher:
             routed[id(request)] = [window_hits[: request.voter.top_k] for window_hits in rows]
         return routed
 
+    def _embed(self, windows: np.ndarray) -> np.ndarray:
+        step = max(1, self._params.embed_windows)
+        if len(windows) <= step:
+            return self._encoder.embed(windows)
+        chunks = [self._encoder.embed(windows[i : i + step]) for i in range(0, len(windows), step)]
+        return np.concatenate(chunks)
+
     def _one_by_one(self, requests: list[_Request]) -> dict[int, list[list[Hit]] | BaseException]:
         """The joint embedding failed: embed and search each request alone, so only the station
         whose windows fail loses them."""
         routed: dict[int, list[list[Hit]] | BaseException] = {}
         for request in requests:
             try:
-                vectors = request.context.run(self._encoder.embed, request.batch.windows[request.audible])
+                vectors = request.context.run(self._embed, request.batch.windows[request.audible])
                 routed[id(request)] = self._catalog.search(vectors, request.voter.top_k)
             except Exception as exc:  # this station's failure, reported to it alone
                 routed[id(request)] = exc
