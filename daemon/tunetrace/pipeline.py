@@ -485,7 +485,10 @@ class Station:
     async def _ended(self, event: PlayEnded) -> None:
         if self._open is None:
             return
-        play = replace(self._open, confidence=max(self._open.confidence, event.play.confidence)).ended(
+        play = replace(
+            self._open, confidence=max(self._open.confidence, event.play.confidence),
+            speed_ratio=event.play.speed_ratio,
+        ).ended(
             self._clock.wall(event.ended_s), event.position_end_s, event.reason,
         )
         self._open = None
