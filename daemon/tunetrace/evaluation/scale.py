@@ -418,7 +418,7 @@ def measure_index(
             batched.append((time.perf_counter() - began) / 64)
         result.update({
             "single_ms_median": _percentile_ms(single, 50), "single_ms_p95": _percentile_ms(single, 95),
-            "batch64_ms_per_vector": _percentile_ms(batched, 50),
+            "batch64_ms_per_vector": _percentile_ms(batched, 50) if batched else None,
             "server_rss_mb": _server_rss_mb(server_pid),
         })
         if truth is not None:
