@@ -109,8 +109,8 @@ DEFAULT_SEARCH: dict[str, dict[str, IndexParam]] = {
 }
 """Search parameters when ``milvus.index.search`` is empty (HNSW and DISKANN scale with top_k).
 IVF_SQ8, the server default, searches 64 of its 1024 lists: at 2,000 tracks nprobe 16 kept 26 of
-exact search's 31 hits under interfering music, nprobe 64 kept 30 and matched its hit rate, for
-~1.4 ms per window in a batch (docs/scaling.md §3)."""
+exact search's 31 hits under interfering music, nprobe 64 kept 30 (28 on another build), for
+0.7-1.4 ms per window in a batch (docs/scaling.md §3)."""
 LITE_COMFORTABLE_VECTORS = 200_000
 """Beyond this many vectors (~470 tracks) an exact (FLAT) Milvus Lite catalog misses the live
 target of 5 ms of search per 0.5 s of audio (two windows at the fingerprint's 0.25 s hop, so
