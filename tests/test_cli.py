@@ -89,7 +89,7 @@ def test_identify_json_prints_one_object_per_file_in_input_order(
 
     assert unreadable["match"] is False
     bad = queries["unreadable"]
-    assert unreadable["error"] == f"{bad}: cannot decode audio: {bad}: Invalid argument"
+    assert unreadable["error"] == f"{bad}: cannot decode audio: Invalid data found when processing input"
     assert missing["match"] is False
     assert missing["error"] == f"{queries['missing']}: no such file"
 
