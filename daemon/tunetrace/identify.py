@@ -72,7 +72,7 @@ class Recognizer:
         self._config = config
         self._batch_size = batch_size
         info = encoder.info
-        self._query_spec = info.window_spec.with_hop(config.query_hop_s or info.hop_s / 10)
+        self._query_spec = info.window_spec.with_hop(config.query_hop(info.hop_s))
         self._params = VotingParams.from_config(config, info.hop_s)
         self._tracks: dict[int, Track] = {}
         self._shape = self._read_tracks()
