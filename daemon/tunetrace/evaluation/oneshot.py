@@ -129,12 +129,15 @@ def _command(config: Path | None) -> list[str]:
     return [sys.executable, "-m", "tunetrace", "identify", *(["-c", str(config)] if config else [])]
 
 
-def warm_batch(config: Path | None, queries: Sequence[Query]) -> tuple[list[dict[str, object]], float]:
+def warm_batch(
+    config: Path | None, queries: Sequence[Query], batch_files: int = 1,
+) -> tuple[list[dict[str, object]], float]:
     """Every query through one ``identify --json`` call; the records (warm-up dropped) and wall/file."""
     files = [q.path for q in queries[:WARMUP_FILES]] + [q.path for q in queries]
     started = time.perf_counter()
     result = subprocess.run(
-        [*_command(config), "--json", *files], capture_output=True, text=True, check=False, timeout=1800,
+        [*_command(config), "--json", "--batch-files", str(batch_files), *files],
+        capture_output=True, text=True, check=False, timeout=1800,
     )
     wall_s = time.perf_counter() - started
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -320,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-cell", type=int, default=20, help="excerpts per (length, condition)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--batch-files", type=int, default=1,
+                        help="identify --batch-files for the warm call (default 1: one file at a time)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: warm,stages,cold")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args(argv)
@@ -333,8 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matcher": config.matcher.model_dump(mode="json"),
     }
     if "warm" not in skip:
-        with _section("warm latency: one batch `identify --json` call (latency_s per file)"):
-            records, wall_per_file = warm_batch(args.config, queries)
+        with _section(f"warm latency: one `identify --json --batch-files {args.batch_files}` call over "
+                      "all files (latency_s per file)"):
+            records, wall_per_file = warm_batch(args.config, queries, args.batch_files)
             warm: dict[str, object] = {"wall_per_file_ms": 1000 * wall_per_file}
             for length in lengths:
                 for condition in CONDITIONS:
