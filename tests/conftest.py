@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.postgres",
     "tests.fixtures.streams",
+    "tests.fixtures.systemd",
 ]

@@ -23,6 +23,7 @@ class FakeCatalog(MemoryCatalog):
     def __init__(self) -> None:
         super().__init__()
         self.searches = 0
+        self.searched_vectors = 0
         self.hang = threading.Event()
         """While set, searches block until ``release`` is set (at most 30 s): a stuck catalog."""
         self.release = threading.Event()
@@ -35,6 +36,7 @@ class FakeCatalog(MemoryCatalog):
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
         self.searches += 1
+        self.searched_vectors += len(vectors)
         if self.hang.is_set():
             self.release.wait(30)
         if self.failing:

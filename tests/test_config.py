@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import tunetrace.config as config_module
 from tunetrace.config import (
     CALIBRATED_MIN_CONFIDENCE,
     CALIBRATED_START_CONFIDENCE,
@@ -190,6 +191,27 @@ def test_the_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch:
 def test_the_data_dir_follows_systemd_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/tunetrace:/var/lib/other")
     assert Config().data_dir == Path("/var/lib/tunetrace")
+
+
+def test_a_shell_command_without_data_dir_is_warned_that_the_units_catalog_is_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    unit_dir = tmp_path / "var-lib-tunetrace"
+    unit_dir.mkdir()
+    (unit_dir / "catalog.db").write_bytes(b"")
+    monkeypatch.setattr(config_module, "UNIT_STATE_DIR", unit_dir)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home"))
+
+    with caplog.at_level("WARNING", logger="tunetrace.config"):
+        assert Config().data_dir == tmp_path / "home" / "tunetrace"
+    assert f"set data_dir: {unit_dir}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tunetrace.config"):
+        parse_config({"data_dir": str(unit_dir)})
+        monkeypatch.setenv("STATE_DIRECTORY", str(unit_dir))
+        Config()
+    assert caplog.text == "", "no warning when the data_dir is said, or under systemd"
 
 
 def test_environment_references_may_carry_a_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
+from tests.test_train_data import OFF as AUGMENT_OFF
 from tunetrace.audio.resample import speed_change
 from tunetrace.config import EncoderConfig
 from tunetrace.encoders import create_encoder
@@ -146,17 +147,9 @@ def test_pair_sampler_shapes_and_determinism() -> None:
 
 def test_pair_sampler_without_degradation_is_the_anchor() -> None:
     """With every augmentation off, the degraded side must be the clean anchor itself."""
-    off = AugmentConfig(
-        noise_probability=0,
-        reverb_probability=0,
-        eq_probability=0,
-        codec_probability=0,
-        speed_max=0,
-        offset_max_s=0,
-        gain_db=(0.0, 0.0),
-    )
     pool = AudioPool(["a/x"], [_music_like(12.0, 10)], [[]])
-    batch = augment.PairSampler(pool, off, SR, 1.0, seed=1, n_irs=2).sample(4, np.random.default_rng(0))
+    sampler = augment.PairSampler(pool, AUGMENT_OFF, SR, 1.0, seed=1, n_irs=2)
+    batch = sampler.sample(4, np.random.default_rng(0))
     np.testing.assert_allclose(batch.degraded, batch.clean, atol=1e-5)
 
 

@@ -1,8 +1,8 @@
 """The history with the real daemon: real streams, real processes, a real kill -9, PostgreSQL.
 
-* One airing is one play across a daemon restart (Icecast keeps "airing" the programme while the
-  daemon restarts). The 5 s outage inside a run is covered by the tracker tests in
-  tests/test_history.py; on a real Icecast stall it is not reliable yet (see docs/history.md).
+* One airing is one play across a 5 s stream outage inside a run (the station's stream goes off
+  the air and comes back where the programme has got to) and across a daemon restart (Icecast keeps
+  "airing" the programme while the daemon restarts).
 * ``kill -9`` of a running daemon, then a restart: the open play is closed ``crash_recovered`` at
   its last evidence, in the history and in the play log's ``play_ended``.
 * Two daemons with different stations write one PostgreSQL history; one report covers both.
@@ -21,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,9 +33,9 @@ from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
 from tests.fixtures.streams import IcecastServer
 from tests.test_live_e2e import RecordingSink, run_until
 from tunetrace.audio.decode import decode_file
-from tunetrace.config import parse_config
+from tunetrace.config import Config, parse_config
 from tunetrace.history import open_history
-from tunetrace.pipeline import open_model
+from tunetrace.pipeline import SharedModel, open_model
 from tunetrace.service import Service
 
 pytestmark = pytest.mark.slow
@@ -144,44 +145,90 @@ def test_kill_9_then_restart_closes_the_open_play_crash_recovered_at_its_last_ev
     assert ended[0]["play"]["end_reason"] == "crash_recovered"  # type: ignore[index]
 
 
+def on_air_setup(
+    icecast: IcecastServer, catalog: BuiltCatalog, clip: Clip, tmp_path: Path, *, stall_timeout_s: float,
+) -> tuple[Path, Config]:
+    """The programme (the clip, then 20 s of silence) and the config of one station ``air`` that
+    listens to it on Icecast, continuity on, on a private copy of the catalog."""
+    audio = decode_file(clip.path, RATE)
+    programme = np.concatenate([audio, np.zeros(20 * RATE, np.float32)])
+    wav = write_wav(tmp_path / "programme.wav", programme, RATE)
+    data = private_catalog_copy(catalog, tmp_path / "data")
+    return wav, parse_config({
+        "data_dir": str(data),
+        "milvus": {"collection_prefix": catalog.config.milvus.collection_prefix},
+        "service": {"health_interval_s": 1.0},
+        "tracker": {"continue_within_s": 30},
+        "history": {"checkpoint_interval_s": 0.5},
+        "stations": [{"name": "air", "source": {
+            "kind": "ffmpeg", "url": icecast.url("air.mp3"), "reconnect_initial_s": 0.5,
+            "reconnect_max_s": 1.0, "stall_timeout_s": stall_timeout_s}}],
+    })
+
+
+async def run_from_first_play(
+    config: Config, model: SharedModel, sink: RecordingSink, then: Callable[[], Awaitable[None]],
+) -> None:
+    """Run the daemon until its first play starts, then ``then()``, then stop it cleanly."""
+    service = Service(config, sinks=[sink], model=model)
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(60):
+            while not any(e.kind == "play_started" for e in sink.events):
+                await asyncio.sleep(0.1)
+        await then()
+    finally:
+        service.request_stop()
+        async with asyncio.timeout(15):
+            assert await task == 0
+
+
+def test_one_airing_is_one_play_across_a_5_s_stream_outage(
+    icecast: IcecastServer, clip_catalog: BuiltCatalog, real_clips: list[Clip], tmp_path: Path,
+) -> None:
+    wav, config = on_air_setup(icecast, clip_catalog, real_clips[1], tmp_path, stall_timeout_s=3.0)
+    model, store = open_model(config)
+    sink = RecordingSink()
+    on_air = time.monotonic()
+    publisher = icecast.publish(wav, "air.mp3")
+
+    async def outage() -> None:
+        await asyncio.sleep(2.0)
+        publisher.kill()  # the station goes off the air ...
+        await asyncio.to_thread(publisher.wait)
+        await asyncio.sleep(5.0)
+        # ... and comes back 5 s later, where the programme has got to meanwhile.
+        await asyncio.to_thread(icecast.publish, wav, "air.mp3", start_s=time.monotonic() - on_air)
+        # Longer than end_after_s after the stream is back: a play not continued has ended.
+        await asyncio.sleep(config.tracker.end_after_s + 3.0)
+
+    asyncio.run(run_from_first_play(config, model, sink, outage))
+    store.close()
+
+    assert [e.kind for e in sink.events] == ["play_started", "play_ended"], [
+        (e.kind, e.play.started_at.time(), e.play.ended_at, e.play.end_reason) for e in sink.events]
+    assert sink.events[1].play.end_reason == "shutdown", "one play through the outage, then the stop"
+    assert any(not h.source_up for h in sink.health), "the outage was reported in health"
+    history = open_history(config.history_url())
+    now = datetime.now(UTC)
+    intervals = history.intervals(now - timedelta(hours=1), now, ["air"])
+    history.close()
+    down_s = sum(i.seconds for i in intervals if not i.source_up)
+    assert 3.0 <= down_s <= 12.0, intervals
+
+
 def test_one_airing_is_one_play_across_a_daemon_restart(
     icecast: IcecastServer, clip_catalog: BuiltCatalog, real_clips: list[Clip], tmp_path: Path,
 ) -> None:
     # Clip 1: the first clip is a loop-based piece that matches at several positions; after a
     # restart on a live stream it was resumed only ~4 times in 5 (see docs/history.md, Limits).
     track_id = clip_catalog.tracks[real_clips[1].path].track_id
-    audio = decode_file(real_clips[1].path, RATE)
-    programme = np.concatenate([audio, np.zeros(20 * RATE, np.float32)])
-    wav = write_wav(tmp_path / "programme.wav", programme, RATE)
-    data = private_catalog_copy(clip_catalog, tmp_path / "data")
-    config = parse_config({
-        "data_dir": str(data),
-        "milvus": {"collection_prefix": clip_catalog.config.milvus.collection_prefix},
-        "service": {"health_interval_s": 1.0},
-        "tracker": {"continue_within_s": 30},
-        "history": {"checkpoint_interval_s": 0.5},
-        "stations": [{"name": "air", "source": {
-            "kind": "ffmpeg", "url": icecast.url("air.mp3"), "reconnect_initial_s": 0.5,
-            "reconnect_max_s": 1.0, "stall_timeout_s": 5.0}}],
-    })
+    wav, config = on_air_setup(icecast, clip_catalog, real_clips[1], tmp_path, stall_timeout_s=5.0)
     model, store = open_model(config)
     sink = RecordingSink()
     icecast.publish(wav, "air.mp3")
 
-    async def first_run() -> None:
-        service = Service(config, sinks=[sink], model=model)
-        task = asyncio.create_task(service.run())
-        try:
-            async with asyncio.timeout(60):
-                while not any(e.kind == "play_started" for e in sink.events):
-                    await asyncio.sleep(0.1)
-            await asyncio.sleep(4.0)
-        finally:
-            service.request_stop()
-            async with asyncio.timeout(15):
-                assert await task == 0
-
-    asyncio.run(first_run())
+    asyncio.run(run_from_first_play(config, model, sink, lambda: asyncio.sleep(4.0)))
     kinds_after_first_run = [e.kind for e in sink.events]
 
     async def second_run() -> None:

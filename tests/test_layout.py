@@ -89,3 +89,28 @@ def test_the_horizon_voter_finds_a_track_and_its_position_in_a_fake_catalog() ->
     assert best.track_id == 22
     assert abs(best.alignment_s - 12.0) <= 0.5
     assert catalog.searches >= 1
+
+
+def test_the_horizon_voter_reports_an_outage_in_stream_order_without_searching_it() -> None:
+    encoder = SpectralEncoder()
+    info = encoder.info
+    rate = info.sample_rate
+    catalog = FakeCatalog()
+    audio = synthetic_music(40.0, rate, seed=1)
+    windows, starts = frame(audio, WindowSpec(rate, info.window_s, info.hop_s))
+    catalog.add_track(fake_track(11, "t11", len(starts), 40.0), encoder.embed(windows), starts / rate)
+    config = parse_config({})
+    voter = HorizonVoter(encoder, catalog, catalog.shape, horizon_params(
+        encoder, config.matcher, config.tracker, silence_threshold_dbfs=-60.0,
+    ))
+    windows, starts = frame(audio[: 10 * rate], WindowSpec(rate, info.window_s, config.tracker.window_hop_s))
+    outage = (starts >= 4 * rate) & (starts < 6 * rate)
+    windows[outage] = 0.0
+    observations = voter.process(WindowBatch(windows, starts.astype(np.int64), outage))
+
+    down = [o.stream_s for o in observations if not o.source_up]
+    assert down and all(4.0 + info.window_s <= t <= 6.0 + info.window_s for t in down)
+    assert all(not o.candidates for o in observations if not o.source_up)
+    up_after = [o for o in observations if o.source_up and o.stream_s > 6.0 + info.window_s]
+    assert up_after and up_after[-1].candidates[0].track_id == 11
+    assert catalog.searched_vectors == int((~outage).sum()), "outage windows are never searched"

@@ -97,3 +97,25 @@ def test_a_block_larger_than_the_ring_keeps_only_its_newest_samples() -> None:
 def test_the_ring_must_hold_a_window_and_a_hop() -> None:
     with pytest.raises(ValueError, match="at least one window"):
         RingBuffer(110, SPEC, max_pending_windows=10)
+
+
+def test_windows_over_a_gap_are_marked_as_outage_and_the_gap_is_forgotten_once_read() -> None:
+    ring = RingBuffer(1000, SPEC, max_pending_windows=1000)
+    ring.write(0, np.ones(200, np.float32))
+    ring.write(400, np.ones(300, np.float32))  # samples 200-399 never arrived
+    batch = ring.read(max_windows=100)
+    outage = dict(zip(batch.start_samples.tolist(), batch.outage_mask().tolist(), strict=True))
+    assert not outage[100], "ends where the gap begins"
+    assert outage[125] and outage[300] and outage[375], "overlap the gap"
+    assert not outage[400], "starts where the audio resumes"
+    ring.write(700, np.ones(200, np.float32))
+    later = ring.read(max_windows=100)
+    assert later.outage is None, "a gap already read past marks nothing more"
+
+
+def test_a_stream_without_gaps_marks_no_outage() -> None:
+    ring = RingBuffer(1000, SPEC, max_pending_windows=1000)
+    for start in range(0, 600, 50):
+        ring.write(start, np.ones(50, np.float32))
+    batch = ring.read(max_windows=100)
+    assert len(batch) and batch.outage is None and not batch.outage_mask().any()

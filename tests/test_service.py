@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,58 +18,12 @@ import pytest
 
 from tests.fixtures.audio import Clip
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
+from tests.fixtures.systemd import NotifySocket, watched_service
 from tunetrace.sdnotify import SdNotifier
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "tunetrace.service"
 SHUTDOWN_LIMIT_S = 5.0
-
-
-class NotifySocket:
-    """A datagram socket standing in for systemd's notify socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self.messages: list[str] = []
-
-    def wait_for(self, line: str, timeout_s: float) -> list[str]:
-        deadline = time.monotonic() + timeout_s
-        while not any(line in m.splitlines() for m in self.messages):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {line!r} within {timeout_s} s; got {self.messages}")
-            self._sock.settimeout(remaining)
-            try:
-                self.messages.append(self._sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-        return self.messages
-
-    def drain(self) -> list[str]:
-        """Everything received so far, without waiting."""
-        self._sock.setblocking(False)
-        try:
-            while True:
-                self.messages.append(self._sock.recv(4096).decode())
-        except BlockingIOError:
-            pass
-        finally:
-            self._sock.setblocking(True)
-        return self.messages
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 def daemon_env(**extra: str) -> dict[str, str]:
@@ -332,40 +285,21 @@ def test_watchdog_is_fed_only_while_the_pipeline_progresses(
 ) -> None:
     import asyncio
 
-    from tests.fakes import FakeCatalog
-    from tests.fixtures.audio import synthetic_music, write_wav
-    from tunetrace.config import parse_config
-    from tunetrace.encoders.spectral import SpectralEncoder
-    from tunetrace.pipeline import SharedModel
-    from tunetrace.publish.base import LogSink
-    from tunetrace.service import Service
-
-    wav = write_wav(tmp_path / "m.wav", synthetic_music(5.0, 8000, seed=1), 8000)
-    config = parse_config({
-        "data_dir": str(tmp_path),
-        "stations": [{"name": "wd", "source": {"url": str(wav), "realtime": True, "loop": True}}],
-    })
-    catalog = FakeCatalog()
-    model = SharedModel(SpectralEncoder(), catalog, catalog.shape)
-    notifier = SdNotifier(str(notify_socket.path), watchdog_usec=400_000)  # ping every 0.2 s
-    service = Service(config, sinks=[LogSink()], notifier=notifier, model=model)
-
-    def pings() -> int:
-        return sum(m == "WATCHDOG=1" for m in notify_socket.drain())
+    watched = watched_service(tmp_path, notify_socket, watchdog_usec=400_000)  # ping every 0.2 s
 
     async def scenario() -> tuple[int, int]:
-        task = asyncio.create_task(service.run())
+        task = asyncio.create_task(watched.service.run())
         await asyncio.to_thread(notify_socket.wait_for, "READY=1", 10)
         await asyncio.sleep(2.0)
         await asyncio.to_thread(notify_socket.wait_for, "WATCHDOG=1", 2)
-        healthy = pings()
-        catalog.hang.set()  # the next search never returns: windows stop being processed
+        healthy = watched.pings()
+        watched.catalog.hang.set()  # the next search never returns: windows stop being processed
         await asyncio.sleep(1.0)
-        stuck_from = pings()
+        stuck_from = watched.pings()
         await asyncio.sleep(2.0)
-        stuck_after = pings()
-        catalog.release.set()
-        service.request_stop()
+        stuck_after = watched.pings()
+        watched.catalog.release.set()
+        watched.service.request_stop()
         async with asyncio.timeout(10):
             assert await task == 0
         return healthy, stuck_after - stuck_from

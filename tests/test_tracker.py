@@ -265,6 +265,38 @@ def test_slow_drift_within_the_jump_tolerance_stays_one_play() -> None:
     assert kinds(run(tracker, 0.0, 120.0, evidence)) == [f"start:{A}"]
 
 
+def alignment_steps(alignment_s: float) -> float:
+    """Alignments as voting reports them: in quarter-second steps (the live hop)."""
+    return round(alignment_s / 0.25) * 0.25
+
+
+@pytest.mark.parametrize("speed", [0.97, 1.03])
+def test_a_station_playing_fast_or_slow_reports_its_speed_and_end_position(speed: float) -> None:
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        # Track position 10 s at stream time 0, moving ``speed`` s into the track per second; the
+        # evidence's alignment is the median over its windows (up to 4 s back): half of that ago.
+        mid_s = max(0.0, t - 2.25)
+        return [playing(A, t, alignment_steps(10.0 + (speed - 1.0) * mid_s), since_s=0.0)] if t >= 1.5 else []
+
+    events = run(tracker, 0.0, 180.0, evidence)
+    ended = tracker.close(180.0)[0]
+    assert kinds(events) == [f"start:{A}"], "one play however far the alignment drifts"
+    assert isinstance(ended, PlayEnded)
+    assert ended.play.speed_ratio == pytest.approx(speed, abs=0.005)
+    true_end_s = 10.0 + speed * ended.ended_s
+    assert ended.position_end_s == pytest.approx(true_end_s, abs=0.5), "positions follow the drift"
+
+
+def test_a_short_play_keeps_the_speed_the_evidence_reported() -> None:
+    tracker = PlayTracker(PARAMS)
+    events = run(tracker, 0.0, 15.0, lambda t: [playing(A, t, 10.0, since_s=0.0)] if t >= 1.5 else [])
+    ended = tracker.close(15.0)[0]
+    assert kinds(events) == [f"start:{A}"] and isinstance(ended, PlayEnded)
+    assert ended.play.speed_ratio == 1.0, "under SPEED_MIN_SPAN_S of evidence: no estimate"
+
+
 def test_start_is_never_back_dated_before_position_zero_or_the_previous_end() -> None:
     tracker = PlayTracker(PARAMS)
 

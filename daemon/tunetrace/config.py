@@ -9,6 +9,7 @@ secrets are ``SecretStr`` and never appear in logs or ``repr``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -28,23 +29,46 @@ from pydantic import (
 
 from tunetrace.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG_PATHS = (Path("/etc/tunetrace/tunetrace.yaml"),)
 ENV_CONFIG = "TUNETRACE_CONFIG"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 """``${NAME}`` (required) or ``${NAME:-default}`` (the default when unset or empty, as in a shell)."""
 
 
+UNIT_STATE_DIR = Path("/var/lib/tunetrace")
+"""The shipped unit's ``StateDirectory=tunetrace``: where the daemon's catalog is under systemd."""
+
+
 def default_data_dir() -> Path:
     """Where catalogs and state live when the config does not say.
 
-    systemd's ``StateDirectory=`` exports ``STATE_DIRECTORY``; otherwise follow XDG.
+    systemd's ``StateDirectory=`` exports ``STATE_DIRECTORY``; otherwise follow XDG. A command run
+    from a shell with the daemon's config has no ``STATE_DIRECTORY``: if the unit's catalog exists
+    it is warned that it is about to use another catalog (an ingest would land where the daemon
+    never looks), with the fix.
     """
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return Path(state.split(":")[0])
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
-    return base / "tunetrace"
+    chosen = base / "tunetrace"
+    if chosen != UNIT_STATE_DIR and _readable_catalog(UNIT_STATE_DIR):
+        log.warning(
+            "the config sets no data_dir, so this uses %s; the systemd unit's catalog is in %s. To "
+            "work on the daemon's catalog, set data_dir: %s in the config", chosen, UNIT_STATE_DIR,
+            UNIT_STATE_DIR,
+        )
+    return chosen
+
+
+def _readable_catalog(data_dir: Path) -> bool:
+    try:
+        return (data_dir / "catalog.db").exists()
+    except OSError:
+        return False
 
 
 class _Section(BaseModel):

@@ -42,7 +42,7 @@ from tunetrace.publish.evidence import EvidenceRecorder
 from tunetrace.redact import redact_url
 from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
-from tunetrace.sources.base import AudioBlock, SourceRunner
+from tunetrace.sources.base import AudioBlock, AudioSource, SourceRunner
 from tunetrace.store import Catalog, CatalogShape, Track, catalog_shape, open_catalog
 from tunetrace.tracker import (
     Observation,
@@ -281,15 +281,15 @@ class Station:
                 now_s = self._clock.now_s()
                 if not self._runner.state.up and self._runner.realtime and now_s is not None:
                     # The source is down: time still passes on the air; an open play is held for
-                    # continue_within_s, then ends.
-                    self._source_was_up = False
+                    # continue_within_s, then ends. The outage began where the audio stopped (a
+                    # stall is declared stall_timeout_s later), and is recorded from there.
+                    if self._source_was_up and self._heard:
+                        self._source_was_up = False
+                        await self._went_down(self._ring.write_index / self._rate)
                     await self._apply(self._tracker.observe(Observation(now_s, source_up=False)))
                     await self._checkpoint(now_s, source_up=False)
                 continue
-            if not self._source_was_up or not self._heard:
-                self._heard = self._source_was_up = True
-                self._resumed_s = float(batch.start_samples[0]) / self._rate
-                self._up_from_s = self._resumed_s
+            await self._follow_source(batch)
             try:
                 observations = await loop.run_in_executor(
                     self._executor, contextvars.copy_context().run, self._matcher.process, batch,
@@ -308,9 +308,27 @@ class Station:
             for observation in observations:
                 self._last_stream_s = observation.stream_s
                 await self._apply(self._tracker.observe(observation))
-            await self._checkpoint(self._last_stream_s, source_up=True)
+            await self._checkpoint(self._last_stream_s, source_up=self._source_was_up)
             if self._ring.pending_windows():
                 self._data.set()
+
+    async def _follow_source(self, batch: WindowBatch) -> None:
+        """Note where this batch's audio begins, stops and resumes, for the history's monitored
+        time: the first audio of the run, and any outage the ring marked (a source that stalled
+        and came back between two ticks is seen only here, as a gap in the stream)."""
+        for start_sample, down in zip(batch.start_samples, batch.outage_mask(), strict=True):
+            if down and self._source_was_up and self._heard:
+                self._source_was_up = False
+                await self._went_down(float(start_sample) / self._rate)
+            elif not down and (not self._source_was_up or not self._heard):
+                self._heard = self._source_was_up = True
+                self._resumed_s = float(start_sample) / self._rate
+                self._up_from_s = self._resumed_s
+
+    async def _went_down(self, stream_s: float) -> None:
+        """The source stopped delivering at ``stream_s``: the tracker and the history hear it there."""
+        await self._apply(self._tracker.observe(Observation(stream_s, source_up=False)))
+        await self._checkpoint(stream_s, source_up=False, force=True)
 
     def _batch_incomplete(self) -> bool:
         """Wait for ``search_interval_s`` of new windows while live audio keeps coming."""
@@ -453,7 +471,10 @@ class Station:
     async def _ended(self, event: PlayEnded) -> None:
         if self._open is None:
             return
-        play = replace(self._open, confidence=max(self._open.confidence, event.play.confidence)).ended(
+        play = replace(
+            self._open, confidence=max(self._open.confidence, event.play.confidence),
+            speed_ratio=event.play.speed_ratio,
+        ).ended(
             self._clock.wall(event.ended_s), event.position_end_s, event.reason,
         )
         self._open = None
@@ -500,12 +521,13 @@ def build_station(
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     monotonic: Callable[[], float] = time.monotonic,
     progress: ProgressSink | None = None, resume: Play | None = None,
-    metrics: PipelineMetrics | None = None,
+    metrics: PipelineMetrics | None = None, source: AudioSource | None = None,
 ) -> Station:
     """One station's pipeline: its own source runner, ring, voter and tracker around the shared model.
 
     The live window spec is derived once here (the encoder's rate and window, the tracker's hop)
-    and every stage gets it, or its own config section, from here.
+    and every stage gets it, or its own config section, from here. ``source`` replaces the one
+    the station's config describes (a simulated broadcast that plays an outage).
     """
     info = model.encoder.info
     tracker_config = config.tracker
@@ -523,7 +545,7 @@ def build_station(
         checkpoint_interval_s=config.history.checkpoint_interval_s,
         catalog_outage_watchdog_s=config.service.catalog_outage_watchdog_s,
     )
-    source = create_source(station.source, spec.sample_rate)
+    source = source or create_source(station.source, spec.sample_rate)
     runner = SourceRunner(
         source, runner_params(station.source, spec.sample_rate), until_eof=until_eof, wall_clock=wall_clock,
         monotonic=monotonic,

@@ -4,11 +4,15 @@ Capture writes and never blocks or allocates per block; recognition reads window
 Overflow policy: when recognition falls more than ``max_pending_windows`` behind (or the audio
 it still needs was overwritten), the reader skips to the newest complete window and the skipped
 windows are counted in ``dropped_windows``: now-playing stays current at the cost of evidence.
-A gap in the stream clock (an outage) is filled with zeros so window times stay exact.
+A gap in the stream clock (an outage) is filled with zeros so window times stay exact, and the
+windows that overlap it are marked (``WindowBatch.outage``): zeros there are not silence on the
+air but audio that never arrived, and the tracker must see the outage where it happened in stream
+order, not only when the pipeline next notices the source's state.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +26,15 @@ class WindowBatch:
     """(n, window_samples) float32, copies (safe to hand to another thread)."""
     start_samples: np.ndarray
     """(n,) int64 absolute stream index of each window's first sample."""
+    outage: np.ndarray | None = None
+    """(n,) bool: the window overlaps a gap the source never delivered (``None``: none does)."""
 
     def __len__(self) -> int:
         return int(self.start_samples.size)
+
+    def outage_mask(self) -> np.ndarray:
+        """``outage`` as an array whatever the batch says (all false when it says nothing)."""
+        return self.outage if self.outage is not None else np.zeros(len(self), bool)
 
 
 class RingBuffer:
@@ -39,6 +49,8 @@ class RingBuffer:
         self._write_index: int | None = None
         """Absolute index one past the newest sample written (``None`` before the first block)."""
         self._next_window: int = 0
+        self._gaps: deque[tuple[int, int]] = deque()
+        """Absolute ``[start, end)`` sample ranges filled with zeros for an outage, oldest first."""
         self.dropped_windows = 0
 
     @property
@@ -55,6 +67,7 @@ class RingBuffer:
             start_sample = self._write_index
         gap = start_sample - self._write_index
         if gap > 0:
+            self._gaps.append((self._write_index, start_sample))
             self._put(self._write_index, np.zeros(min(gap, self._capacity), np.float32), gap)
         self._put(start_sample, samples, samples.size)
 
@@ -92,7 +105,17 @@ class RingBuffer:
             windows[row, :head] = self._data[offset : offset + head]
             windows[row, head:] = self._data[: self._window - head]
         self._next_window += count * self._hop
-        return WindowBatch(windows, starts)
+        return WindowBatch(windows, starts, self._outage(starts))
+
+    def _outage(self, starts: np.ndarray) -> np.ndarray | None:
+        """Which of these windows overlap a gap; then forgets the gaps that no window still to be
+        read can overlap (they all start at or after the next unread window)."""
+        mask = np.zeros(starts.size, bool)
+        for gap_start, gap_end in self._gaps:
+            mask |= (starts < gap_end) & (starts + self._window > gap_start)
+        while self._gaps and self._gaps[0][1] <= self._next_window:
+            self._gaps.popleft()
+        return mask if mask.any() else None
 
     def recent(self, n_samples: int) -> np.ndarray:
         """The newest ``n_samples`` (at most the capacity), oldest first."""

@@ -30,11 +30,15 @@ Rules, each there to prevent a specific failure:
   ``source_down``.
 * ``started_s`` is back-dated to the earliest window that supported the new track, never before
   the track's position 0 nor before the previous play's end or the start of the stream.
+* **Speed**: a station playing 3 % fast moves 0.03 s further into the track per second than its
+  clock does, so the play's alignment drifts; once its evidence spans ``SPEED_MIN_SPAN_S`` the
+  drift is fitted (``DriftFit``): the play's speed ratio is the slope plus one, its positions
+  follow the fitted line, and the evidence is matched against where the line says the play is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tunetrace.config import TrackerConfig
 from tunetrace.events import EndReason
@@ -50,6 +54,59 @@ HEARD_ON_RETURN_S = 2.0
 was playing when the audio came back: the interrupted play continues at that alignment.  Music that
 repeats itself matches at several alignments, and which repeat the clock predicts is ambiguous; a
 station cannot have restarted a recording during an outage it was already playing it in."""
+
+
+SPEED_MIN_SPAN_S = 20.0
+"""Evidence span from which a play's speed is estimated. Alignments come in steps of a quarter to
+half a second, and 3 % over 20 s is 0.6 s of drift: shorter spans give ratios too coarse to say."""
+SPEED_PLAUSIBLE = (0.9, 1.1)
+"""Fitted ratios outside this range are not a speed (the voting tolerates a few percent only)."""
+
+
+@dataclass(frozen=True)
+class DriftFit:
+    """Least squares of a play's alignment against stream time, kept as running sums (constant
+    memory for a play of any length); times are relative to ``origin_s`` for precision."""
+
+    origin_s: float
+    n: int = 0
+    sum_t: float = 0.0
+    sum_a: float = 0.0
+    sum_tt: float = 0.0
+    sum_ta: float = 0.0
+    first_t: float = float("inf")
+    last_t: float = float("-inf")
+
+    def add(self, stream_s: float, alignment_s: float) -> DriftFit:
+        t = stream_s - self.origin_s
+        return DriftFit(
+            self.origin_s, self.n + 1, self.sum_t + t, self.sum_a + alignment_s, self.sum_tt + t * t,
+            self.sum_ta + t * alignment_s, min(self.first_t, t), max(self.last_t, t),
+        )
+
+    def _slope(self) -> float | None:
+        if self.n < 3 or self.last_t - self.first_t < SPEED_MIN_SPAN_S:
+            return None
+        spread = self.n * self.sum_tt - self.sum_t * self.sum_t
+        if spread <= 0.0:
+            return None
+        slope = (self.n * self.sum_ta - self.sum_t * self.sum_a) / spread
+        low, high = SPEED_PLAUSIBLE
+        return slope if low <= 1.0 + slope <= high else None
+
+    @property
+    def speed_ratio(self) -> float | None:
+        """The fitted playback speed (``None``: the evidence does not span enough time yet)."""
+        slope = self._slope()
+        return None if slope is None else 1.0 + slope
+
+    def alignment_at(self, stream_s: float) -> float | None:
+        """The fitted alignment at ``stream_s`` (``None`` while there is no speed estimate)."""
+        slope = self._slope()
+        if slope is None:
+            return None
+        mean_t, mean_a = self.sum_t / self.n, self.sum_a / self.n
+        return mean_a + slope * (stream_s - self.origin_s - mean_t)
 
 
 @dataclass(frozen=True)
@@ -109,9 +166,23 @@ class OpenPlay:
     speed_ratio: float
     aliases: tuple[float, ...] = ()
     """Other alignments of the same track heard alongside this one (repeats within the track)."""
+    drift: DriftFit | None = field(default=None, compare=False)
+    """The fit of this play's alignment over time (its speed), once evidence has been added."""
+
+    def alignment_at(self, stream_s: float) -> float:
+        """Where the play's alignment is at ``stream_s``: on the fitted line once its speed is
+        known, else the alignment it started with."""
+        fitted = self.drift.alignment_at(stream_s) if self.drift is not None else None
+        return self.alignment_s if fitted is None else fitted
 
     def position_at(self, stream_s: float) -> float:
-        return max(0.0, stream_s + self.alignment_s)
+        return max(0.0, stream_s + self.alignment_at(stream_s))
+
+    @property
+    def measured_speed_ratio(self) -> float:
+        """The fitted speed when known, else the one the evidence reported."""
+        fitted = self.drift.speed_ratio if self.drift is not None else None
+        return self.speed_ratio if fitted is None else fitted
 
 
 @dataclass(frozen=True)
@@ -172,8 +243,8 @@ class PlayTracker:
                     and now - play.last_support_s >= self._params.end_after_s):
                 events.append(self._end(play.last_support_s, "source_down"))
         self._source_state(observation.source_up, now)
-        support = self._refresh_support(observation.candidates) if self._current is not None else None
-        challenger = self._challenger(observation.candidates, current_support=support)
+        support = self._refresh_support(observation.candidates, now) if self._current is not None else None
+        challenger = self._challenger(observation.candidates, now, current_support=support)
         self._pending = self._confirm(observation.candidates, challenger)
         if self._pending is not None and self._pending.confirmations >= self._params.start_confirmations:
             start = self._pending.evidence
@@ -218,22 +289,24 @@ class PlayTracker:
             return []
         return [self._end(min(stream_s, self._current.last_support_s), "shutdown")]
 
-    def _refresh_support(self, candidates: tuple[Evidence, ...]) -> float | None:
+    def _refresh_support(self, candidates: tuple[Evidence, ...], now: float) -> float | None:
         """Extend the current play's support from any candidate at its track and alignment; returns
         that candidate's confidence (``None``: the current play has no evidence in this decision).
 
-        Other alignments of the track heard in the same decision become the play's aliases.
+        Other alignments of the track heard in the same decision become the play's aliases; the
+        supporting alignment is added to the play's drift fit (its speed).
         """
         current = self._current
         assert current is not None
+        expected = current.alignment_at(now)
         same_track = [
             e for e in candidates
             if e.track_id == current.track_id and e.confidence >= self._params.keep_confidence
         ]
         for evidence in same_track:
-            if self._near(evidence.alignment_s, current.alignment_s):
+            if self._near(evidence.alignment_s, expected):
                 heard_alongside = tuple(
-                    e.alignment_s for e in same_track if not self._near(e.alignment_s, current.alignment_s)
+                    e.alignment_s for e in same_track if not self._near(e.alignment_s, expected)
                 )
                 aliases = current.aliases + tuple(a for a in heard_alongside if not self._is_alias(a))
                 self._current = replace(
@@ -241,6 +314,7 @@ class PlayTracker:
                     last_support_s=max(current.last_support_s, evidence.last_aligned_s),
                     confidence=max(current.confidence, evidence.confidence),
                     aliases=aliases[-_MAX_ALIASES:],
+                    drift=_fit(current.drift, current.started_s, evidence),
                 )
                 return evidence.confidence
         return None
@@ -253,7 +327,7 @@ class PlayTracker:
         return current is not None and any(self._near(alignment_s, a) for a in current.aliases)
 
     def _challenger(
-        self, candidates: tuple[Evidence, ...], *, current_support: float | None,
+        self, candidates: tuple[Evidence, ...], now: float, *, current_support: float | None,
     ) -> Evidence | None:
         """The best candidate if it is strong enough to start a play and is not the current play.
 
@@ -270,7 +344,7 @@ class PlayTracker:
             if current_support is not None and best.confidence < current_support + self._params.switch_margin:
                 return None
         elif current is not None:
-            if current_support is not None or self._near(best.alignment_s, current.alignment_s):
+            if current_support is not None or self._near(best.alignment_s, current.alignment_at(now)):
                 return None
             unbroken = best.first_aligned_s - current.last_support_s < REALIGN_GAP_S
             on_return = (self._up_since_s > current.last_support_s
@@ -281,6 +355,7 @@ class PlayTracker:
                 self._current = replace(
                     current, alignment_s=best.alignment_s,
                     aliases=(*current.aliases, current.alignment_s)[-_MAX_ALIASES:],
+                    drift=_fit(None, current.started_s, best),
                 )
                 return None
         return best
@@ -318,6 +393,7 @@ class PlayTracker:
             confidence=evidence.confidence,
             last_support_s=max(started_s, evidence.last_aligned_s),
             speed_ratio=evidence.speed_ratio,
+            drift=_fit(None, started_s, evidence),
         )
         self._current = play
         return PlayStarted(play)
@@ -328,4 +404,11 @@ class PlayTracker:
         self._current = None
         ended_s = max(ended_s, play.started_s)
         self._boundary_s = ended_s
-        return PlayEnded(play, ended_s, reason)
+        return PlayEnded(replace(play, speed_ratio=play.measured_speed_ratio), ended_s, reason)
+
+
+def _fit(drift: DriftFit | None, origin_s: float, evidence: Evidence) -> DriftFit:
+    """``drift`` (a new fit from ``origin_s`` if ``None``) with this evidence's alignment, placed in
+    the middle of the windows that support it (the alignment is their median)."""
+    fit = drift if drift is not None else DriftFit(origin_s)
+    return fit.add((evidence.first_aligned_s + evidence.last_aligned_s) / 2.0, evidence.alignment_s)

@@ -8,33 +8,17 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.fakes import FakeCatalog
-from tests.fixtures.audio import synthetic_music, write_wav
-from tests.test_service import NotifySocket
-from tunetrace.config import MilvusConfig, parse_config
+from tests.fixtures.systemd import NotifySocket, watched_service
+from tunetrace.config import MilvusConfig
 from tunetrace.encoders.spectral import SpectralEncoder
-from tunetrace.pipeline import SharedModel
-from tunetrace.publish.base import LogSink
-from tunetrace.sdnotify import SdNotifier
-from tunetrace.service import Service
 from tunetrace.store.milvus import CatalogStore
 
 ENCODER = SpectralEncoder()
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 def _lite_children(db_path: str) -> list[int]:
@@ -84,35 +68,24 @@ def test_an_outage_longer_than_the_limit_stops_the_watchdog(
     tmp_path: Path, notify_socket: NotifySocket,
 ) -> None:
     """Catalog failures feed the watchdog for ``service.catalog_outage_watchdog_s`` only."""
-    wav = write_wav(tmp_path / "m.wav", synthetic_music(5.0, 8000, seed=1), 8000)
-    config = parse_config({
-        "data_dir": str(tmp_path),
-        "service": {"catalog_outage_watchdog_s": 2.0},
-        "stations": [{"name": "wd", "source": {"url": str(wav), "realtime": True, "loop": True}}],
-    })
-    catalog = FakeCatalog()
-    model = SharedModel(ENCODER, catalog, catalog.shape)
     # A ping every 1.5 s, silent after 3 s without progress: longer than the catalog retry waits
     # inside the limit (0.5, 1, 2 s), as WatchdogSec=60 is in the unit.
-    notifier = SdNotifier(str(notify_socket.path), watchdog_usec=3_000_000)
-    service = Service(config, sinks=[LogSink()], notifier=notifier, model=model)
-
-    def pings() -> int:
-        return sum(m == "WATCHDOG=1" for m in notify_socket.drain())
+    watched = watched_service(tmp_path, notify_socket, watchdog_usec=3_000_000,
+                              service={"catalog_outage_watchdog_s": 2.0})
 
     async def scenario() -> tuple[int, int]:
-        task = asyncio.create_task(service.run())
+        task = asyncio.create_task(watched.service.run())
         await asyncio.to_thread(notify_socket.wait_for, "READY=1", 10)
         await asyncio.to_thread(notify_socket.wait_for, "WATCHDOG=1", 5)
-        catalog.failing = True
-        start = pings()
+        watched.catalog.failing = True
+        start = watched.pings()
         await asyncio.sleep(2.0)
-        early = pings() - start  # inside the limit: a restarting server is waited for
+        early = watched.pings() - start  # inside the limit: a restarting server is waited for
         await asyncio.sleep(3.0)  # past the limit, the next retry and the watchdog's stall window
-        late_from = pings()
+        late_from = watched.pings()
         await asyncio.sleep(3.0)
-        late = pings() - late_from
-        service.request_stop()
+        late = watched.pings() - late_from
+        watched.service.request_stop()
         async with asyncio.timeout(10):
             assert await task == 0
         return early, late

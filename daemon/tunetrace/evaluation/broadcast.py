@@ -2,7 +2,8 @@
 
 ``python -m tunetrace.evaluation.broadcast --config CFG --minutes 60`` renders a schedule of the
 catalog's own music (``evaluation.live``), cuts it where a daemon restart and a crash (kill -9)
-happen, each with audio lost while no daemon listened, and runs each part as one "daemon run":
+happen, each with audio lost while no daemon listened, drops 5 s of the air inside a run (a stream
+outage: the source delivers nothing, the air goes on), and runs each part as one "daemon run":
 the history is opened (crash recovery), a station is built with its last play (continuity), the
 part is read as fast as possible on its own stream clock (wall time = ``EPOCH`` + schedule time),
 and the run ends either cleanly (``finish``: ``shutdown``) or like a kill -9 (nothing more is
@@ -19,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,18 +39,22 @@ from tunetrace.history.report import render as render_report
 from tunetrace.history.sink import HistorySink
 from tunetrace.pipeline import SharedModel, build_station, open_model
 from tunetrace.publish.base import FanoutSink
+from tunetrace.sources import SourceGap
 
 log = logging.getLogger(__name__)
 
 Ending = Literal["restart", "crash"]
+Interruption = Literal["restart", "crash", "outage"]
 
 
 @dataclass(frozen=True)
 class Cut:
-    """The daemon run ends at ``at_s`` (schedule time) and the next starts ``gap_s`` later."""
+    """At ``at_s`` (schedule time) ``gap_s`` of the air is lost: the daemon run ends there and the
+    next starts ``gap_s`` later (``restart``, ``crash``), or the run goes on while its source
+    delivers nothing for ``gap_s`` (``outage``)."""
 
     at_s: float
-    ending: Ending
+    ending: Interruption
     gap_s: float
 
 
@@ -58,9 +64,11 @@ class Part:
     end_s: float
     ending: Ending | None
     """How this run ends (``None``: cleanly, at the end of the broadcast)."""
+    outages: tuple[tuple[float, float], ...] = ()
+    """``(at_s, gap_s)`` from the part's start: the stream outages inside this run."""
 
 
-def plan_cuts(segments: list[Segment], endings: list[tuple[Ending, float]]) -> list[Cut]:
+def plan_cuts(segments: list[Segment], endings: list[tuple[Interruption, float]]) -> list[Cut]:
     """Put each interruption inside a different long catalog track, 12 s after it starts, so
     that the airing goes on after the gap and continuity, not a boundary, is what is tested."""
     long_tracks = [s for s in segments if s.kind == "track" and s.end_s - s.start_s >= 30.0]
@@ -73,18 +81,59 @@ def plan_cuts(segments: list[Segment], endings: list[tuple[Ending, float]]) -> l
 
 
 def parts_of(duration_s: float, cuts: list[Cut]) -> list[Part]:
-    parts, start = [], 0.0
+    parts: list[Part] = []
+    start, outages = 0.0, []
     for cut in sorted(cuts, key=lambda c: c.at_s):
-        parts.append(Part(start, cut.at_s, cut.ending))
-        start = cut.at_s + cut.gap_s
-    parts.append(Part(start, duration_s, None))
+        if cut.ending == "outage":
+            outages.append((cut.at_s - start, cut.gap_s))
+            continue
+        parts.append(Part(start, cut.at_s, cut.ending, tuple(outages)))
+        start, outages = cut.at_s + cut.gap_s, []
+    parts.append(Part(start, duration_s, None, tuple(outages)))
     return parts
+
+
+@dataclass(frozen=True)
+class ScheduledSource:
+    """A part's audio read as fast as possible, with its stream outages: at each ``(at_s, gap_s)``
+    the source skips ``gap_s`` of the air and says so (``SourceGap``), as a stream that stalled and
+    came back would (the runner puts the gap on the stream clock; the ring marks it)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    outages: tuple[tuple[float, float], ...]
+    block_samples: int = 4096
+
+    @property
+    def description(self) -> str:
+        return "simulated broadcast"
+
+    @property
+    def realtime(self) -> bool:
+        return False
+
+    async def session(self) -> AsyncIterator[np.ndarray | SourceGap]:
+        position = 0
+        end_s = self.audio.size / self.sample_rate
+        for at_s, gap_s in (*sorted(self.outages), (end_s, 0.0)):
+            stop = min(self.audio.size, round(at_s * self.sample_rate))
+            while position < stop:
+                block = self.audio[position : min(stop, position + self.block_samples)]
+                position += block.size
+                yield block
+                await asyncio.sleep(0)
+            if position >= self.audio.size:
+                return
+            gap = round(gap_s * self.sample_rate)
+            position += gap
+            yield SourceGap(gap)
 
 
 async def run_part(
     config: Config, model: SharedModel, wav: Path, part: Part, station: str,
 ) -> list[PlayEvent]:
-    """One daemon run over ``wav`` (the part's audio); returns the events it published."""
+    """One daemon run over ``wav`` (the part's audio, decoded by ffmpeg as a file station would
+    be; a part with stream outages is played by ``ScheduledSource``); returns its events."""
     history = HistorySink.from_url(config.history_url(), [station], config.history)
     collecting = CollectingSink()
     sink = FanoutSink([history, collecting])
@@ -96,7 +145,7 @@ async def run_part(
     built = build_station(
         StationConfig(name=station, source=SourceConfig(kind="ffmpeg", url=str(wav), realtime=False)),
         config, model, sink, executor, until_eof=True, wall_clock=lambda: origin,
-        progress=history, resume=history.last_play(station),
+        progress=history, resume=history.last_play(station), source=scheduled_source(wav, part),
     )
     collecting.station = built
     await built.run()
@@ -106,6 +155,14 @@ async def run_part(
     await history.close(5.0)
     executor.shutdown()
     return [event for _, event in collecting.events]
+
+
+def scheduled_source(wav: Path, part: Part) -> ScheduledSource | None:
+    """The source of a part with stream outages (``None``: the station's own ffmpeg source)."""
+    if not part.outages:
+        return None
+    rate, audio = wavfile.read(wav)
+    return ScheduledSource(np.asarray(audio, np.float32), int(rate), part.outages)
 
 
 async def broadcast(
@@ -133,15 +190,15 @@ def simulate(
     config: Config, model: SharedModel, catalog: list[tuple[int, Path, float]], unknown: list[Path],
     minutes: float, seed: int, folder: Path, station: str = "broadcast",
 ) -> Simulation:
-    """Render a schedule of ``minutes``, interrupt it by a restart and a crash (5 s of audio lost
-    at each), run it through the pipeline into ``config``'s history."""
+    """Render a schedule of ``minutes``, interrupt it by a restart, a stream outage and a crash (5 s
+    of audio lost at each), run it through the pipeline into ``config``'s history."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
     segments = make_schedule(catalog, unknown, minutes * 60, rng)
     sources = {p.name: p for _, p, _ in catalog} | {p.name: p for p in unknown}
     rate = model.encoder.info.sample_rate
     audio = render(segments, sources, rate, None, rng)
     duration_s = audio.size / rate
-    cuts = plan_cuts(segments, [("restart", 5.0), ("crash", 5.0)])
+    cuts = plan_cuts(segments, [("restart", 5.0), ("outage", 5.0), ("crash", 5.0)])
     events = asyncio.run(broadcast(config, model, audio, rate, parts_of(duration_s, cuts), folder, station))
     return Simulation(segments, cuts, events, duration_s)
 

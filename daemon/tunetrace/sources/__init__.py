@@ -9,12 +9,13 @@ from tunetrace.sources.base import (
     AudioBlock,
     AudioSource,
     RunnerParams,
+    SourceGap,
     SourceRunner,
     SourceState,
 )
 
 __all__ = [
-    "AudioBlock", "AudioSource", "Backoff", "BackoffPolicy", "RunnerParams", "SourceError",
+    "AudioBlock", "AudioSource", "Backoff", "BackoffPolicy", "RunnerParams", "SourceError", "SourceGap",
     "SourceRunner", "SourceState", "create_source", "runner_params",
 ]
 

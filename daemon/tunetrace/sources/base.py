@@ -41,6 +41,15 @@ class AudioBlock:
     """UTC wall-clock time of ``samples[0]`` (arrival time minus the block's duration)."""
 
 
+@dataclass(frozen=True)
+class SourceGap:
+    """Yielded by a source that keeps its own timeline (a simulated broadcast read as fast as
+    possible): this many samples went by on the air without reaching us, an outage. A real-time
+    source never yields it; the runner measures its outages on the wall clock."""
+
+    samples: int
+
+
 class AudioSource(Protocol):
     @property
     def description(self) -> str:
@@ -52,7 +61,7 @@ class AudioSource(Protocol):
         """True when audio arrives at the pace it is played (streams, sound cards, paced files)."""
         ...
 
-    def session(self) -> AsyncIterator[np.ndarray]:
+    def session(self) -> AsyncIterator[np.ndarray | SourceGap]:
         """One connection: mono float32 blocks until EOF; raises ``SourceError`` on failure."""
         ...
 
@@ -137,6 +146,9 @@ class SourceRunner:
             clean_eof = False
             try:
                 async for samples in self._session_with_stall_timeout():
+                    if isinstance(samples, SourceGap):
+                        self._next_sample += samples.samples
+                        continue
                     if samples.size == 0:
                         continue
                     if not delivered:
@@ -190,7 +202,7 @@ class SourceRunner:
         elapsed_s = self._monotonic() - monotonic_then
         self._next_sample = max(self._next_sample, sample_then + round(elapsed_s * self._params.sample_rate))
 
-    async def _session_with_stall_timeout(self) -> AsyncIterator[np.ndarray]:
+    async def _session_with_stall_timeout(self) -> AsyncIterator[np.ndarray | SourceGap]:
         iterator = aiter(self._source.session())
         try:
             while True:

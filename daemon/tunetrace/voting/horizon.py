@@ -4,7 +4,9 @@
 batch of windows, searches the catalog, and votes over the sliding horizon once per decision, so a
 batch of many windows (a fast backfill, or catching up) yields exactly the decisions real-time
 processing would have made.  Silent windows are not embedded: they vote for nothing, which is
-what lets a play end in silence.
+what lets a play end in silence.  Windows over an outage (audio the source never delivered) are
+neither embedded nor kept: the decisions there say the source was down, in stream order, so the
+tracker holds the play over the outage instead of counting it as lost evidence.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ class HorizonVoter:
         an executor)."""
         if len(batch) == 0:
             return []
+        outage = batch.outage_mask()
         rms = np.sqrt(np.mean(np.square(batch.windows, dtype=np.float64), axis=1))
-        audible = np.flatnonzero(rms >= self._silence_rms)
+        audible = np.flatnonzero((rms >= self._silence_rms) & ~outage)
         hits: list[list[Hit]] = [[] for _ in range(len(batch))]
         if audible.size:
             vectors = self._encoder.embed(batch.windows[audible])
@@ -87,16 +90,20 @@ class HorizonVoter:
                 hits[int(row)] = window_hits
         rate = self._params.sample_rate
         observations = []
-        for start_sample, window_hits in zip(batch.start_samples, hits, strict=True):
+        for start_sample, window_hits, down in zip(batch.start_samples, hits, outage, strict=True):
             start_s = float(start_sample) / rate
-            self._history.append((start_s, window_hits))
+            if not down:
+                self._history.append((start_s, window_hits))
             oldest_s = start_s + self._params.window_s - self._params.horizon_s
             while self._history and self._history[0][0] < oldest_s:
                 self._history.popleft()
             self._since_decision += 1
             if self._since_decision >= self._params.windows_per_decision:
                 self._since_decision = 0
-                observations.append(Observation(start_s + self._params.window_s, self._decide()))
+                stream_s = start_s + self._params.window_s
+                observations.append(
+                    Observation(stream_s, source_up=False) if down else Observation(stream_s, self._decide())
+                )
         return observations
 
     def _decide(self) -> tuple[Evidence, ...]:

@@ -1,0 +1,34 @@
+"""A station that plays its music fast or slow (broadcast playout at +-3 %): the live voter and
+tracker, on real music and the shipped fingerprint, report the play's speed within 0.5 % and its
+end position on the track's own timeline (``evaluation.speed``, the benchmark's own code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunetrace.audio.decode import decode_file
+from tunetrace.config import parse_config
+from tunetrace.encoders import create_encoder
+from tunetrace.evaluation.speed import Airing, air, single_track_catalog
+from tunetrace.tracker import PlayEnded, PlayStarted
+
+
+@pytest.mark.parametrize("speed", [0.97, 1.03])
+def test_a_track_played_fast_or_slow_is_one_play_with_its_speed_measured(
+    warzone_tracks: list[Path], speed: float,
+) -> None:
+    config = parse_config({})
+    encoder = create_encoder(config.encoder)
+    audio = decode_file(warzone_tracks[3], encoder.info.sample_rate, max_seconds=150.0)
+    airing = Airing(from_s=20.0, played_s=100.0, speed=speed)
+
+    events = air(config, encoder, single_track_catalog(encoder, audio), audio, airing)
+
+    assert [type(e).__name__ for e in events] == ["PlayStarted", "PlayEnded"], events
+    started, ended = events
+    assert isinstance(started, PlayStarted) and isinstance(ended, PlayEnded)
+    assert ended.play.speed_ratio == pytest.approx(speed, abs=0.005)
+    assert ended.position_end_s == pytest.approx(airing.from_s + speed * ended.ended_s, abs=1.0)
+    assert started.position_start_s == pytest.approx(airing.from_s + speed * started.play.started_s, abs=1.5)
