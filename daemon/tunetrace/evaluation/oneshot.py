@@ -12,8 +12,10 @@
    processes, wall time of each run.
 4. Stages: the same queries answered in this process by a ``Recognizer`` whose encoder and catalog
    are wrapped in timers (decode, features, embedding model, search requests and vectors, the
-   rest: framing and voting).  Last, because an embedded catalog stays locked by the process
-   that opened it.
+   rest: framing and voting).  After the others, because an embedded catalog stays locked by the
+   process that opened it.
+5. Search floor: one request of 1, 9, 17, 33, 73 random vectors (the query vectors of one window,
+   and of 3/5/10 s files at the default hop): what the catalog itself costs per query vector.
 
 The catalog (``data_dir`` / ``milvus.uri`` of the config) must already hold the ``--catalog``
 folder (``tunetrace ingest``).  Run it on a quiet machine (``/work/quiet`` on the development one).
@@ -264,6 +266,33 @@ def stage_breakdown(config: Config, queries: Sequence[Query]) -> dict[str, dict[
     return {f"{length:g}s": clock.row() for length, clock in sorted(clocks.items())}
 
 
+def search_floor(
+    config: Config, counts: Sequence[int] = (1, 9, 17, 33, 73), repeats: int = 7,
+) -> dict[str, float]:
+    """Milliseconds of one search request carrying ``n`` random unit vectors (median of ``repeats``).
+
+    The catalog's own cost per query vector (Milvus Lite's exact search plus pymilvus decoding the
+    answer), which no change on our side of the request removes.
+    """
+    from tunetrace.store import open_catalog
+
+    encoder = create_encoder(config.encoder, config.data_dir)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((max(counts), encoder.info.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    floor: dict[str, float] = {}
+    with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+        store.search(vectors[:4], config.matcher.top_k)
+        for n in counts:
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                store.search(vectors[:n], config.matcher.top_k)
+                timings.append(time.perf_counter() - started)
+            floor[f"{n}_vectors_ms"] = 1000 * float(np.median(timings))
+    return floor
+
+
 # -- cold start -------------------------------------------------------------------------------------
 
 
@@ -325,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--batch-files", type=int, default=1,
                         help="identify --batch-files for the warm call (default 1: one file at a time)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: warm,stages,cold")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: warm,cold,stages,search")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -366,6 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, row in stages.items():
                 print(f"{name:>4}: " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
             figures["stages"] = stages
+    if "search" not in skip:
+        with _section("search floor: one request of n random query vectors (median ms)"):
+            floor = search_floor(config)
+            print("  ".join(f"{k} {v:.1f}" for k, v in floor.items()))
+            figures["search_floor"] = floor
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1, default=str))
     return 0
