@@ -20,13 +20,14 @@ same way, with the same whitelist.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,18 +175,19 @@ def decode_file(path: Path, sample_rate: int, max_seconds: float | None = None) 
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     blocks: list[np.ndarray] = []
     produced = 0
-    for block in _decode_in_process(path, sample_rate):
-        blocks.append(block)
-        produced += block.size
-        if limit is not None and produced >= limit:
-            break
+    with contextlib.closing(_decode_in_process(path, sample_rate)) as decoded:  # closes the file early
+        for block in decoded:
+            blocks.append(block)
+            produced += block.size
+            if limit is not None and produced >= limit:
+                break
     if produced == 0:
         raise DecodeError(f"{path}: contains no audio stream ffmpeg can decode")
     audio = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
     return audio[:limit] if limit is not None else audio
 
 
-def _decode_in_process(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
+def _decode_in_process(path: Path, sample_rate: int) -> Generator[np.ndarray, None, None]:
     """Mono float32 blocks of the first audio stream, resampled by libswresample as ffmpeg does.
 
     Like the ffmpeg command line, a damaged packet is skipped and a damaged tail ends the audio
