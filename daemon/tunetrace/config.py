@@ -219,8 +219,8 @@ class MatcherConfig(_Section):
     """Hop between query windows; ``None`` means a quarter of the catalog hop (0.125 s for the
     shipped encoders), so every indexed window has a query window within an eighth of a hop of
     it: the fingerprint's similarity there is still ~0.97 of an aligned window's, and each query
-    window costs a search (~1 ms on Milvus Lite's exact index at 29k vectors), which a tenth of
-    the hop spent 2.5 times over for the same accuracy (docs/benchmarks.md, "One-shot identify").
+    window costs a search (0.5-1 ms on Milvus Lite's exact index at 29k vectors), which a tenth
+    of the hop spent 2.5 times over for the same accuracy (docs/benchmarks.md, "One-shot identify").
     The spectral baseline wants 0.05 (it tolerates less misalignment)."""
     offset_tolerance_s: float = Field(default=0.3, ge=0)
     """Hits whose catalog-minus-query offsets differ by at most this much vote together."""
