@@ -263,6 +263,10 @@ class IngestConfig(_Section):
     """Optional sidecar CSV with columns ``path,title,artist,album`` overriding file tags."""
     insert_batch: int = Field(default=5000, ge=1, le=10000)
     """Rows per Milvus insert (Milvus Lite misbehaves above ~10k)."""
+    workers: int = Field(default=0, ge=0, le=64)
+    """Worker processes that hash, decode and embed files while the ingesting process writes
+    tracks; ``0``: one per CPU core. ``1`` runs everything in one process. ``tunetrace ingest``
+    uses them; the daemon ingests in its own process, beside its stations."""
     watch_folder: Path | None = None
     """The daemon ingests audio files that appear (or change) in this folder, recursively, once
     they have stopped changing for one ``watch_interval_s`` (a copy in progress is not ingested

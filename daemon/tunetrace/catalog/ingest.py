@@ -1,19 +1,29 @@
-"""Ingestion as a towhee pipeline: path -> decoded, embedded track -> rows in Milvus.
+"""Ingestion: path -> (hash, metadata) -> decoded, embedded track -> rows in Milvus.
 
-Operators are registered locally (towhee's hub is not reachable).  Each operator returns a value
-instead of raising, so one unreadable file becomes one line in the summary and the run goes on.
+Hashing, decoding and embedding run in worker processes, one per core, while the calling thread
+decides what each file is (new, already in the catalog, re-tagged) and writes finished tracks, so
+decode, embed and insert overlap (docs/scaling.md section 4 has the measured figures). Each step
+returns a value instead of raising, so one unreadable file becomes one line in the summary and the
+run goes on. A track is written vectors first, its row last: an interrupted run leaves complete
+tracks, which the next run skips by the hash of their audio.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -30,13 +40,14 @@ from tunetrace.catalog.scan import (
 from tunetrace.catalog.tags import read_tags
 from tunetrace.config import IngestConfig
 from tunetrace.encoders.base import Encoder
-from tunetrace.errors import CatalogError, DecodeError
+from tunetrace.errors import CatalogError, DecodeError, ModelError
 from tunetrace.store import Track, track_id_for
 
 if TYPE_CHECKING:
     from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -75,9 +86,12 @@ def file_metadata(path: Path, sidecar: SidecarEntry | None) -> Metadata:
 
 @dataclass(frozen=True)
 class EmbeddedTrack:
+    """One file's track and its vectors, ready to be written (``path`` as the scan named it)."""
+
     track: Track
     embeddings: np.ndarray
     offsets_s: np.ndarray
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -118,144 +132,121 @@ class IngestSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-class _Shared:
-    """Hands live objects (encoder, store) to towhee operators, which deep-copy their arguments."""
+@dataclass(frozen=True)
+class Identified:
+    """A readable audio file, the hash of its audio and its metadata: what decides between
+    skipping it, re-tagging the track it already is, and decoding it."""
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Shared:
-        return self
-
-
-def _import_towhee() -> Any:
-    """towhee imports ``pkg_resources``, which setuptools deprecates loudly; the pin keeps it working."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        import towhee
-
-    return towhee
+    path: Path
+    digest: str
+    meta: Metadata
 
 
-def _register_operators() -> None:
-    register = _import_towhee().register
+@dataclass(frozen=True)
+class EmbedSettings:
+    """What a worker needs to turn one file into vectors (its part of the ``ingest`` section)."""
 
-    @register(name="tunetrace/embed_file")
-    class EmbedFile:
-        """path -> EmbeddedTrack | FileOutcome (skipped or failed)."""
+    batch_size: int
+    min_duration_s: float
+    silence_threshold_dbfs: float
 
-        def __init__(
-            self, encoder: _Shared, store: _Shared, sidecar: dict[Path, SidecarEntry],
-            replace: bool, batch_size: int, min_duration_s: float, silence_threshold_dbfs: float,
-        ) -> None:
-            self._encoder: Encoder = encoder.value
-            self._store: CatalogStore = store.value
-            self._sidecar = sidecar
-            self._replace, self._batch_size = replace, batch_size
-            self._min_duration_s = min_duration_s
-            self._silence_rms = 10.0 ** (silence_threshold_dbfs / 20.0)
 
-        def __call__(self, path: Path) -> EmbeddedTrack | FileOutcome:
-            try:
-                return self._embed(path)
-            except DecodeError as exc:
-                return FileOutcome(path, "failed", str(exc))
-            except OSError as exc:
-                return FileOutcome(path, "failed", f"{path}: cannot read the file: {exc.strerror or exc}")
+EncoderFactory = Callable[[], Encoder]
+"""Builds the catalog's encoder again inside a worker process. It must pickle (a module-level
+function or a ``functools.partial`` of one): a loaded model does not."""
 
-        def _embed(self, path: Path) -> EmbeddedTrack | FileOutcome:
-            refusal = _not_a_file(path)
-            if refusal is not None:
-                return refusal
-            digest = content_hash(path)
-            existing = self._store.find_by_hash(digest)
-            meta = file_metadata(path, self._sidecar.get(path.resolve()))
-            if existing is not None and not self._replace:
-                retagged = replace(
-                    existing, title=existing.title if meta.title_is_file_name else meta.title,
-                    artist=meta.artist, album=meta.album, isrc=meta.isrc, source_path=str(path.resolve()),
-                )
-                if existing.same_metadata(retagged):
-                    return FileOutcome(path, "skipped", "already in the catalog", existing)
-                self._store.update_track(retagged)
-                return FileOutcome(path, "updated", "new tags for a track in the catalog", retagged)
-            info = self._encoder.info
-            spec = info.window_spec
-            vectors: list[np.ndarray] = []
-            offsets: list[np.ndarray] = []
-            samples = 0
 
-            def counted(blocks: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
-                nonlocal samples
-                for block in blocks:
-                    samples += block.size
-                    yield block
+def identify_file(path: Path, sidecar: SidecarEntry | None) -> Identified | FileOutcome:
+    """path -> the hash of its audio and its metadata, or the one-line reason it cannot be ingested."""
+    try:
+        refusal = _not_a_file(path)
+        if refusal is not None:
+            return refusal
+        return Identified(path, content_hash(path), file_metadata(path, sidecar))
+    except DecodeError as exc:
+        return FileOutcome(path, "failed", str(exc))
+    except OSError as exc:
+        return FileOutcome(path, "failed", f"{path}: cannot read the file: {exc.strerror or exc}")
 
-            blocks = counted(iter_pcm_blocks(path, info.sample_rate))
-            for all_windows, all_starts in frame_stream(blocks, spec):
-                audible = _audible(all_windows, self._silence_rms)
-                windows, starts = all_windows[audible], all_starts[audible]
-                for start in range(0, windows.shape[0], self._batch_size):
-                    vectors.append(self._encoder.embed(windows[start : start + self._batch_size]))
-                offsets.append(starts / info.sample_rate)
-            duration_s = samples / info.sample_rate
-            if samples == 0:
-                raise DecodeError(f"{path}: decoded to no audio")
-            unindexable = self._unindexable(path, duration_s, spec.window_s, audible=bool(vectors))
-            if unindexable is not None:
-                return FileOutcome(path, "failed", unindexable)
-            track = Track(
-                track_id=track_id_for(digest),
-                title=meta.title, artist=meta.artist, album=meta.album, isrc=meta.isrc,
-                duration_s=duration_s,
-                source_path=str(path.resolve()),
-                content_hash=digest,
-                n_vectors=int(sum(v.shape[0] for v in vectors)),
-                ingested_at=time.time(),
-            )
-            return EmbeddedTrack(track, np.concatenate(vectors), np.concatenate(offsets))
 
-        def _unindexable(
-            self, path: Path, duration_s: float, window_s: float, *, audible: bool,
-        ) -> str | None:
-            """Why a decoded file is not indexed (too short, or silent throughout); ``None``: it is."""
-            shortest_s = max(self._min_duration_s, window_s)
-            if duration_s < shortest_s:
-                return (f"{path}: too short to index ({duration_s:.1f} s; a track needs at least "
-                        f"{shortest_s:.1f} s, ingest.min_duration_s)")
-            if not audible:
-                return (f"{path}: silent (no window louder than ingest.silence_threshold_dbfs); "
-                        "nothing to index")
-            return None
+def embed_file(
+    found: Identified, settings: EmbedSettings, encoder: Encoder | None = None,
+) -> EmbeddedTrack | FileOutcome:
+    """Decode, frame and embed one identified file (``encoder`` ``None``: this worker's own)."""
+    try:
+        return _embed(found, settings, encoder or _worker_encoder())
+    except DecodeError as exc:
+        return FileOutcome(found.path, "failed", str(exc))
+    except OSError as exc:
+        reason = f"{found.path}: cannot read the file: {exc.strerror or exc}"
+        return FileOutcome(found.path, "failed", reason)
 
-    @register(name="tunetrace/insert_track")
-    class InsertTrack:
-        """EmbeddedTrack -> FileOutcome, after writing it to the store."""
 
-        def __init__(self, store: _Shared, insert_batch: int) -> None:
-            self._store: CatalogStore = store.value
-            self._insert_batch = insert_batch
+def _embed(found: Identified, settings: EmbedSettings, encoder: Encoder) -> EmbeddedTrack | FileOutcome:
+    path, info = found.path, encoder.info
+    spec = info.window_spec
+    silence_rms = 10.0 ** (settings.silence_threshold_dbfs / 20.0)
+    vectors: list[np.ndarray] = []
+    offsets: list[np.ndarray] = []
+    samples = 0
 
-        def __call__(self, path: Path, item: EmbeddedTrack | FileOutcome) -> FileOutcome:
-            if isinstance(item, FileOutcome):
-                return item
-            existed = self._store.find_by_hash(item.track.content_hash) is not None
-            try:
-                self._store.add_track(item.track, item.embeddings, item.offsets_s, self._insert_batch)
-            except CatalogError as exc:
-                return FileOutcome(path, "failed", f"{path}: could not store vectors: {exc}")
-            return FileOutcome(
-                path, "replaced" if existed else "added", "", item.track, item.track.duration_s
-            )
+    def counted(blocks: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+        nonlocal samples
+        for block in blocks:
+            samples += block.size
+            yield block
+
+    for all_windows, all_starts in frame_stream(counted(iter_pcm_blocks(path, info.sample_rate)), spec):
+        audible = _audible(all_windows, silence_rms)
+        windows, starts = all_windows[audible], all_starts[audible]
+        for start in range(0, windows.shape[0], settings.batch_size):
+            vectors.append(encoder.embed(windows[start : start + settings.batch_size]))
+        offsets.append(starts / info.sample_rate)
+    if samples == 0:
+        raise DecodeError(f"{path}: decoded to no audio")
+    duration_s = samples / info.sample_rate
+    unindexable = _unindexable(path, duration_s, settings, spec.window_s, audible=bool(vectors))
+    if unindexable is not None:
+        return FileOutcome(path, "failed", unindexable)
+    meta = found.meta
+    track = Track(
+        track_id=track_id_for(found.digest),
+        title=meta.title, artist=meta.artist, album=meta.album, isrc=meta.isrc,
+        duration_s=duration_s,
+        source_path=str(path.resolve()),
+        content_hash=found.digest,
+        n_vectors=int(sum(v.shape[0] for v in vectors)),
+        ingested_at=time.time(),
+    )
+    return EmbeddedTrack(track, np.concatenate(vectors), np.concatenate(offsets), path)
+
+
+def _unindexable(
+    path: Path, duration_s: float, settings: EmbedSettings, window_s: float, *, audible: bool,
+) -> str | None:
+    """Why a decoded file is not indexed (too short, or silent throughout); ``None``: it is."""
+    shortest_s = max(settings.min_duration_s, window_s)
+    if duration_s < shortest_s:
+        return (f"{path}: too short to index ({duration_s:.1f} s; a track needs at least "
+                f"{shortest_s:.1f} s, ingest.min_duration_s)")
+    if not audible:
+        return f"{path}: silent (no window louder than ingest.silence_threshold_dbfs); nothing to index"
+    return None
+
+
+def _retagged(existing: Track, found: Identified) -> Track:
+    """The catalog's track with this file's metadata (a file-stem title keeps the catalog's title)."""
+    meta = found.meta
+    return replace(
+        existing, title=existing.title if meta.title_is_file_name else meta.title,
+        artist=meta.artist, album=meta.album, isrc=meta.isrc, source_path=str(found.path.resolve()),
+    )
 
 
 def _audible(windows: np.ndarray, silence_rms: float) -> np.ndarray:
     """Indices of the windows louder than the silence threshold (RMS over the window)."""
     rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1))
     return np.flatnonzero(rms >= silence_rms)
-
-
-_registered = False
 
 
 def _not_a_file(path: Path) -> FileOutcome | None:
@@ -271,29 +262,190 @@ def _not_a_file(path: Path) -> FileOutcome | None:
     return FileOutcome(path, "failed", f"{path}: {what}")
 
 
-def build_pipeline(
-    encoder: Encoder, store: CatalogStore, config: IngestConfig, *, replace: bool, batch_size: int
-) -> Any:
-    """The towhee pipeline ``path -> FileOutcome``."""
-    global _registered  # noqa: PLW0603 - towhee's registry is process-global too
-    towhee = _import_towhee()
-    ops, pipe = towhee.ops, towhee.pipe
-    if not _registered:
-        _register_operators()
-        _registered = True
-    sidecar = load_sidecar(config.metadata_csv) if config.metadata_csv else {}
-    return (
-        pipe.input("path")
-        .map("path", "embedded", ops.tunetrace.embed_file(
-            encoder=_Shared(encoder), store=_Shared(store), sidecar=sidecar,
-            replace=replace, batch_size=batch_size, min_duration_s=config.min_duration_s,
-            silence_threshold_dbfs=config.silence_threshold_dbfs,
-        ))
-        .map(("path", "embedded"), "outcome", ops.tunetrace.insert_track(
-            store=_Shared(store), insert_batch=config.insert_batch,
-        ))
-        .output("outcome")
+# -- worker processes ---------------------------------------------------------------------------
+
+_worker: Encoder | None = None
+"""This worker process's encoder, built once by ``_start_worker``."""
+
+
+def _start_worker(factory: EncoderFactory, encoder_id: str, parent_pid: int) -> None:
+    global _worker  # noqa: PLW0603 - one encoder per worker process, built before its first job
+    _die_with(parent_pid)
+    encoder = factory()
+    if encoder.info.encoder_id != encoder_id:
+        raise ModelError(
+            f"an ingest worker built encoder {encoder.info.encoder_id}, not the catalog's {encoder_id}"
+        )
+    _worker = encoder
+
+
+def _die_with(parent_pid: int) -> None:
+    """End this worker when the ingesting process dies, even by SIGKILL.
+
+    A worker waits for jobs on a pipe whose writing end it inherited itself, so it would never see
+    the end of it: killed ingests would leave their workers waiting forever, each holding a model.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above: nobody to work for
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_encoder() -> Encoder:
+    if _worker is None:
+        raise RuntimeError("embed_file without an encoder outside an ingest worker")
+    return _worker
+
+
+class _InlineExecutor(Executor):
+    """Runs each job when it is submitted, in the calling thread: one worker, no child process
+    (the daemon's ingest, the tests' fake encoders, a machine with one core)."""
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # handed to the caller through the future, as a pool does
+            future.set_exception(exc)
+        return future
+
+
+def worker_count(configured: int) -> int:
+    """``ingest.workers``: 0 means one per CPU this process may run on."""
+    if configured > 0:
+        return configured
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _executor(workers: int, encoder: Encoder, factory: EncoderFactory | None) -> Executor:
+    if workers <= 1 or factory is None:
+        return _InlineExecutor()
+    # spawn, not fork: the caller may hold threads (gRPC, the daemon's loop) a fork would copy mid-step.
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(factory, encoder.info.encoder_id, os.getpid()),
     )
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One ingest in the calling thread: hands files to the workers, decides skip / re-tag / embed
+    against the catalog, and writes finished tracks, while the workers decode and embed the next.
+
+    Every write happens here, one track at a time (vectors first, the track row last), so a run
+    killed at any moment leaves only complete tracks plus, at most, the vectors of one track
+    without its row: unseen by recognition, and replaced when that file is ingested again.
+    """
+
+    def __init__(
+        self, pool: Executor, store: CatalogStore, *, inline_encoder: Encoder | None,
+        settings: EmbedSettings, insert_batch: int, sidecar: dict[Path, SidecarEntry], replace: bool,
+        record: Callable[[FileOutcome], None], stop: threading.Event | None, in_flight: int,
+    ) -> None:
+        self._pool, self._store, self._inline_encoder = pool, store, inline_encoder
+        self._settings, self._insert_batch = settings, insert_batch
+        self._sidecar, self._replace = sidecar, replace
+        self._record, self._stop, self._limit = record, stop, in_flight
+        self._in_flight: dict[Future[Any], Path] = {}
+        self._embedding: dict[str, list[Identified]] = {}
+        """Audio being embedded in this run -> later files with the same audio, waiting for it."""
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def drive(self, paths: Iterator[Path], problems: list[ScanProblem]) -> None:
+        exhausted = False
+        while True:
+            while not exhausted and len(self._in_flight) < self._limit and not self._stopped():
+                path = next(paths, None)
+                self._report_problems(problems)  # where the scan met them, in order
+                if path is None:
+                    exhausted = True
+                else:
+                    self._submit(path, identify_file, path, self._sidecar_entry(path))
+            if not self._in_flight:
+                break
+            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._handle(future, self._in_flight.pop(future))
+        self._report_problems(problems)
+
+    def _report_problems(self, problems: list[ScanProblem]) -> None:
+        while problems:
+            problem = problems.pop(0)
+            self._record(FileOutcome(problem.path, "failed", problem.reason))
+
+    def _sidecar_entry(self, path: Path) -> SidecarEntry | None:
+        if not self._sidecar:
+            return None
+        try:
+            return self._sidecar.get(path.resolve())
+        except (OSError, RuntimeError):  # a link loop: identify_file reports it
+            return None
+
+    def _submit(self, path: Path, job: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._in_flight[self._pool.submit(job, *args)] = path
+        except BrokenProcessPool as exc:
+            self._record(FileOutcome(path, "failed", _worker_failure(path, exc)))
+
+    def _handle(self, future: Future[Any], path: Path) -> None:
+        try:
+            result = future.result()
+        except Exception as exc:  # a worker died or a step raised: that one file fails
+            self._record(FileOutcome(path, "failed", _worker_failure(path, exc)))
+            return
+        if isinstance(result, Identified):
+            self._decide(result)
+        elif isinstance(result, EmbeddedTrack):
+            self._write(result)
+        else:
+            self._record(result)
+
+    def _decide(self, found: Identified) -> None:
+        """Skip, re-tag, or embed: by the hash of the audio against the catalog as it is now."""
+        if self._stopped():
+            return
+        waiting = self._embedding.get(found.digest)
+        if waiting is not None:  # a copy of audio this run is embedding: decided once that is stored
+            waiting.append(found)
+            return
+        existing = self._store.find_by_hash(found.digest)
+        if existing is not None and not self._replace:
+            retagged = _retagged(existing, found)
+            if existing.same_metadata(retagged):
+                self._record(FileOutcome(found.path, "skipped", "already in the catalog", existing))
+                return
+            self._store.update_track(retagged)
+            self._record(FileOutcome(found.path, "updated", "new tags for a track in the catalog", retagged))
+            return
+        self._embedding[found.digest] = []
+        self._submit(found.path, embed_file, found, self._settings, self._inline_encoder)
+
+    def _write(self, item: EmbeddedTrack) -> None:
+        waiting = self._embedding.pop(item.track.content_hash, [])
+        path = item.path
+        existed = self._store.find_by_hash(item.track.content_hash) is not None
+        try:
+            self._store.add_track(item.track, item.embeddings, item.offsets_s, self._insert_batch)
+        except CatalogError as exc:
+            self._record(FileOutcome(path, "failed", f"{path}: could not store vectors: {exc}"))
+        else:
+            status = "replaced" if existed else "added"
+            self._record(FileOutcome(path, status, "", item.track, item.track.duration_s))
+        for later in waiting:
+            self._decide(later)
+
+
+def _worker_failure(path: Path, exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{path}: the ingest worker failed ({first}); see the log, then run the same command again"
 
 
 ProgressHook = Callable[[FileOutcome], None]
@@ -302,14 +454,21 @@ ProgressHook = Callable[[FileOutcome], None]
 def ingest(
     paths: Iterable[Path], encoder: Encoder, store: CatalogStore, config: IngestConfig, *,
     replace: bool = False, batch_size: int = 64, on_file: ProgressHook | None = None,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, encoder_factory: EncoderFactory | None = None,
 ) -> IngestSummary:
     """Ingest every audio file under ``paths``; failures are collected, never fatal.
 
-    ``stop`` (set by a daemon shutting down) ends the run after the file in progress.
+    With ``encoder_factory`` and more than one ``ingest.workers``, files are hashed, decoded and
+    embedded in that many worker processes (each builds its own encoder) while this thread writes
+    finished tracks: decoding and embedding are CPU-bound Python and NumPy, so threads would share
+    one core. Without it everything runs here, one file after another. Outcomes are reported as
+    files finish, so with workers their order is not the scan's.
+
+    ``stop`` (set by a daemon shutting down) ends the run once the files in progress are done.
     """
     started = time.monotonic()
-    pipeline = build_pipeline(encoder, store, config, replace=replace, batch_size=batch_size)
+    sidecar = load_sidecar(config.metadata_csv) if config.metadata_csv else {}
+    workers = worker_count(config.workers) if encoder_factory is not None else 1
     summary = IngestSummary()
     problems: list[ScanProblem] = []
 
@@ -321,18 +480,16 @@ def ingest(
             on_file(outcome)
 
     found = scan_paths(paths, config.extensions, problems, follow_symlinks_out=config.follow_symlinks_out)
-    for path in found:
-        if stop is not None and stop.is_set():
-            break
-        while problems:  # reported where the scan met them, in order
-            problem = problems.pop(0)
-            record(FileOutcome(problem.path, "failed", problem.reason))
-        try:
-            outcome: FileOutcome = pipeline(path).get()[0]
-        except RuntimeError as exc:  # towhee wraps anything an operator did not handle
-            outcome = FileOutcome(path, "failed", f"{path}: {str(exc).splitlines()[0]}")
-        record(outcome)
-    for problem in problems:
-        record(FileOutcome(problem.path, "failed", problem.reason))
+    pool = _executor(workers, encoder, encoder_factory)
+    run = _Run(
+        pool, store, inline_encoder=encoder if isinstance(pool, _InlineExecutor) else None,
+        settings=EmbedSettings(batch_size, config.min_duration_s, config.silence_threshold_dbfs),
+        insert_batch=config.insert_batch, sidecar=sidecar, replace=replace, record=record, stop=stop,
+        in_flight=1 if isinstance(pool, _InlineExecutor) else 2 * workers,
+    )
+    try:
+        run.drive(iter(found), problems)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     summary.wall_s = time.monotonic() - started
     return summary

@@ -64,13 +64,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         )
         return EXIT_PARTIAL
     started = time.monotonic()
+    progress = _Progress(files, quiet=args.quiet, every_s=args.progress_every)
     daemon = _daemon_socket(config)
     if daemon is not None:
         print(f"the daemon owns this catalog: handing {len(files)} file(s) to it ({daemon})",
               file=sys.stderr)
-        outcomes = _ingest_via_daemon(daemon, files, replace=args.replace, quiet=args.quiet)
+        outcomes = _ingest_via_daemon(daemon, files, replace=args.replace, progress=progress)
     else:
-        outcomes = _ingest_here(config, files, replace=args.replace, quiet=args.quiet)
+        outcomes = _ingest_here(config, files, replace=args.replace, progress=progress)
         _notify_daemon(config)
     # What the scan could not look at (an unreadable subfolder, a link out of the tree) failed too.
     outcomes.extend(outcome_message(FileOutcome(p.path, "failed", p.reason)) for p in scan_problems)
@@ -82,14 +83,54 @@ Outcome = dict[str, Any]
 """One file's outcome as ``catalog.live.outcome_message`` writes it (locally or from the daemon)."""
 
 
-def _progress_bar(total: int, quiet: bool) -> Any:
-    from tqdm import tqdm
+class _Progress:
+    """The progress line of one ``tunetrace ingest`` on stderr: redrawn in place on a terminal, a
+    plain line every ``every_s`` seconds otherwise (systemd, cron, a pipe), nothing with ``-q``."""
 
-    return tqdm(total=total, unit="file", disable=quiet or None, file=sys.stderr)
+    def __init__(self, files: list[Path], *, quiet: bool, every_s: float) -> None:
+        from tunetrace.catalog.progress import IngestProgress, ProgressPrinter
+
+        self._sizes: dict[str, int] = {}
+        """Bytes of each file, by the name the ingest reports: as named here or (the daemon) resolved."""
+        for path in files:
+            self._sizes[str(path)] = self._sizes[_resolved(path)] = _size(path)
+        total_bytes = sum(_size(path) for path in files)
+        progress = IngestProgress(len(files), total_bytes, time.monotonic())
+        self._printer = None if quiet else ProgressPrinter(
+            progress, sys.stderr, time.monotonic, live=sys.stderr.isatty(), every_s=every_s,
+        )
+
+    def done(self, message: Outcome) -> None:
+        if self._printer is not None:
+            path = str(message["path"])
+            size = self._sizes.get(path, 0)
+            self._printer.done(str(message["status"]), float(message["audio_s"]), size)
+
+    def close(self) -> None:
+        if self._printer is not None:
+            self._printer.close()
 
 
-def _ingest_here(config: Config, files: list[Path], *, replace: bool, quiet: bool) -> list[Outcome]:
+def _resolved(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # a link loop: reported by the ingest itself
+        return str(path)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _ingest_here(
+    config: Config, files: list[Path], *, replace: bool, progress: _Progress,
+) -> list[Outcome]:
     """Open the catalog in this process (refused, saying what to do, while another holds it)."""
+    from functools import partial
+
     from tunetrace.catalog.ingest import FileOutcome, ingest
     from tunetrace.catalog.live import outcome_message
     from tunetrace.encoders import create_encoder
@@ -98,34 +139,38 @@ def _ingest_here(config: Config, files: list[Path], *, replace: bool, quiet: boo
     encoder = create_encoder(config.encoder, config.data_dir)
     outcomes: list[Outcome] = []
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True) as store:
-        bar = _progress_bar(len(files), quiet)
 
-        def progress(outcome: FileOutcome) -> None:
-            outcomes.append(outcome_message(outcome))
-            bar.set_postfix_str(_shown(f"{outcome.status}: {outcome.path.name}")[:60])
-            bar.update(1)
+        def done(outcome: FileOutcome) -> None:
+            message = outcome_message(outcome)
+            outcomes.append(message)
+            progress.done(message)
 
-        ingest(files, encoder, store, config.ingest, replace=replace,
-               batch_size=config.encoder.batch_size, on_file=progress)
-        bar.close()
+        try:
+            ingest(files, encoder, store, config.ingest, replace=replace,
+                   batch_size=config.encoder.batch_size, on_file=done,
+                   encoder_factory=partial(create_encoder, config.encoder, config.data_dir))
+        finally:
+            progress.close()
     return outcomes
 
 
-def _ingest_via_daemon(socket: Path, files: list[Path], *, replace: bool, quiet: bool) -> list[Outcome]:
+def _ingest_via_daemon(
+    socket: Path, files: list[Path], *, replace: bool, progress: _Progress,
+) -> list[Outcome]:
     """The daemon ingests with its own encoder and catalog; outcomes stream back per file."""
     from tunetrace.catalog.control import request
 
     outcomes: list[Outcome] = []
-    bar = _progress_bar(len(files), quiet)
 
-    def progress(message: Outcome) -> None:
+    def done(message: Outcome) -> None:
         outcomes.append(message)
-        bar.set_postfix_str(_shown(f"{message['status']}: {Path(message['path']).name}")[:60])
-        bar.update(1)
+        progress.done(message)
 
-    request(socket, {"op": "ingest", "paths": [str(p.resolve()) for p in files], "replace": replace},
-            progress)
-    bar.close()
+    try:
+        request(socket, {"op": "ingest", "paths": [str(p.resolve()) for p in files], "replace": replace},
+                done)
+    finally:
+        progress.close()
     return outcomes
 
 
@@ -425,13 +470,27 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds (e.g. 5)")
+    return value
+
+
 def add_catalog_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Register ingest, identify, catalog and check-config."""
     p = sub.add_parser("ingest", help="add audio files or folders to the catalog")
     add_config_option(p)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--replace", action="store_true", help="re-ingest files already in the catalog")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.add_argument(
+        "--progress-every", type=_positive_seconds, default=5.0, metavar="SECONDS",
+        help="without a terminal (systemd, cron, a pipe): print a progress line this often (default 5)",
+    )
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("identify", help="identify audio files against the catalog")

@@ -1,0 +1,143 @@
+"""An interrupted ``tunetrace ingest`` run again finishes the rest; the progress line on a terminal.
+
+The ingest is a real ``python -m tunetrace ingest`` process (worker processes, ffmpeg, the shipped
+fingerprint model, Milvus Lite) killed with SIGKILL in the middle of its run: no handler, no
+cleanup. The rerun must skip what was stored, add the rest, and leave no duplicate vector and no
+track without all of its vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.audio import synthetic_music, write_wav
+from tests.fixtures.milvus import write_config
+
+FILES = 12
+DURATION_S = 40.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    folder = tmp_path / "library"
+    folder.mkdir()
+    for seed in range(FILES):
+        write_wav(folder / f"song-{seed:02d}.wav", synthetic_music(DURATION_S, 8000, seed=100 + seed), 8000)
+    return folder
+
+
+def _ingest_command(config: Path, folder: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tunetrace", "ingest", "-c", str(config), *extra, str(folder)]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO / 'daemon'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+_STATE = """
+import json, sys
+from pathlib import Path
+from tunetrace.config import load_config
+from tunetrace.encoders import create_encoder
+from tunetrace.store import open_catalog
+config = load_config(Path(sys.argv[1]))
+encoder = create_encoder(config.encoder, config.data_dir)
+with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+    tracks = store.tracks()
+    print(json.dumps([len(tracks), store.vector_count(), sum(t.n_vectors for t in tracks),
+                      max((t.n_vectors for t in tracks), default=0)]))
+"""
+
+
+def _catalog_state(config_path: Path) -> tuple[int, int, int, int]:
+    """(tracks, vectors stored, vectors the tracks account for, largest vector count of one file),
+    read in a process of its own: a Lite catalog stays locked to its opener until that exits."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _STATE, str(config_path)], env=_env(), capture_output=True, text=True,
+        timeout=120, check=True,
+    )
+    tracks, vectors, accounted, largest = json.loads(probe.stdout)
+    return int(tracks), int(vectors), int(accounted), int(largest)
+
+
+@pytest.mark.slow
+def test_an_ingest_killed_in_the_middle_resumes_without_duplicates(tmp_path: Path, library: Path) -> None:
+    config = write_config(tmp_path / "state")
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write("ingest:\n  workers: 2\n")
+    proc = subprocess.Popen(
+        _ingest_command(config, library, "--progress-every", "0.1"), env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    done = 0
+    deadline = time.monotonic() + 120
+    progress = re.compile(rf"^progress: (\d+)/{FILES} files")
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, f"ingest ended before it could be killed: {proc.communicate()}"
+        if (match := progress.match(line)) and int(match.group(1)) >= 3:
+            done = int(match.group(1))
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)  # returns once no child is left holding its stderr: workers died too
+    assert proc.returncode == -signal.SIGKILL
+    assert 3 <= done < FILES, "the kill must land in the middle of the run"
+
+    stored_before, vectors_before, accounted_before, _ = _catalog_state(config)
+    assert 3 <= stored_before < FILES
+    assert vectors_before >= accounted_before  # at most the vectors of one unfinished track more
+
+    rerun = subprocess.run(
+        _ingest_command(config, library, "-q"), env=_env(), capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.startswith(
+        f"added {FILES - stored_before}, skipped {stored_before} (already in the catalog), failed 0;"
+    )
+    tracks, vectors, accounted, largest = _catalog_state(config)
+    assert tracks == FILES
+    assert vectors == accounted  # no duplicate, no orphan from the killed run
+    assert largest == int((DURATION_S - 1.0) / 0.5) + 1  # every track complete
+
+
+@pytest.mark.slow
+def test_on_a_terminal_the_ingest_redraws_one_progress_line(tmp_path: Path, library: Path) -> None:
+    config = write_config(tmp_path / "state")
+    main_fd, terminal_fd = os.openpty()
+    proc = subprocess.Popen(
+        _ingest_command(config, library), env=_env(), stdout=subprocess.PIPE, stderr=terminal_fd, text=True,
+    )
+    os.close(terminal_fd)
+    seen = b""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main_fd], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(main_fd)
+    assert proc.wait(timeout=60) == 0
+    text = seen.decode()
+    assert f"\r{FILES}/{FILES} files, 0.13 h of audio, " in text
+    assert re.search(r"\r\d+/12 files, .* s of audio/s, elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d\x1b\[K", text)
+    assert "progress:" not in text  # the plain line is for logs only
