@@ -1,4 +1,4 @@
-"""The ingest pipeline end to end (in one process): files -> decode -> spectral encoder -> Milvus Lite.
+"""The towhee ingest pipeline end to end (in one process): files -> decode -> spectral encoder -> Milvus Lite.
 
 Idempotence is by content: a second run skips every file and adds no vector, ``replace`` swaps a
 track's vectors without leaving duplicates, and a renamed copy is still the same recording.

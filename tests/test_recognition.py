@@ -13,7 +13,15 @@ import pytest
 from tests.fixtures.audio import Clip, write_wav
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
 from tunetrace.audio.decode import decode_file
-from tunetrace.evaluation.live import EPOCH, plays_from_events, run_stream
+from tunetrace.evaluation.live import (
+    EPOCH,
+    CpuSample,
+    PacedStreamServer,
+    cpu_breakdown,
+    cpu_sample,
+    plays_from_events,
+    run_stream,
+)
 from tunetrace.pipeline import StreamClock
 from tunetrace.sources.base import AudioBlock
 
@@ -67,3 +75,65 @@ def test_the_stream_clock_maps_a_play_time_back_onto_the_stream() -> None:
         wall = clock.wall(stream_s)
         assert wall == arrived + timedelta(seconds=stream_s - 5.0)
         assert clock.stream_s_at(wall) == pytest.approx(stream_s, abs=1e-6)
+
+
+def test_the_paced_stream_server_sends_a_file_at_the_pace_of_its_audio(tmp_path: Path) -> None:
+    """On-air benchmark stations read this, as from a radio's stream server (not ffmpeg's ``-re``)."""
+    audio = np.zeros(RATE, np.float32)  # 1 s
+    wav = write_wav(tmp_path / "one-second.wav", audio, RATE)
+
+    async def fetch() -> tuple[bytes, float, float]:
+        server = PacedStreamServer(wav)
+        await server.start()
+        try:
+            host, port = "127.0.0.1", server.port
+            assert server.url("x") == f"http://{host}:{port}/x.wav"
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /x.wav HTTP/1.0\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                first_at = loop.time() - started
+                body = await reader.read()
+            writer.close()
+            return head + body, first_at, loop.time() - started
+        finally:
+            await server.close()
+
+    received, first_s, total_s = asyncio.run(fetch())
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.0 200")
+    assert body == wav.read_bytes()
+    assert first_s < 0.5, "the stream starts at once"
+    assert 0.7 <= total_s < 3.0, "1 s of audio takes about 1 s to arrive"
+
+
+@pytest.mark.slow
+def test_stations_on_air_each_report_their_play_through_the_shared_batcher(
+    clip_catalog: BuiltCatalog, real_clips: list[Clip], tmp_path: Path,
+) -> None:
+    """Three stations on air (real time, through ffmpeg over HTTP from the paced server) submit
+    their windows to one recognition batcher: each gets its own decisions back and reports the
+    clip at its position; the decoder children's CPU is counted."""
+    first = decode_file(real_clips[0].path, RATE)
+    stream = np.concatenate([np.zeros(RATE, np.float32), first[8 * RATE : 24 * RATE],
+                             np.zeros(3 * RATE, np.float32)])  # 0-1 silence | 1-17 clip 0 from 8 s
+    wav = write_wav(tmp_path / "stream.wav", stream, RATE)
+    private = private_catalog_copy(clip_catalog, tmp_path / "data")
+    config = clip_catalog.config.model_copy(update={"data_dir": private})
+
+    before = cpu_sample()
+    after: list[CpuSample] = []
+    sinks, _ = asyncio.run(asyncio.wait_for(
+        run_stream(config, wav, stations=3, realtime=True, cpu_at_end=after), timeout=120))
+    cpu = cpu_breakdown(before, after[0])
+
+    track_id = clip_catalog.tracks[real_clips[0].path].track_id
+    for sink in sinks:
+        assert sink.station is not None
+        plays = plays_from_events(sink.events, sink.station.stream_s_at)
+        assert [p.track_id for p in plays] == [track_id]
+        assert plays[0].start_s == pytest.approx(1.0, abs=1.0)
+        assert plays[0].position_start_s == pytest.approx(8.0 + (plays[0].start_s - 1.0), abs=0.6)
+    assert cpu["decoders_s"] > 0, "the ffmpeg children's CPU is counted"

@@ -200,10 +200,31 @@ fingerprint was trained with windows shifted by up to half the catalog hop and m
 shift, so half the catalog hop suffices: 2.5x fewer windows to embed and search per station with
 the same plays on the benchmark streams (docs/benchmarks.md)."""
 
+CALIBRATED_DECISION_INTERVAL_S: dict[str, float] = {
+    "spectral": 0.2,
+    "fingerprint": 0.5,
+    "vggish": 0.2,
+}
+"""``tracker.decision_interval_s`` when the config does not set it. The fingerprint votes every
+0.5 s (every second live window): half the voting of one vote per window, and with
+``start_confirmations`` 2 a play still needs agreeing decisions 0.5 s apart, as 3 decisions 0.25 s
+apart did; on the benchmark streams the same plays, no false play, no flapping, latency median
++0.05 s (docs/benchmarks.md, "On air at 1% of a core")."""
+
+CALIBRATED_START_CONFIRMATIONS: dict[str, float] = {
+    "spectral": 3,
+    "fingerprint": 2,
+    "vggish": 3,
+}
+"""``tracker.start_confirmations`` when the config does not set it: the agreeing decisions span
+0.4-0.5 s of stream whatever the encoder's decision interval."""
+
 CALIBRATED_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
     ("matcher", "min_confidence"): CALIBRATED_MIN_CONFIDENCE,
     ("tracker", "start_confidence"): CALIBRATED_START_CONFIDENCE,
     ("tracker", "window_hop_s"): CALIBRATED_WINDOW_HOP_S,
+    ("tracker", "decision_interval_s"): CALIBRATED_DECISION_INTERVAL_S,
+    ("tracker", "start_confirmations"): CALIBRATED_START_CONFIRMATIONS,
 }
 """Every per-encoder default: (config section, key) -> encoder name -> value."""
 
@@ -345,6 +366,11 @@ class TrackerConfig(_Section):
     window_hop_s: float = Field(default=0.1, gt=0)
     """Hop between live windows embedded per station. Live windows fall anywhere between the
     catalog's; unset in a config file, it is calibrated per encoder (``CALIBRATED_WINDOW_HOP_S``)."""
+    decision_interval_s: float = Field(default=0.2, gt=0, le=2.0)
+    """Stream time between two votes over the horizon (rounded to whole live windows, at least
+    one): voting costs more than a window's embedding, and ``start_confirmations`` counts these
+    decisions. Unset in a config file, it is calibrated per encoder
+    (``CALIBRATED_DECISION_INTERVAL_S``)."""
     horizon_s: float = Field(default=4.0, gt=0)
     """Sliding horizon of hits the voting looks at; short enough that a new track dominates it
     within ~2 s (latency), long enough to hold several time-consistent windows."""
@@ -356,7 +382,8 @@ class TrackerConfig(_Section):
     min_aligned_windows: int = Field(default=4, ge=1)
     """Distinct catalog windows that must agree in time before a play can start."""
     start_confirmations: int = Field(default=3, ge=1)
-    """Consecutive decisions that must agree before a play starts (no flapping)."""
+    """Consecutive decisions that must agree before a play starts (no flapping); unset in a config
+    file, it is calibrated per encoder (``CALIBRATED_START_CONFIRMATIONS``)."""
     end_after_s: float = Field(default=8.0, gt=0)
     """A play ends when its evidence has been gone this long."""
     position_jump_s: float = Field(default=3.0, gt=0)
@@ -447,6 +474,10 @@ class ServiceConfig(_Section):
     """How long failing catalog searches still feed systemd's watchdog. Milvus Lite's server
     process is restarted in place when it dies, and a Milvus server restarting comes back by
     itself; an outage longer than this stops the pings, so systemd restarts the daemon."""
+    batch_gather_s: float = Field(default=0.1, ge=0, le=2.0)
+    """How long one station's due windows wait for other stations' before all are embedded and
+    searched together (one encoder call and one catalog request per tick instead of one per
+    station): more stations per core for up to this much later decisions on the wall clock."""
 
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})

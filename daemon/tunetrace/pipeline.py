@@ -1,10 +1,12 @@
 """One station's pipeline: source -> ring buffer -> horizon voter -> tracker -> sink.
 
 ``Station`` is the asynchronous shell around the synchronous ``HorizonVoter``: a capture task
-writes the ring buffer (never blocking), a recognition task reads windows, hands them to the voter
-in the shared executor, feeds its observations to the ``PlayTracker`` and turns the tracker's
-events into ``Play`` records for the sink.  ``build_station`` assembles one from its config
-section and the shared model (``open_model``: the encoder, the catalog and its shape).
+writes the ring buffer (never blocking), a recognition task reads windows, hands them with its
+voter to the ``RecognitionBatcher`` every station shares (one embedding call and one search for
+all stations' windows per tick, in the shared executor), feeds its observations to the
+``PlayTracker`` and turns the tracker's events into ``Play`` records for the sink.
+``build_station`` assembles one from its config section and the shared model (``open_model``: the
+encoder, the catalog and its shape).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from tunetrace.tracker import (
     TrackerParams,
 )
 from tunetrace.voting import HorizonVoter, horizon_params
+from tunetrace.voting.batcher import BatcherParams, RecognitionBatcher
 
 if TYPE_CHECKING:
     from tunetrace.store.milvus import CatalogStore
@@ -148,6 +151,7 @@ class Station:
         executor: Executor,
         params: StationParams,
         *,
+        batcher: RecognitionBatcher | None = None,
         metrics: StationMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         progress: ProgressSink | None = None,
@@ -169,6 +173,9 @@ class Station:
         self._catalog = catalog
         self._sink = sink
         self._executor = executor
+        self._batcher = batcher
+        """Shared by the stations: their windows embedded and searched together (``None``: this
+        station's voter embeds and searches alone, in the executor)."""
         self._params = params
         self._rate = params.spec.sample_rate
         self._window_s = params.spec.window_s
@@ -262,7 +269,6 @@ class Station:
         return self._ring.pending_windows() >= self._params.max_pending_windows // 2
 
     async def _recognise(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 async with asyncio.timeout(_TICK_S):
@@ -291,9 +297,7 @@ class Station:
                 continue
             await self._follow_source(batch)
             try:
-                observations = await loop.run_in_executor(
-                    self._executor, contextvars.copy_context().run, self._matcher.process, batch,
-                )
+                observations = await self._observations(batch)
             except CatalogError as exc:
                 await self._catalog_failed(exc, batch)
                 continue
@@ -311,6 +315,16 @@ class Station:
             await self._checkpoint(self._last_stream_s, source_up=self._source_was_up)
             if self._ring.pending_windows():
                 self._data.set()
+
+    async def _observations(self, batch: WindowBatch) -> list[Observation]:
+        """The voter's decisions over ``batch``: embedded and searched with the other stations'
+        windows through the shared batcher, or alone in the executor."""
+        if self._batcher is not None:
+            return await self._batcher.process(self._matcher, batch, self._metrics)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, contextvars.copy_context().run, self._matcher.process, batch,
+        )
 
     async def _follow_source(self, batch: WindowBatch) -> None:
         """Note where this batch's audio begins, stops and resumes, for the history's monitored
@@ -522,8 +536,12 @@ def build_station(
     monotonic: Callable[[], float] = time.monotonic,
     progress: ProgressSink | None = None, resume: Play | None = None,
     metrics: PipelineMetrics | None = None, source: AudioSource | None = None,
+    batcher: RecognitionBatcher | None = None,
 ) -> Station:
     """One station's pipeline: its own source runner, ring, voter and tracker around the shared model.
+
+    ``batcher`` (``shared_batcher``) embeds and searches every station's windows together; without
+    one the station's voter embeds and searches its own, one executor call per batch.
 
     The live window spec is derived once here (the encoder's rate and window, the tracker's hop)
     and every stage gets it, or its own config section, from here. ``source`` replaces the one
@@ -571,8 +589,18 @@ def build_station(
         )
     return Station(
         station.name, runner, ring, voter, tracker, model.catalog, sink, executor, params,
-        metrics=station_metrics, monotonic=monotonic, evidence=evidence, progress=progress,
+        batcher=batcher, metrics=station_metrics, monotonic=monotonic, evidence=evidence, progress=progress,
         resume=resume,
+    )
+
+
+def shared_batcher(
+    model: SharedModel, executor: Executor, config: Config, metrics: PipelineMetrics | None = None,
+) -> RecognitionBatcher:
+    """The one ``RecognitionBatcher`` all of a process's stations submit their windows to."""
+    return RecognitionBatcher(
+        TimedEncoder(model.encoder, metrics or NullMetrics()), model.catalog, executor,
+        BatcherParams(gather_s=config.service.batch_gather_s, embed_windows=config.encoder.batch_size),
     )
 
 

@@ -45,7 +45,7 @@ from tunetrace.events import PlayEvent
 from tunetrace.history.sink import HistorySink
 from tunetrace.observe.base import MqttStatus, NullMetrics, PipelineMetrics, StationStatus
 from tunetrace.observe.board import StatusBoard
-from tunetrace.pipeline import SharedModel, Station, build_station, open_model
+from tunetrace.pipeline import SharedModel, Station, build_station, open_model, shared_batcher
 from tunetrace.publish.base import EventSink, FanoutSink, LogSink
 from tunetrace.sdnotify import SdNotifier
 
@@ -173,10 +173,11 @@ class Service:
             await sink.start()
             for play in history.recovered:
                 await sink.publish_event(PlayEvent("play_ended", play))
+            batcher = shared_batcher(model, executor, config, self._metrics)
             self.stations = [
                 build_station(
                     s, config, model, sink, executor, monotonic=self._monotonic, metrics=self._metrics,
-                    progress=history, resume=history.last_play(s.name),
+                    progress=history, resume=history.last_play(s.name), batcher=batcher,
                 )
                 for s in config.stations
             ]

@@ -1,8 +1,9 @@
 """Ingestion: path -> (hash, metadata) -> decoded, embedded track -> rows in Milvus.
 
-Hashing, decoding and embedding run in worker processes, one per core, while the calling thread
-decides what each file is (new, already in the catalog, re-tagged) and writes finished tracks, so
-decode, embed and insert overlap (docs/scaling.md section 4 has the measured figures). Each step
+The run is a towhee pipeline (scan -> identify -> decide -> write) whose nodes hand hashing,
+decoding and embedding to worker processes, one per core, while the nodes decide what each file
+is (new, already in the catalog, re-tagged) and write finished tracks, so decode, embed and insert
+overlap (docs/scaling.md section 4 has the measured figures). Each step
 returns a value instead of raising, so one unreadable file becomes one line in the summary and the
 run goes on. A track is written vectors first, its row last: an interrupted run leaves complete
 tracks, which the next run skips by the hash of their audio.
@@ -18,8 +19,9 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -331,15 +333,66 @@ def _executor(workers: int, encoder: Encoder, factory: EncoderFactory | None) ->
     )
 
 
-# -- the run ------------------------------------------------------------------------------------
+def _import_towhee() -> Any:
+    """towhee imports ``pkg_resources``, which setuptools deprecates loudly; the pin keeps it working.
+    Imported when a run starts, not with this module (it takes seconds)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import towhee
+
+    return towhee
+
+
+# -- the run: a towhee pipeline whose nodes hand the heavy steps to the workers ----------------
+
+_STOPPED = "stopped"
+"""What a node passes on for a file it did not start or finish because the run was stopped."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A step of one file running in a worker."""
+
+    path: Path
+    future: Future[Any]
+
+
+def _result(pending: Any) -> Any:
+    """What a node received, with a worker's step waited for (its failure is the file's outcome)."""
+    if not isinstance(pending, _Job):
+        return pending
+    try:
+        return pending.future.result()
+    except Exception as exc:  # a worker died or a step raised: that one file fails
+        return FileOutcome(pending.path, "failed", _worker_failure(pending.path, exc))
+
+
+def _each(items: Iterable[Path | ScanProblem]) -> Iterable[Path | ScanProblem]:
+    """The pipeline's source: the scan, one item at a time."""
+    return items
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A file whose audio an earlier file of this run is being embedded from. The pipeline keeps
+    the scan's order, so the writer sees it after that one is written, and decides it then."""
+
+    found: Identified
 
 
 class _Run:
-    """One ingest in the calling thread: hands files to the workers, decides skip / re-tag / embed
-    against the catalog, and writes finished tracks, while the workers decode and embed the next.
+    """One ingest as a towhee pipeline of three nodes, each in its own thread:
 
-    Every write happens here, one track at a time (vectors first, the track row last), so a run
-    killed at any moment leaves only complete tracks plus, at most, the vectors of one track
+    ``start`` (scan item -> its identification, in a worker) -> ``decide`` (skip, re-tag, or
+    embed in a worker, by the hash of the audio against the catalog as it is now) -> ``finish``
+    (write the embedded track, record the outcome). The heavy steps run in the worker processes,
+    so while ``finish`` writes one file, workers decode and embed the next ones and hash those
+    after: the nodes overlap, and at most ``in_flight`` files are between ``start`` and
+    ``finish``. No node raises (a file's failure is its outcome), so one bad file never stops the
+    pipeline.
+
+    Every write happens in ``finish``, one track at a time (vectors first, the track row last), so
+    a run killed at any moment leaves only complete tracks plus, at most, the vectors of one track
     without its row: unseen by recognition, and replaced when that file is ingested again.
     """
 
@@ -351,35 +404,97 @@ class _Run:
         self._pool, self._store, self._inline_encoder = pool, store, inline_encoder
         self._settings, self._insert_batch = settings, insert_batch
         self._sidecar, self._replace = sidecar, replace
-        self._record, self._stop, self._limit = record, stop, in_flight
-        self._in_flight: dict[Future[Any], Path] = {}
-        self._embedding: dict[str, list[Identified]] = {}
-        """Audio being embedded in this run -> later files with the same audio, waiting for it."""
+        self._record, self._stop = record, stop
+        self.interrupted = threading.Event()
+        """Set when the caller gives up (Ctrl-C): the nodes pass the remaining files on unstarted."""
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self._embedding: set[str] = set()
+        """Audio being embedded in this run (a later copy of it is decided once it is written)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Run:
+        """towhee deep-copies the pipeline as it is built, nodes' callables included; a run is the
+        one live state its nodes share, never copied."""
+        return self
 
     def _stopped(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
+        return self.interrupted.is_set() or (self._stop is not None and self._stop.is_set())
 
-    def drive(self, paths: Iterator[Path], problems: list[ScanProblem]) -> None:
-        exhausted = False
-        while True:
-            while not exhausted and len(self._in_flight) < self._limit and not self._stopped():
-                path = next(paths, None)
-                self._report_problems(problems)  # where the scan met them, in order
-                if path is None:
-                    exhausted = True
-                else:
-                    self._submit(path, identify_file, path, self._sidecar_entry(path))
-            if not self._in_flight:
-                break
-            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                self._handle(future, self._in_flight.pop(future))
-        self._report_problems(problems)
+    def pipeline(self) -> Any:
+        """The towhee pipeline ``scan items -> outcomes`` (calling it runs the ingest)."""
+        pipe = _import_towhee().pipe
+        return (
+            pipe.input("items")
+            .flat_map("items", "item", _each)
+            .map("item", "identifying", self.start)
+            .map("identifying", "embedding", self.decide)
+            .map("embedding", "outcome", self.finish)
+            .output("outcome")
+        )
 
-    def _report_problems(self, problems: list[ScanProblem]) -> None:
-        while problems:
-            problem = problems.pop(0)
-            self._record(FileOutcome(problem.path, "failed", problem.reason))
+    def start(self, item: Path | ScanProblem) -> _Job | FileOutcome | str:
+        self._slots.acquire()  # released by ``finish``, which every item reaches
+        if isinstance(item, ScanProblem):
+            return FileOutcome(item.path, "failed", item.reason)
+        if self._stopped():
+            return _STOPPED
+        return self._submit(item, identify_file, item, self._sidecar_entry(item))
+
+    def decide(self, pending: _Job | FileOutcome | str) -> _Job | FileOutcome | _Copy | str:
+        """Skip, re-tag, or embed: by the hash of the audio against the catalog as it is now."""
+        found = _result(pending)
+        if isinstance(found, FileOutcome | str):
+            return found
+        if self._stopped():
+            return _STOPPED
+        if found.digest in self._embedding:
+            return _Copy(found)
+        try:
+            settled = self._settled(found, replace=self._replace)
+        except CatalogError as exc:
+            return FileOutcome(found.path, "failed", f"{found.path}: the catalog did not answer: {exc}")
+        if settled is not None:
+            return settled
+        self._embedding.add(found.digest)
+        return self._submit(found.path, embed_file, found, self._settings, self._inline_encoder)
+
+    def finish(self, pending: _Job | FileOutcome | _Copy | str) -> FileOutcome | str:
+        try:
+            outcome = self._finish(_result(pending))
+            if isinstance(outcome, FileOutcome):
+                self._record(outcome)
+            return outcome
+        finally:
+            self._slots.release()
+
+    def _finish(self, result: EmbeddedTrack | FileOutcome | _Copy | str) -> FileOutcome | str:
+        if isinstance(result, EmbeddedTrack):
+            return self._write(result)
+        if isinstance(result, _Copy):
+            return self._copy(result.found)
+        return result
+
+    def _settled(self, found: Identified, *, replace: bool) -> FileOutcome | None:
+        """The outcome of a file whose audio the catalog already holds (``None``: embed it)."""
+        existing = self._store.find_by_hash(found.digest)
+        if existing is None or replace:
+            return None
+        retagged = _retagged(existing, found)
+        if existing.same_metadata(retagged):
+            return FileOutcome(found.path, "skipped", "already in the catalog", existing)
+        self._store.update_track(retagged)
+        return FileOutcome(found.path, "updated", "new tags for a track in the catalog", retagged)
+
+    def _copy(self, found: Identified) -> FileOutcome:
+        """A later copy of audio this run embedded: now that one is written, decided like any file
+        already in the catalog; if it could not be stored, neither can this copy."""
+        try:
+            settled = self._settled(found, replace=False)
+        except CatalogError as exc:
+            return FileOutcome(found.path, "failed", f"{found.path}: the catalog did not answer: {exc}")
+        if settled is not None:
+            return settled
+        return FileOutcome(found.path, "failed", f"{found.path}: the same audio as a file of this run "
+                           "that could not be ingested (see above); run the same command again")
 
     def _sidecar_entry(self, path: Path) -> SidecarEntry | None:
         if not self._sidecar:
@@ -389,58 +504,24 @@ class _Run:
         except (OSError, RuntimeError):  # a link loop: identify_file reports it
             return None
 
-    def _submit(self, path: Path, job: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, path: Path, step: Callable[..., Any], *args: Any) -> _Job | FileOutcome:
         try:
-            self._in_flight[self._pool.submit(job, *args)] = path
+            return _Job(path, self._pool.submit(step, *args))
         except BrokenProcessPool as exc:
-            self._record(FileOutcome(path, "failed", _worker_failure(path, exc)))
+            return FileOutcome(path, "failed", _worker_failure(path, exc))
 
-    def _handle(self, future: Future[Any], path: Path) -> None:
-        try:
-            result = future.result()
-        except Exception as exc:  # a worker died or a step raised: that one file fails
-            self._record(FileOutcome(path, "failed", _worker_failure(path, exc)))
-            return
-        if isinstance(result, Identified):
-            self._decide(result)
-        elif isinstance(result, EmbeddedTrack):
-            self._write(result)
-        else:
-            self._record(result)
-
-    def _decide(self, found: Identified) -> None:
-        """Skip, re-tag, or embed: by the hash of the audio against the catalog as it is now."""
-        if self._stopped():
-            return
-        waiting = self._embedding.get(found.digest)
-        if waiting is not None:  # a copy of audio this run is embedding: decided once that is stored
-            waiting.append(found)
-            return
-        existing = self._store.find_by_hash(found.digest)
-        if existing is not None and not self._replace:
-            retagged = _retagged(existing, found)
-            if existing.same_metadata(retagged):
-                self._record(FileOutcome(found.path, "skipped", "already in the catalog", existing))
-                return
-            self._store.update_track(retagged)
-            self._record(FileOutcome(found.path, "updated", "new tags for a track in the catalog", retagged))
-            return
-        self._embedding[found.digest] = []
-        self._submit(found.path, embed_file, found, self._settings, self._inline_encoder)
-
-    def _write(self, item: EmbeddedTrack) -> None:
-        waiting = self._embedding.pop(item.track.content_hash, [])
+    def _write(self, item: EmbeddedTrack) -> FileOutcome:
+        """Store the track; only then is its audio no longer "being embedded" (``decide``, in its
+        own thread, must find it in one place or the other, never in neither)."""
         path = item.path
-        existed = self._store.find_by_hash(item.track.content_hash) is not None
         try:
+            existed = self._store.find_by_hash(item.track.content_hash) is not None
             self._store.add_track(item.track, item.embeddings, item.offsets_s, self._insert_batch)
         except CatalogError as exc:
-            self._record(FileOutcome(path, "failed", f"{path}: could not store vectors: {exc}"))
-        else:
-            status = "replaced" if existed else "added"
-            self._record(FileOutcome(path, status, "", item.track, item.track.duration_s))
-        for later in waiting:
-            self._decide(later)
+            return FileOutcome(path, "failed", f"{path}: could not store vectors: {exc}")
+        finally:
+            self._embedding.discard(item.track.content_hash)
+        return FileOutcome(path, "replaced" if existed else "added", "", item.track, item.track.duration_s)
 
 
 def _worker_failure(path: Path, exc: BaseException) -> str:
@@ -449,6 +530,15 @@ def _worker_failure(path: Path, exc: BaseException) -> str:
 
 
 ProgressHook = Callable[[FileOutcome], None]
+
+
+def _with_problems(paths: Iterator[Path], problems: list[ScanProblem]) -> Iterator[Path | ScanProblem]:
+    """The scan's files, with what it could not look at in the place it met it."""
+    for path in paths:
+        while problems:
+            yield problems.pop(0)
+        yield path
+    yield from problems
 
 
 def ingest(
@@ -488,7 +578,10 @@ def ingest(
         in_flight=1 if isinstance(pool, _InlineExecutor) else 2 * workers,
     )
     try:
-        run.drive(iter(found), problems)
+        run.pipeline()(_with_problems(found, problems)).get()
+    except BaseException:
+        run.interrupted.set()  # Ctrl-C: the nodes pass what is left on unstarted, and end
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     summary.wall_s = time.monotonic() - started

@@ -45,7 +45,7 @@ def load(args: argparse.Namespace) -> Config:
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """Log to stderr (``observe.logs``: station names, journald priorities, optional JSON)."""
     observe_logs.configure_logging(level, log_format)
-    for noisy in ("milvus_lite", "faiss"):
+    for noisy in ("towhee", "milvus_lite", "faiss"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # pymilvus warns on every iterator over Milvus Lite ("failed to get mvccTs"), and Lite's
     # in-process gRPC server logs a harmless "AllocTimestamp not implemented" trace.

@@ -322,7 +322,7 @@ def rss_mib() -> float:
 async def run_stream(
     config: Config, wav: Path, stations: int = 1, model: SharedModel | None = None,
     *, realtime: bool = False, rss_samples: list[float] | None = None, rss_every_s: float = 300.0,
-    cpu_at_end: list[CpuSample] | None = None,
+    cpu_at_end: list[CpuSample] | None = None, feed: str = "http", server_cpu_s: list[float] | None = None,
 ) -> tuple[list[CollectingSink], float]:
     """Run ``stations`` copies of the stream through the pipeline; each station's sink (its events,
     and the station for its clock), wall seconds.
@@ -331,8 +331,11 @@ async def run_stream(
     ``realtime``: read the stream at its real pace (a 60-minute stream takes an hour, as on air).
     ``rss_samples``: filled with the resident memory every ``rss_every_s`` while the stream runs.
     ``cpu_at_end``: receives a ``CpuSample`` taken while the worker threads are still alive.
+    ``feed``: how a ``realtime`` station gets its stream: ``http`` from a ``PacedStreamServer`` (as
+    from a radio's stream server), ``file`` from the file paced by ffmpeg's ``-re``.
+    ``server_cpu_s``: receives the CPU seconds the paced server's own code took (the radio's part).
     """
-    from tunetrace.pipeline import build_station, open_model
+    from tunetrace.pipeline import build_station, open_model, shared_batcher
 
     closer = None
     if model is None:
@@ -348,14 +351,20 @@ async def run_stream(
         their own timeline), the elapsed time since the start when paced like a live stream."""
         return EPOCH + timedelta(seconds=time.monotonic() - started_monotonic) if realtime else EPOCH
 
+    batcher = shared_batcher(opened, executor, config)
+    server = PacedStreamServer(wav) if realtime and feed == "http" else None
+    if server is not None:
+        await server.start()
     built = []
     for index in range(stations):
         sink = CollectingSink()
+        url = server.url(f"bench{index}") if server is not None else str(wav)
         station_config = StationConfig(
-            name=f"bench{index}", source=SourceConfig(kind="ffmpeg", url=str(wav), realtime=realtime),
+            name=f"bench{index}", source=SourceConfig(kind="ffmpeg", url=url, realtime=realtime),
         )
         station = build_station(
             station_config, config, opened, sink, executor, until_eof=True, wall_clock=clock,
+            batcher=batcher,
         )
         sink.station = station
         sinks.append(sink)
@@ -374,12 +383,76 @@ async def run_stream(
     for station in built:
         await station.finish()
     wall_s = time.perf_counter() - started
+    if server is not None:
+        await server.close()
+        if server_cpu_s is not None:
+            server_cpu_s.append(server.cpu_s)
     if cpu_at_end is not None:
         cpu_at_end.append(cpu_sample())
     executor.shutdown()
     if closer is not None:
         closer.close()
     return sinks, wall_s
+
+
+PACE_CHUNK_S = 0.25
+"""Audio per write of the paced stream server (an Icecast server sends a few packets at a time)."""
+
+
+class PacedStreamServer:
+    """Serves a WAV file over HTTP at the pace of its audio, as a radio stream server does.
+
+    ``--realtime`` stations read their stream from here rather than from the file with ffmpeg's
+    ``-re``: ffmpeg paces a file by waking every 10 ms to ask whether the next packet is due (~0.25%
+    of a core per station), where a network stream blocks on its socket until audio arrives, which
+    is what a station on air costs. The server runs on the benchmark's event loop: it plays the
+    radio's part, not the monitor's, so the CPU its own code takes (``cpu_s``, measured around each
+    write) is reported apart; the event loop's share of waking it stays in the monitor's figure.
+    """
+
+    def __init__(self, wav: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._data = wav.read_bytes()
+        rate, audio = wavfile.read(wav, mmap=True)
+        self._bytes_per_s = rate * audio.dtype.itemsize * (1 if audio.ndim == 1 else audio.shape[1])
+        self._clock = clock
+        self._server: asyncio.Server | None = None
+        self.port = 0
+        self.cpu_s = 0.0
+        """CPU seconds the server's own code took (the main thread's, between its awaits)."""
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}.wav"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                while (await reader.readline()).strip():
+                    pass  # the request line and headers: every path is the stream
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: audio/wav\r\n"
+                         + f"Content-Length: {len(self._data)}\r\n\r\n".encode())
+            chunk = max(1, round(PACE_CHUNK_S * self._bytes_per_s))
+            started = self._clock()
+            for first in range(0, len(self._data), chunk):
+                due_s = started + first / self._bytes_per_s - self._clock()
+                if due_s > 0:
+                    await asyncio.sleep(due_s)
+                started_cpu = time.thread_time()
+                writer.write(self._data[first : first + chunk])
+                self.cpu_s += time.thread_time() - started_cpu
+                await writer.drain()
+        except (ConnectionError, TimeoutError):
+            pass  # the reader went away (its station ended or failed): nothing to serve
+        finally:
+            writer.close()
 
 
 def emit_json(result: dict[str, Any], path: Path | None) -> None:
@@ -421,6 +494,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--show", action="store_true", help="print the true schedule and the plays")
     parser.add_argument("--realtime", action="store_true",
                         help="play the stream at real-time pace (memory over a long run; slow by design)")
+    parser.add_argument("--rss-every-s", type=float, default=300.0,
+                        help="sample the resident memory this often while the stream runs")
+    parser.add_argument("--feed", choices=("http", "file"), default="http",
+                        help="with --realtime: each station reads the stream from a local HTTP server "
+                             "that sends it at its pace, like a radio stream (default), or from the "
+                             "file paced by ffmpeg's -re (costs the decoder ~0.25%% of a core)")
     return parser
 
 
@@ -457,12 +536,14 @@ def main(argv: list[str] | None = None) -> int:
         before = cpu_sample()
         rss_samples: list[float] = []
         after: list[CpuSample] = []
+        radio: list[float] = []
         station_sinks, wall_s = asyncio.run(run_stream(
             config, wav, args.stations, model, realtime=args.realtime, rss_samples=rss_samples,
-            cpu_at_end=after,
+            cpu_at_end=after, feed=args.feed, server_cpu_s=radio, rss_every_s=args.rss_every_s,
         ))
         cpu = cpu_breakdown(before, after[0])
-        cpu_s = cpu["process_s"] + cpu["helpers_s"]
+        cpu["stream_server_s"] = round(sum(radio), 2)
+        cpu_s = cpu["process_s"] - cpu["stream_server_s"] + cpu["helpers_s"]
         rss_end = rss_mib()
     first = station_sinks[0]
     plays = plays_from_events(first.events, first.station.stream_s_at if first.station else None)
@@ -491,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         "rss_start_mib": round(rss_start, 1),
         "rss_end_mib": round(rss_end, 1),
         "realtime": args.realtime,
-        "rss_every_5_min_mib": rss_samples,
+        "feed": args.feed if args.realtime else "file",
+        "rss_every_s": args.rss_every_s,
+        "rss_samples_mib": rss_samples,
         "plays": len(plays),
     }
     emit_json(result, args.json)

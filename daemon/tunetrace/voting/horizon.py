@@ -38,8 +38,6 @@ still matches with a quarter of it outside the track (the fingerprint is trained
 by up to a quarter of their length), so the first supporting window starts up to a quarter window
 before the track does and the last ends up to a quarter window after it; without this correction
 every play started ~0.25 s early and ended ~0.2 s late on the benchmark streams."""
-DECISION_INTERVAL_S = 0.2
-"""Stream time between two decisions; the tracker's confirmations are counted in decisions."""
 @dataclass(frozen=True)
 class HorizonParams:
     sample_rate: int
@@ -76,20 +74,38 @@ class HorizonVoter:
 
     def process(self, batch: WindowBatch) -> list[Observation]:
         """One observation per ``windows_per_decision`` windows, in stream order (blocking: call from
-        an executor)."""
+        an executor). Embeds and searches this batch alone; several stations share one embedding
+        call and one search through ``voting.batcher.RecognitionBatcher`` instead."""
         if len(batch) == 0:
             return []
-        outage = batch.outage_mask()
-        rms = np.sqrt(np.mean(np.square(batch.windows, dtype=np.float64), axis=1))
-        audible = np.flatnonzero((rms >= self._silence_rms) & ~outage)
-        hits: list[list[Hit]] = [[] for _ in range(len(batch))]
+        audible = self.audible(batch)
+        found: list[list[Hit]] = []
         if audible.size:
             vectors = self._encoder.embed(batch.windows[audible])
             found = self._catalog.search(vectors, self._params.top_k)
-            for row, window_hits in zip(audible, found, strict=True):
-                hits[int(row)] = window_hits
+        return self.observe(batch, audible, found)
+
+    @property
+    def top_k(self) -> int:
+        return self._params.top_k
+
+    def audible(self, batch: WindowBatch) -> np.ndarray:
+        """Rows of ``batch`` to embed and search: loud enough (silence votes for nothing) and not
+        over an outage (audio the source never delivered)."""
+        if len(batch) == 0:
+            return np.zeros(0, np.int64)
+        rms = np.sqrt(np.mean(np.square(batch.windows, dtype=np.float64), axis=1))
+        return np.flatnonzero((rms >= self._silence_rms) & ~batch.outage_mask())
+
+    def observe(self, batch: WindowBatch, audible: np.ndarray, found: list[list[Hit]]) -> list[Observation]:
+        """Add a batch's hits to the horizon and vote: ``found[i]`` are the neighbours of row
+        ``audible[i]`` (rows not in ``audible`` had none)."""
+        hits: list[list[Hit]] = [[] for _ in range(len(batch))]
+        for row, window_hits in zip(audible, found, strict=True):
+            hits[int(row)] = window_hits
         rate = self._params.sample_rate
         observations = []
+        outage = batch.outage_mask()
         for start_sample, window_hits, down in zip(batch.start_samples, hits, outage, strict=True):
             start_s = float(start_sample) / rate
             if not down:
@@ -199,5 +215,5 @@ def horizon_params(
         horizon_s=max(tracker.horizon_s, info.window_s + tracker.window_hop_s),
         top_k=matcher.top_k, silence_threshold_dbfs=silence_threshold_dbfs,
         voting=VotingParams.from_config(matcher, info.hop_s),
-        windows_per_decision=max(1, round(DECISION_INTERVAL_S / tracker.window_hop_s)),
+        windows_per_decision=max(1, round(tracker.decision_interval_s / tracker.window_hop_s)),
     )
