@@ -89,9 +89,31 @@ def test_identify_json_prints_one_object_per_file_in_input_order(
 
     assert unreadable["match"] is False
     bad = queries["unreadable"]
-    assert unreadable["error"] == f"{bad}: cannot decode audio: {bad}: Invalid argument"
+    assert unreadable["error"] == f"{bad}: cannot decode audio: Invalid data found when processing input"
     assert missing["match"] is False
     assert missing["error"] == f"{queries['missing']}: no such file"
+
+
+def test_files_answered_in_groups_get_the_answers_of_one_at_a_time(
+    clip_catalog: BuiltCatalog, queries: dict[str, Path], holdout_clips: list[Clip],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--batch-files``: one search per group; a bad file in a group is reported and the rest answered."""
+    order = [
+        queries["second"], queries["unreadable"], holdout_clips[0].path, queries["missing"], queries["first"],
+    ]
+    config = str(clip_catalog.config_path)
+    assert main(["identify", "--json", "-c", config, *map(str, order)]) == 1
+    alone = json_lines(capsys.readouterr().out)
+    assert main(["identify", "--json", "--batch-files", "3", "-c", config, *map(str, order)]) == 1
+    grouped = json_lines(capsys.readouterr().out)
+
+    assert [r["file"] for r in grouped] == [str(p) for p in order]
+    for one, other in zip(alone, grouped, strict=True):
+        for key in ("match", "track_id", "offset_s", "error", "note", "aligned_windows"):
+            assert one[key] == other[key], (key, one, other)
+    assert [r["match"] for r in grouped] == [True, False, False, False, True]
+    assert grouped[1]["error"] and grouped[3]["error"]
 
 
 def test_identify_prints_a_readable_line_per_file(

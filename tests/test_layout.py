@@ -30,6 +30,7 @@ HOMES = {
     "mutagen": "catalog/tags.py",
     "prometheus_client": "observe/metrics.py",
     "aiohttp": "observe/http.py",
+    "av": "audio/decode.py",
 }
 """Each external library and the only place in the package allowed to import it."""
 

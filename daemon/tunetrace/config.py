@@ -230,12 +230,20 @@ CALIBRATED_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
 """Every per-encoder default: (config section, key) -> encoder name -> value."""
 
 
+DEFAULT_QUERY_HOPS_PER_CATALOG_HOP = 4
+"""Query windows per catalog hop when ``matcher.query_hop_s`` is unset (see there)."""
+
+
 class MatcherConfig(_Section):
     top_k: int = Field(default=10, ge=1, le=200)
     """Nearest catalog windows retrieved per query window."""
     query_hop_s: float | None = Field(default=None, gt=0)
-    """Hop between query windows; ``None`` means a tenth of the catalog hop, so some query windows
-    always fall within 5% of a hop of an indexed window (more votes, finer offsets)."""
+    """Hop between query windows; ``None`` means a quarter of the catalog hop (0.125 s for the
+    shipped encoders), so every indexed window has a query window within an eighth of a hop of
+    it: the fingerprint's similarity there is still ~0.97 of an aligned window's, and each query
+    window costs a search (0.5-1 ms on Milvus Lite's exact index at 29k vectors), which a tenth
+    of the hop spent 2.5 times over for the same accuracy (docs/benchmarks.md, "One-shot identify").
+    The spectral baseline wants 0.05 (it tolerates less misalignment)."""
     offset_tolerance_s: float = Field(default=0.3, ge=0)
     """Hits whose catalog-minus-query offsets differ by at most this much vote together."""
     min_similarity: float = -1.0
@@ -256,6 +264,10 @@ class MatcherConfig(_Section):
     silence_threshold_dbfs: float = Field(default=-55.0, le=0)
     """Query windows quieter than this are not searched (silence is not music); a query with no
     louder window is answered "no match: silent"."""
+
+    def query_hop(self, catalog_hop_s: float) -> float:
+        """The hop between query windows for a catalog indexed every ``catalog_hop_s``."""
+        return self.query_hop_s or catalog_hop_s / DEFAULT_QUERY_HOPS_PER_CATALOG_HOP
 
     @model_validator(mode="after")
     def _speeds_positive(self) -> MatcherConfig:

@@ -13,6 +13,7 @@ is not music, and a silent catalog track would otherwise "match" every silent qu
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -54,6 +55,14 @@ class Identification:
         return self.track is not None
 
 
+@dataclass(frozen=True)
+class _QueryWindows:
+    views: np.ndarray
+    """Every window of the query at the query hop (a strided view of its audio)."""
+    starts: np.ndarray
+    """Start (samples) of each audible window: the ones embedded and searched."""
+
+
 class Recognizer:
     def __init__(
         self, encoder: Encoder, store: Catalog, config: MatcherConfig, *, batch_size: int = 64,
@@ -63,9 +72,10 @@ class Recognizer:
         self._config = config
         self._batch_size = batch_size
         info = encoder.info
-        self._query_spec = info.window_spec.with_hop(config.query_hop_s or info.hop_s / 10)
+        self._query_spec = info.window_spec.with_hop(config.query_hop(info.hop_s))
         self._params = VotingParams.from_config(config, info.hop_s)
-        self._shape = catalog_shape(store.tracks())
+        self._tracks: dict[int, Track] = {}
+        self._shape = self._read_tracks()
         self._silence_rms = 10.0 ** (config.silence_threshold_dbfs / 20.0)
 
     @property
@@ -74,48 +84,107 @@ class Recognizer:
 
     def refresh(self) -> None:
         """Re-read the catalog's track list (after an ingest by another process)."""
-        self._shape = catalog_shape(self._store.tracks())
+        self._shape = self._read_tracks()
+
+    def _read_tracks(self) -> CatalogShape:
+        """The track list, read once: it feeds the chance correction and names the answers, so an
+        answer costs no second request to the catalog."""
+        tracks = self._store.tracks()
+        self._tracks = {t.track_id: t for t in tracks}
+        return catalog_shape(tracks)
 
     def identify(self, audio: np.ndarray) -> Identification:
         """``audio``: mono float32 at the encoder's sample rate."""
-        if audio.size < self._query_spec.window_samples:
-            return Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "too_short")
-        best: Candidate | None = None
-        audible_somewhere = False
+        return self.identify_many([audio])[0]
+
+    def identify_many(self, audios: Sequence[np.ndarray]) -> list[Identification]:
+        """Answer several queries at once: their windows are embedded together and sent to the
+        catalog in one search request per speed ratio, then voted on per query.
+
+        One request per batch instead of one per ``batch_size`` windows per query: a search
+        request costs a round trip to Milvus (Lite's runs in another process) whatever it carries.
+        """
+        best: list[Candidate | None] = [None] * len(audios)
+        audible_somewhere = [False] * len(audios)
         for ratio in self._config.speed_ratios:
             # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
-            restored = speed_change(audio, 1.0 / ratio)
-            hits, times_s = self._search(restored)
-            if not hits:
-                continue
-            audible_somewhere = True
-            ranked = vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
-            span_s = float(times_s[-1] - times_s[0])
-            winner = decisive(ranked, span_s, self._params.catalog_hop_s)
-            if winner is not None and (best is None or winner.confidence > best.confidence):
-                best = replace(winner, speed_ratio=ratio)
-        if not audible_somewhere:
-            return Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "silent")
-        return self._decide(best)
+            queries = [self._windows(speed_change(audio, 1.0 / ratio)) for audio in audios]
+            per_query = self._search_all(queries)
+            for index, (hits, times_s) in enumerate(per_query):
+                if not hits:
+                    continue
+                audible_somewhere[index] = True
+                ranked = vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
+                span_s = float(times_s[-1] - times_s[0])
+                winner = decisive(ranked, span_s, self._params.catalog_hop_s)
+                current = best[index]
+                if winner is not None and (current is None or winner.confidence > current.confidence):
+                    best[index] = replace(winner, speed_ratio=ratio)
+        answers: list[Identification] = []
+        for audio, candidate, audible in zip(audios, best, audible_somewhere, strict=True):
+            if audio.size < self._query_spec.window_samples:
+                answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "too_short"))
+            elif not audible:
+                answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "silent"))
+            else:
+                answers.append(self._decide(candidate))
+        return answers
 
-    def _search(self, audio: np.ndarray) -> tuple[list[list[Hit]], np.ndarray]:
-        """Neighbours of every audible window and its start time, ``batch_size`` windows at a time."""
+    def _windows(self, audio: np.ndarray) -> _QueryWindows:
+        """The audible windows of one query (views into ``audio``, nothing copied yet)."""
         spec: WindowSpec = self._query_spec
         if audio.size < spec.window_samples:
-            return [], np.zeros(0)
+            return _QueryWindows(np.zeros((0, spec.window_samples), np.float32), np.zeros(0, np.int64))
+        audio = np.asarray(audio, dtype=np.float32)
         views = sliding_window_view(audio, spec.window_samples)[:: spec.hop_samples]
-        hits: list[list[Hit]] = []
-        starts: list[np.ndarray] = []
-        for first in range(0, views.shape[0], self._batch_size):
-            windows = np.ascontiguousarray(views[first : first + self._batch_size], dtype=np.float32)
-            rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1))
-            audible = np.flatnonzero(rms >= self._silence_rms)
-            if audible.size == 0:
-                continue
-            hits.extend(self._store.search(self._encoder.embed(windows[audible]), self._config.top_k))
-            starts.append((first + audible) * spec.hop_samples)
-        times_s = np.concatenate(starts) / spec.sample_rate if starts else np.zeros(0)
-        return hits, times_s
+        starts = np.arange(views.shape[0], dtype=np.int64) * spec.hop_samples
+        # Every window's RMS from one running sum of squares: O(samples), not O(windows x window).
+        energy = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
+        mean_square = (energy[starts + spec.window_samples] - energy[starts]) / spec.window_samples
+        audible = np.flatnonzero(np.sqrt(np.maximum(mean_square, 0.0)) >= self._silence_rms)
+        return _QueryWindows(views, starts[audible])
+
+    def _search_all(self, queries: Sequence[_QueryWindows]) -> list[tuple[list[list[Hit]], np.ndarray]]:
+        """Neighbours and start times (s) of every audible window of every query.
+
+        Windows are copied and embedded ``batch_size`` at a time (the query's memory stays
+        bounded), then all vectors go to the catalog in one request.
+        """
+        spec = self._query_spec
+        if not any(q.starts.size for q in queries):
+            return [([], np.zeros(0)) for _ in queries]
+        vectors = np.concatenate(list(self._embedded(queries)))
+        hits = self._store.search(vectors, self._config.top_k)
+        answers: list[tuple[list[list[Hit]], np.ndarray]] = []
+        first = 0
+        for q in queries:
+            count = q.starts.size
+            answers.append((hits[first : first + count], q.starts / spec.sample_rate))
+            first += count
+        return answers
+
+    def _embedded(self, queries: Sequence[_QueryWindows]) -> Iterator[np.ndarray]:
+        """The vectors of every audible window, in order, ``batch_size`` windows per encoder call."""
+        hop = self._query_spec.hop_samples
+        pending: list[np.ndarray] = []
+        count = 0
+        for q in queries:
+            indices = q.starts // hop
+            for first in range(0, indices.size, self._batch_size):
+                piece = q.views[indices[first : first + self._batch_size]]  # a copy of these windows only
+                pending.append(piece)
+                count += piece.shape[0]
+                while count >= self._batch_size:
+                    batch = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    yield self._encoder.embed(batch[: self._batch_size])
+                    rest = batch[self._batch_size :]
+                    pending, count = ([rest] if rest.shape[0] else []), rest.shape[0]
+        if count:
+            yield self._encoder.embed(np.concatenate(pending) if len(pending) > 1 else pending[0])
+
+    def _track(self, track_id: int) -> Track | None:
+        known = self._tracks.get(track_id)
+        return known if known is not None else self._store.get_tracks([track_id]).get(track_id)
 
     def _decide(self, best: Candidate | None) -> Identification:
         if best is None:
@@ -124,7 +193,7 @@ class Recognizer:
             best.confidence >= self._config.min_confidence
             and best.aligned_windows >= self._config.min_aligned_windows
         )
-        track = self._store.get_tracks([best.track_id]).get(best.track_id) if passes else None
+        track = self._track(best.track_id) if passes else None
         if track is None:
             return Identification(
                 None, 0.0, best.confidence, best.speed_ratio, best.aligned_windows,

@@ -345,6 +345,11 @@ def _import_towhee() -> Any:
 
 # -- the run: a towhee pipeline whose nodes hand the heavy steps to the workers ----------------
 
+IN_FLIGHT_PER_WORKER = 8
+"""Files between the pipeline's first and last node, per worker. The nodes keep the scan's order,
+so a long track holds up the writing of the short ones after it; enough of them in flight keeps
+every worker busy meanwhile (their results wait in memory: ~0.6 MB of vectors per 10 min track)."""
+
 _STOPPED = "stopped"
 """What a node passes on for a file it did not start or finish because the run was stopped."""
 
@@ -575,7 +580,7 @@ def ingest(
         pool, store, inline_encoder=encoder if isinstance(pool, _InlineExecutor) else None,
         settings=EmbedSettings(batch_size, config.min_duration_s, config.silence_threshold_dbfs),
         insert_batch=config.insert_batch, sidecar=sidecar, replace=replace, record=record, stop=stop,
-        in_flight=1 if isinstance(pool, _InlineExecutor) else 2 * workers,
+        in_flight=1 if isinstance(pool, _InlineExecutor) else IN_FLIGHT_PER_WORKER * workers,
     )
     try:
         run.pipeline()(_with_problems(found, problems)).get()

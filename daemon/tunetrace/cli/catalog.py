@@ -310,8 +310,18 @@ def _print_identification(record: dict[str, Any], out: TextIO) -> None:
         print(f"{name}: no match (best confidence {record['confidence']:.2f}){note}", file=out)
 
 
+def _read_query(path: Path, rate: int, limit_s: float) -> tuple[Any, bool]:
+    """The first ``limit_s`` seconds of the file, and whether it was longer."""
+    from tunetrace.audio.decode import decode_file
+
+    # A second past the limit tells a file that was cut from one exactly that long.
+    audio = decode_file(path, rate, max_seconds=limit_s + 1.0)
+    limit = round(limit_s * rate)
+    return audio[:limit], audio.size > limit
+
+
 def _cmd_identify(args: argparse.Namespace) -> int:
-    from tunetrace.audio.decode import decode_file, describe_os_error
+    from tunetrace.audio.decode import describe_os_error
     from tunetrace.encoders import create_encoder
     from tunetrace.identify import Recognizer
     from tunetrace.store import open_catalog
@@ -321,30 +331,41 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     rate = encoder.info.sample_rate
     limit_s = config.matcher.max_query_s
     failed = 0
+
+    def emit(record: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            _print_identification(record, sys.stdout)
+
     with open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
         recognizer = Recognizer(encoder, store, config.matcher, batch_size=config.encoder.batch_size)
-        for path in args.files:
-            started = time.perf_counter()
-            record: dict[str, Any]
-            try:
-                # A second past the limit tells a file that was cut from one exactly that long.
-                audio = decode_file(path, rate, max_seconds=limit_s + 1.0)
-                truncated = audio.size > round(limit_s * rate)
-                audio = audio[: round(limit_s * rate)]
-                result = recognizer.identify(audio)
-                record = _identification_record(
-                    path, result, time.perf_counter() - started, audio.size / rate, truncated,
+        files: list[Path] = list(args.files)
+        for first in range(0, len(files), args.batch_files):
+            # One group is answered by one search request; its records keep the files' order.
+            records: list[dict[str, Any]] = []
+            pending: list[tuple[int, Path, float, Any, bool]] = []  # slot, path, started, audio, cut
+            for path in files[first : first + args.batch_files]:
+                started = time.perf_counter()
+                try:
+                    audio, truncated = _read_query(path, rate, limit_s)
+                except DecodeError as exc:
+                    records.append(_error_record(path, str(exc)))
+                    continue
+                except OSError as exc:  # a path the checks could not foresee: one file, not the batch
+                    records.append(_error_record(path, f"{path}: {describe_os_error(exc)}"))
+                    continue
+                pending.append((len(records), path, started, audio, truncated))
+                records.append({})
+            failed += len(records) - len(pending)
+            results = recognizer.identify_many([audio for *_, audio, _ in pending])
+            answered = time.perf_counter()
+            for (slot, path, started, audio, truncated), result in zip(pending, results, strict=True):
+                records[slot] = _identification_record(
+                    path, result, answered - started, audio.size / rate, truncated,
                 )
-            except DecodeError as exc:
-                failed += 1
-                record = _error_record(path, str(exc))
-            except OSError as exc:  # a path the checks above could not foresee: one file, not the batch
-                failed += 1
-                record = _error_record(path, f"{path}: {describe_os_error(exc)}")
-            if args.json:
-                print(json.dumps(record), flush=True)
-            else:
-                _print_identification(record, sys.stdout)
+            for record in records:
+                emit(record)
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -439,6 +460,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of files, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -466,6 +497,11 @@ def add_catalog_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
     add_config_option(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
+    p.add_argument(
+        "--batch-files", type=_at_least_one, default=1, metavar="N",
+        help="answer N files at a time with one search request (more files per second; each "
+             "file's answer then waits for its group's; default 1)",
+    )
     p.set_defaults(func=_cmd_identify)
 
     p = sub.add_parser("catalog", help="inspect or edit the catalog")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 
@@ -22,6 +21,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio  # only the daemon needs it: one-shot commands start without it
+
     from tunetrace.cli.common import configure_logging
     from tunetrace.config import load_config
     from tunetrace.service import Service

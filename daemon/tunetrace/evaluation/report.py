@@ -210,7 +210,7 @@ def render_markdown(run: EvalRun) -> str:
         f"{len(catalog)} catalog + {len(holdout)} hold-out excerpts",
         f"- matcher (fixed before the run, not tuned on it): min_confidence **{m.min_confidence}**, "
         f"min_aligned_windows {m.min_aligned_windows}, top_k {m.top_k}, offset_tolerance_s "
-        f"{m.offset_tolerance_s}, query_hop_s {m.query_hop_s or 'default (catalog hop / 10)'}, "
+        f"{m.offset_tolerance_s}, query_hop_s {m.query_hop_s or 'default (catalog hop / 4)'}, "
         f"speed_ratios {list(m.speed_ratios)}",
         f"- ingest: {run.ingest.added} added, {run.ingest.count('skipped')} already present, "
         f"{len(run.ingest.failures)} failed; {run.ingest.audio_s:.0f} s of audio in "

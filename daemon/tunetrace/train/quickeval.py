@@ -115,11 +115,11 @@ CONFIDENCE_SWEEP = (0.3, 0.4, 0.5)
 def identify(encoder: Encoder, catalog: Catalog, snippet: np.ndarray, matcher: MatcherConfig) -> Answer:
     """The matcher's best answer for ``snippet``, mirroring ``Recognizer.identify``.
 
-    Same query hop (``query_hop_s`` or a tenth of the catalog hop), voting, ``decisive`` margin and
+    Same query hop (``matcher.query_hop``), voting, ``decisive`` margin and
     thresholds; only the nearest-neighbour search is brute force instead of Milvus.
     """
     hop_s = encoder.info.hop_s
-    windows, starts = frame(snippet, encoder.info.window_spec.with_hop(matcher.query_hop_s or hop_s / 10))
+    windows, starts = frame(snippet, encoder.info.window_spec.with_hop(matcher.query_hop(hop_s)))
     queries = encoder.embed(windows) if len(windows) <= EMBED_BATCH else embed_all(encoder, windows)
     similarity = queries @ catalog.vectors.T
     k = min(matcher.top_k, similarity.shape[1])
