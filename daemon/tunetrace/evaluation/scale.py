@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -498,23 +498,22 @@ def run_indexes(args: argparse.Namespace, config: Config, encoder: Encoder) -> i
             spec = IndexSpec.parse(text)
             with _open_with(config, spec, encoder) as store:
                 built_s = store.rebuild_index(IndexChoice(spec.type, dict(spec.build)))
-            line = json.dumps({"type": spec.type, "build": spec.build, "build_s": round(built_s, 1),
-                               "load_avg": Path("/proc/loadavg").read_text().split()[:3]})
-            print(line, flush=True)
-            if args.out:
-                with args.out.open("a") as handle:
-                    handle.write(line + "\n")
+            _emit_line({"type": spec.type, "build": spec.build, "build_s": round(built_s, 1)}, args.out)
         return 0
     for text in args.spec:
         result = measure_index(config, encoder, IndexSpec.parse(text), queries, truth,
                                build=args.build, server_pid=args.server_pid, top_k=args.top_k)
-        line = json.dumps({**result, "queries": args.queries, "top_k": args.top_k,
-                           "load_avg": Path("/proc/loadavg").read_text().split()[:3]})
-        print(line, flush=True)
-        if args.out:
-            with args.out.open("a") as handle:
-                handle.write(line + "\n")
+        _emit_line({**result, "queries": args.queries, "top_k": args.top_k}, args.out)
     return 0
+
+
+def _emit_line(result: dict[str, Any], out: Path | None) -> None:
+    """One JSON line per measurement, with the load it ran under: printed, and appended to ``out``."""
+    line = json.dumps({**result, "load_avg": Path("/proc/loadavg").read_text().split()[:3]})
+    print(line, flush=True)
+    if out:
+        with out.open("a") as handle:
+            handle.write(line + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
