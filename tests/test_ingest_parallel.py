@@ -169,3 +169,22 @@ def test_on_a_terminal_one_line_is_redrawn_in_place() -> None:
     assert text.count("\n") == 1 and text.endswith("\n")
     assert text.startswith("\r1/2 files, ")
     assert "\r2/2 files, 0.06 h of audio, 100 s of audio/s, elapsed 0:00:02, ETA 0:00:00\x1b[K" in text
+
+
+def test_a_failing_progress_hook_stops_the_run_and_is_raised_instead_of_hanging(
+    synthetic_wavs: list[Path], store: CatalogStore,
+) -> None:
+    """The pipeline's nodes wait on each other; a node that fails must end the run, not leave the
+    others waiting for ever (here: the progress output is gone, as with ``ingest | head``)."""
+    seen: list[str] = []
+
+    def hook(outcome: object) -> None:
+        seen.append(str(outcome))
+        raise BrokenPipeError("the progress output was closed")
+
+    started = time.monotonic()
+    with pytest.raises(BrokenPipeError, match="progress output was closed"):
+        ingest(synthetic_wavs, ENCODER, store, IngestConfig(workers=2), encoder_factory=SpectralEncoder,
+               on_file=hook)
+    assert len(seen) == 1, "no file is reported after the failure"
+    assert time.monotonic() - started < 60

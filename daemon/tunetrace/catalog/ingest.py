@@ -411,7 +411,10 @@ class _Run:
         self._sidecar, self._replace = sidecar, replace
         self._record, self._stop = record, stop
         self.interrupted = threading.Event()
-        """Set when the caller gives up (Ctrl-C): the nodes pass the remaining files on unstarted."""
+        """Set when the caller gives up (Ctrl-C) or a node failed: the nodes pass the remaining
+        files on unstarted, so the pipeline drains and ends instead of waiting for ever."""
+        self.error: Exception | None = None
+        """What failed in a node itself (not a file's failure): raised once the pipeline has ended."""
         self._slots = threading.BoundedSemaphore(in_flight)
         self._embedding: set[str] = set()
         """Audio being embedded in this run (a later copy of it is decided once it is written)."""
@@ -446,7 +449,13 @@ class _Run:
 
     def decide(self, pending: _Job | FileOutcome | str) -> _Job | FileOutcome | _Copy | str:
         """Skip, re-tag, or embed: by the hash of the audio against the catalog as it is now."""
-        found = _result(pending)
+        try:
+            return self._decide(_result(pending))
+        except Exception as exc:  # a fault of the run, not of one file: stop it, say why
+            self._fail(exc)
+            return _STOPPED
+
+    def _decide(self, found: Identified | FileOutcome | str) -> _Job | FileOutcome | _Copy | str:
         if isinstance(found, FileOutcome | str):
             return found
         if self._stopped():
@@ -463,13 +472,25 @@ class _Run:
         return self._submit(found.path, embed_file, found, self._settings, self._inline_encoder)
 
     def finish(self, pending: _Job | FileOutcome | _Copy | str) -> FileOutcome | str:
+        """Write and report the file; after Ctrl-C or a failed node nothing more is written or
+        reported (a daemon's ``stop`` still lets the files in progress finish)."""
         try:
+            if self.interrupted.is_set():
+                return _STOPPED
             outcome = self._finish(_result(pending))
             if isinstance(outcome, FileOutcome):
                 self._record(outcome)
             return outcome
+        except Exception as exc:  # the progress hook or the writer itself failed: stop the run
+            self._fail(exc)
+            return _STOPPED
         finally:
             self._slots.release()
+
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self.interrupted.set()
 
     def _finish(self, result: EmbeddedTrack | FileOutcome | _Copy | str) -> FileOutcome | str:
         if isinstance(result, EmbeddedTrack):
@@ -589,5 +610,7 @@ def ingest(
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if run.error is not None:
+        raise run.error
     summary.wall_s = time.monotonic() - started
     return summary
