@@ -291,7 +291,9 @@ class Station:
                     # stall is declared stall_timeout_s later), and is recorded from there.
                     if self._source_was_up and self._heard:
                         self._source_was_up = False
-                        await self._went_down(self._ring.write_index / self._rate)
+                        stopped_s = self._ring.write_index / self._rate
+                        await self._apply(self._tracker.observe(Observation(stopped_s, source_up=False)))
+                        await self._checkpoint(stopped_s, source_up=False, force=True)
                     await self._apply(self._tracker.observe(Observation(now_s, source_up=False)))
                     await self._checkpoint(now_s, source_up=False)
                 continue
@@ -329,20 +331,16 @@ class Station:
     async def _follow_source(self, batch: WindowBatch) -> None:
         """Note where this batch's audio begins, stops and resumes, for the history's monitored
         time: the first audio of the run, and any outage the ring marked (a source that stalled
-        and came back between two ticks is seen only here, as a gap in the stream)."""
+        and came back between two ticks is seen only here, as a gap in the stream). The tracker
+        learns of such an outage from the voter's decisions, in stream order."""
         for start_sample, down in zip(batch.start_samples, batch.outage_mask(), strict=True):
             if down and self._source_was_up and self._heard:
                 self._source_was_up = False
-                await self._went_down(float(start_sample) / self._rate)
+                await self._checkpoint(float(start_sample) / self._rate, source_up=False, force=True)
             elif not down and (not self._source_was_up or not self._heard):
                 self._heard = self._source_was_up = True
                 self._resumed_s = float(start_sample) / self._rate
                 self._up_from_s = self._resumed_s
-
-    async def _went_down(self, stream_s: float) -> None:
-        """The source stopped delivering at ``stream_s``: the tracker and the history hear it there."""
-        await self._apply(self._tracker.observe(Observation(stream_s, source_up=False)))
-        await self._checkpoint(stream_s, source_up=False, force=True)
 
     def _batch_incomplete(self) -> bool:
         """Wait for ``search_interval_s`` of new windows while live audio keeps coming."""
