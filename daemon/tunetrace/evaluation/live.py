@@ -27,6 +27,7 @@ import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.io import wavfile
 
-from tunetrace.audio.decode import decode_file
+from tunetrace.audio.decode import _tool, decode_file
 from tunetrace.config import Config, SourceConfig, StationConfig, load_config
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.pipeline import Station
@@ -323,6 +324,7 @@ async def run_stream(
     config: Config, wav: Path, stations: int = 1, model: SharedModel | None = None,
     *, realtime: bool = False, rss_samples: list[float] | None = None, rss_every_s: float = 300.0,
     cpu_at_end: list[CpuSample] | None = None, feed: str = "http", server_cpu_s: list[float] | None = None,
+    encoded: Path | None = None,
 ) -> tuple[list[CollectingSink], float]:
     """Run ``stations`` copies of the stream through the pipeline; each station's sink (its events,
     and the station for its clock), wall seconds.
@@ -334,6 +336,8 @@ async def run_stream(
     ``feed``: how a ``realtime`` station gets its stream: ``http`` from a ``PacedStreamServer`` (as
     from a radio's stream server), ``file`` from the file paced by ffmpeg's ``-re``.
     ``server_cpu_s``: receives the CPU seconds the paced server's own code took (the radio's part).
+    ``encoded``: with the ``http`` feed, the stream in a radio codec (``encode_stream``) to send
+    instead of the 8 kHz WAV, which each station's ffmpeg then decodes and resamples.
     """
     from tunetrace.pipeline import build_station, open_model, shared_batcher
 
@@ -352,7 +356,7 @@ async def run_stream(
         return EPOCH + timedelta(seconds=time.monotonic() - started_monotonic) if realtime else EPOCH
 
     batcher = shared_batcher(opened, executor, config)
-    server = PacedStreamServer(wav) if realtime and feed == "http" else None
+    server = PacedStreamServer(wav, encoded=encoded) if realtime and feed == "http" else None
     if server is not None:
         await server.start()
     built = []
@@ -399,6 +403,26 @@ PACE_CHUNK_S = 0.25
 """Audio per write of the paced stream server (an Icecast server sends a few packets at a time)."""
 
 
+STREAM_CODECS: dict[str, tuple[list[str], str]] = {
+    "mp3": (["-c:a", "libmp3lame", "-b:a", "128k", "-ar", "44100", "-ac", "2"], "audio/mpeg"),
+    "aac": (["-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "2", "-f", "adts"], "audio/aac"),
+}
+"""What a radio sends: ffmpeg encoder options and the HTTP content type, by file suffix."""
+
+
+def encode_stream(wav: Path, codec: str) -> Path:
+    """The rendered stream as a radio would send it (44.1 kHz stereo MP3 128k or AAC 64k).
+
+    Encoded before the benchmark samples its CPU: the encoder is the radio's, not a decoder."""
+    target = wav.with_suffix(f".{codec}")
+    subprocess.run(
+        [_tool("ffmpeg"), "-nostdin", "-loglevel", "error", "-y", "-i", str(wav),
+         *STREAM_CODECS[codec][0], str(target)],
+        check=True,
+    )
+    return target
+
+
 class PacedStreamServer:
     """Serves a WAV file over HTTP at the pace of its audio, as a radio stream server does.
 
@@ -408,12 +432,22 @@ class PacedStreamServer:
     is what a station on air costs. The server runs on the benchmark's event loop: it plays the
     radio's part, not the monitor's, so the CPU its own code takes (``cpu_s``, measured around each
     write) is reported apart; the event loop's share of waking it stays in the monitor's figure.
+    ``encoded``: the same stream in a radio codec (``encode_stream``), served instead of the WAV so
+    that each station's decoder does a radio stream's work (decode, downmix, resample).
     """
 
-    def __init__(self, wav: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data = wav.read_bytes()
+    def __init__(
+        self, wav: Path, *, clock: Callable[[], float] = time.monotonic, encoded: Path | None = None,
+    ) -> None:
         rate, audio = wavfile.read(wav, mmap=True)
-        self._bytes_per_s = rate * audio.dtype.itemsize * (1 if audio.ndim == 1 else audio.shape[1])
+        if encoded is None:
+            self._data = wav.read_bytes()
+            self._bytes_per_s = rate * audio.dtype.itemsize * (1 if audio.ndim == 1 else audio.shape[1])
+            self._suffix, self._content_type = ".wav", "audio/wav"
+        else:  # the same audio in a radio codec: paced at its mean byte rate over the stream
+            self._data = encoded.read_bytes()
+            self._bytes_per_s = len(self._data) / (audio.shape[0] / rate)
+            self._suffix, self._content_type = encoded.suffix, STREAM_CODECS[encoded.suffix.lstrip(".")][1]
         self._clock = clock
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -421,7 +455,7 @@ class PacedStreamServer:
         """CPU seconds the server's own code took (the main thread's, between its awaits)."""
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}.wav"
+        return f"http://127.0.0.1:{self.port}/{name}{self._suffix}"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -437,8 +471,8 @@ class PacedStreamServer:
             async with asyncio.timeout(10):
                 while (await reader.readline()).strip():
                     pass  # the request line and headers: every path is the stream
-            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: audio/wav\r\n"
-                         + f"Content-Length: {len(self._data)}\r\n\r\n".encode())
+            writer.write(f"HTTP/1.0 200 OK\r\nContent-Type: {self._content_type}\r\n"
+                         f"Content-Length: {len(self._data)}\r\n\r\n".encode())
             chunk = max(1, round(PACE_CHUNK_S * self._bytes_per_s))
             started = self._clock()
             for first in range(0, len(self._data), chunk):
@@ -500,6 +534,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --realtime: each station reads the stream from a local HTTP server "
                              "that sends it at its pace, like a radio stream (default), or from the "
                              "file paced by ffmpeg's -re (costs the decoder ~0.25%% of a core)")
+    parser.add_argument("--stream-codec", choices=("wav", *STREAM_CODECS), default="wav",
+                        help="with --realtime and the http feed: send the stream as 8 kHz WAV (default) "
+                             "or as a radio does, MP3 128k / AAC 64k at 44.1 kHz stereo, so the decoders "
+                             "decode and resample")
     return parser
 
 
@@ -532,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep_wav:
             wavfile.write(args.keep_wav, rate, audio)
         stream_s = audio.size / rate
+        encoded = None
+        if args.realtime and args.feed == "http" and args.stream_codec != "wav":
+            encoded = encode_stream(wav, args.stream_codec)
         rss_start = rss_mib()
         before = cpu_sample()
         rss_samples: list[float] = []
@@ -540,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         station_sinks, wall_s = asyncio.run(run_stream(
             config, wav, args.stations, model, realtime=args.realtime, rss_samples=rss_samples,
             cpu_at_end=after, feed=args.feed, server_cpu_s=radio, rss_every_s=args.rss_every_s,
+            encoded=encoded,
         ))
         cpu = cpu_breakdown(before, after[0])
         cpu["stream_server_s"] = round(sum(radio), 2)
@@ -573,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_end_mib": round(rss_end, 1),
         "realtime": args.realtime,
         "feed": args.feed if args.realtime else "file",
+        "stream_codec": encoded.suffix.lstrip(".") if encoded is not None else "wav",
         "rss_every_s": args.rss_every_s,
         "rss_samples_mib": rss_samples,
         "plays": len(plays),
