@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -378,7 +379,7 @@ async def run_stream(
 
     closer = None
     if model is None:
-        opened, closer = await asyncio.to_thread(open_model, config)
+        opened, closer = await asyncio.to_thread(partial(open_model, config, resident=True))
     else:
         opened = model
     sinks = []
@@ -598,8 +599,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunetrace.pipeline import open_model
 
-    # Opened once: Milvus Lite serves a database from the process that first opened it.
-    model, store = open_model(config)
+    # Opened once: Milvus Lite serves a database from the process that first opened it. As the
+    # daemon opens it (a small catalog's searches answered from memory, ``store.resident``).
+    model, store = open_model(config, resident=True)
     encoder = model.encoder
     catalog = [(t.track_id, Path(t.source_path), t.duration_s) for t in store.tracks()
                if Path(t.source_path).is_file() and t.duration_s > 30]
