@@ -17,7 +17,7 @@ from tunetrace.config import load_config, parse_config
 from tunetrace.encoders import create_encoder
 from tunetrace.store.base import Hit, Track
 from tunetrace.store.milvus import CatalogStore
-from tunetrace.store.resident import ResidentCatalog, VectorTable
+from tunetrace.store.resident import ResidentCatalog, VectorTable, _largest
 
 ENCODER = create_encoder(parse_config({}).encoder)
 INFO = ENCODER.info
@@ -126,3 +126,12 @@ def test_an_unchanged_track_is_not_read_again() -> None:
     resident.sync(store.tracks())
     assert store.reads == 3
     assert resident.vectors == 12
+
+
+@pytest.mark.parametrize("n", [5, 100, 64 * 21, 64 * 40 + 17])
+def test_the_two_step_selection_keeps_exactly_the_k_largest(n: int) -> None:
+    scores = np.random.default_rng(n).standard_normal((7, n)).astype(np.float32)
+    k = min(10, n)
+    chosen = _largest(scores, k)
+    for row in range(scores.shape[0]):
+        assert sorted(scores[row, chosen[row]]) == sorted(np.sort(scores[row])[-k:])
