@@ -186,3 +186,46 @@ def test_agreement_is_the_share_of_exact_hits_the_index_keeps(tmp_path: Path) ->
     partial = _results_csv(tmp_path / "partial.csv", [(0, "catalog", "clean", 1)])
     with pytest.raises(SystemExit, match="same --excerpts"):
         agreement(exact, partial)
+
+
+def test_exact_eval_answers_the_catalog_excerpts_as_exact_search_does(tmp_path: Path) -> None:
+    """On an exact (FLAT) Lite catalog of real tracks and cached distractors, ``exact-eval`` must
+    give every catalog excerpt the answer ``tunetrace eval`` gives, and ``agree`` then reports a
+    right-track recall of 1; hold-out excerpts are not answered (exact search at size is costly)."""
+    from tests.fixtures.audio import write_wav
+    from tunetrace.cli import main as cli_main
+    from tunetrace.evaluation.scale import main as scale_main
+
+    catalog, holdout, cache = tmp_path / "catalog", tmp_path / "holdout", tmp_path / "cache"
+    for folder in (catalog, holdout, cache):
+        folder.mkdir()
+    for i in range(3):
+        write_wav(catalog / f"song{i}.wav", synthetic_music(25.0, RATE, seed=300 + i), RATE)
+        write_wav(holdout / f"other{i}.wav", synthetic_music(20.0, RATE, seed=400 + i), RATE)
+    rng = np.random.default_rng(5)
+    distractors = []
+    for i in range(2):
+        v = rng.standard_normal((80, 128)).astype(np.float32)
+        distractors.append((i, (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)))
+    _write_chunk(cache / "chunk-00000.npz", [(i, v.astype(np.float32)) for i, v in distractors])
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nlog_level: WARNING\n", encoding="utf-8")
+    plan = ["--excerpts", "3", "--lengths", "5", "--conditions", "clean,noise_10db"]
+    assert scale_main(["insert", "--cache", str(cache), "--count", "2", "-c", str(config)]) == 0
+    assert cli_main(["eval", "-c", str(config), "--catalog", str(catalog), "--holdout", str(holdout),
+                     *plan, "--seed", "1", "--out", str(tmp_path / "flat"), "--quiet"]) == 0
+    assert scale_main(["exact-eval", "-c", str(config), "--cache", str(cache), "--count", "2",
+                       "--catalog", str(catalog), "--holdout", str(holdout), *plan, "--eval-seed", "1",
+                       "--out", str(tmp_path / "exact")]) == 0
+
+    def answers(path: Path) -> dict[str, tuple[str, str]]:
+        import csv
+
+        with path.open(newline="") as handle:
+            return {r["query_id"]: (r["set"], r["answer_track_id"]) for r in csv.DictReader(handle)}
+
+    flat, exact = answers(tmp_path / "flat" / "results.csv"), answers(tmp_path / "exact" / "results.csv")
+    assert {q for q, (s, _) in flat.items() if s == "catalog"} == set(exact) and len(exact) == 6
+    assert all(exact[q] == flat[q] for q in exact)
+    found = agreement(tmp_path / "exact" / "results.csv", tmp_path / "flat" / "results.csv")
+    assert found.exact_hits >= 4 and found.recall == 1.0
