@@ -165,7 +165,7 @@ def test_the_exact_catalog_answers_like_the_memory_catalog_over_cache_and_real_t
 
 
 def _results_csv(path: Path, rows: list[tuple[int, str, str, int]]) -> Path:
-    lines = ["query_id,set,condition,right_track"] + [f"{q},{s},{c},{r}" for q, s, c, r in rows]
+    lines = ["query_id,set,condition,right_offset"] + [f"{q},{s},{c},{r}" for q, s, c, r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -384,19 +384,25 @@ class Agreement:
         return self.kept / self.exact_hits if self.exact_hits else 1.0
 
 
-def _right_tracks(path: Path) -> dict[int, tuple[str, bool]]:
+HIT_COLUMNS = ("right_offset", "right_track")
+"""What counts as found: a hit (the right track at the right offset, the headline hit rate of
+``tunetrace eval``) or the right track at any offset."""
+
+
+def _answers(path: Path, column: str) -> dict[int, tuple[str, bool]]:
     import csv
 
     with path.open(newline="") as handle:
         return {
-            int(row["query_id"]): (row["condition"], row["right_track"] == "1")
+            int(row["query_id"]): (row["condition"], row[column] == "1")
             for row in csv.DictReader(handle) if row["set"] == "catalog"
         }
 
 
-def agreement(exact_csv: Path, index_csv: Path) -> Agreement:
-    """Compare two ``results.csv`` of the same plan (same seed, cells and catalog) query by query."""
-    exact, index = _right_tracks(exact_csv), _right_tracks(index_csv)
+def agreement(exact_csv: Path, index_csv: Path, column: str = "right_offset") -> Agreement:
+    """Compare two ``results.csv`` of the same plan (same seed, cells and catalog) query by query:
+    of the catalog excerpts exact search found (``column`` is 1), how many the index found too."""
+    exact, index = _answers(exact_csv, column), _answers(index_csv, column)
     missing = sorted(set(exact) - set(index))
     if missing:
         raise SystemExit(
@@ -690,12 +696,13 @@ def _emit_line(result: dict[str, Any], out: Path | None) -> None:
 def _run_agree(args: argparse.Namespace) -> int:
     if args.exact is None or args.index is None:
         raise SystemExit("agree needs --exact RESULTS.csv and --index RESULTS.csv")
-    found = agreement(args.exact, args.index)
-    print(json.dumps({
-        "right_track_recall": round(found.recall, 4), "exact_hits": found.exact_hits, "kept": found.kept,
-        "index_only_hits": found.index_only_hits,
-        "by_condition": {c: {"exact_hits": t, "kept": k} for c, (t, k) in sorted(found.by_condition.items())},
-    }))
+    for column in HIT_COLUMNS:
+        found = agreement(args.exact, args.index, column)
+        print(json.dumps({
+            "found_as": column, "recall_vs_exact": round(found.recall, 4), "exact_found": found.exact_hits,
+            "kept": found.kept, "index_only": found.index_only_hits,
+            "by_condition": {c: [t, k] for c, (t, k) in sorted(found.by_condition.items())},
+        }))
     return 0
 
 
