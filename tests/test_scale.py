@@ -161,7 +161,9 @@ def test_the_exact_catalog_answers_like_the_memory_catalog_over_cache_and_real_t
     for got, want in zip(exact.search(queries, 10), reference.search(queries, 10), strict=True):
         assert [(h.track_id, h.offset_s) for h in got] == [(h.track_id, h.offset_s) for h in want]
         assert [h.similarity for h in got] == pytest.approx([h.similarity for h in want], abs=1e-5)
-    assert exact.get_tracks([1002])[1002].title == "real2" and len(exact.tracks()) == 3
+    assert exact.get_tracks([1002])[1002].title == "real2" and len(exact.tracks()) == 3 + count
+    made = distractor_track(CachedDistractor(CHUNK + 1, "shifted", ("src0",), 0.0, 0), seed=9)
+    assert exact.get_tracks([made.track_id])[made.track_id].content_hash == made.content_hash
 
 
 def _results_csv(path: Path, rows: list[tuple[int, str, str, int]]) -> Path:
