@@ -90,8 +90,8 @@ inserted moments ago become visible within the server's time tick; track rows ar
 SERVER_DEFAULT_INDEX = "HNSW"
 """``milvus.index.type: auto`` on a server, chosen by measurement (docs/scaling.md §2): at 2,000
 tracks (854,301 vectors) HNSW (M 16, efConstruction 100) searched at ef 256 kept 140 of exact
-search's 141 identify-level hits (99.3 %; IVF_SQ8 nlist 1024 / nprobe 64: 97.2 %), answered a 5 s
-identify in 44 ms (median), and its top-1 track was always among the exact top 10's. It costs
+search's 141 identify-level hits (99.3 %; IVF_SQ8 nlist 1024 / nprobe 64: 97.9 %), answered a 5 s
+identify in 44 ms (median; IVF_SQ8 57 ms), and its top-1 track was always among the exact top 10's. It costs
 ~4x the memory of IVF_SQ8 (float32 vectors + links) and builds ~5-10x slower (598 s for 854,301
 vectors on 2 loaded cores): IVF_SQ8 stays the documented choice where memory or build time
 matters more than the last points of recall."""
