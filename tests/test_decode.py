@@ -9,13 +9,14 @@ the same samples, or a query would not land where its catalog windows are.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
-from tunetrace.audio.decode import decode_file, iter_pcm_blocks, probe_tags
+from tests.fixtures.audio import ffmpeg_path, run_ffmpeg, synthetic_music, write_wav
+from tunetrace.audio.decode import audio_stream_sha256, decode_file, iter_pcm_blocks, probe_tags
 from tunetrace.errors import DecodeError
 
 SOURCE_RATE = 44100
@@ -132,6 +133,21 @@ def test_tags_come_from_the_container(reference: Path) -> None:
     assert tags.duration_s == pytest.approx(DURATION_S, abs=0.05)
 
 
+@pytest.mark.parametrize("extension", sorted(FORMATS))
+def test_the_audio_hash_is_the_one_ffmpeg_prints_for_the_copied_stream(
+    reference: Path, extension: str,
+) -> None:
+    """Catalogs are keyed by this digest; it was ``ffmpeg -c copy -f hash`` before it was read in
+    process, and a different digest would re-ingest every file of an existing catalog."""
+    tagged = encode(reference, extension, "-metadata", "title=Tagged", "-metadata", "artist=Someone")
+    printed = subprocess.run(
+        [ffmpeg_path(), "-nostdin", "-loglevel", "error", "-i", str(tagged), "-map", "0:a:0", "-c", "copy",
+         "-f", "hash", "-hash", "sha256", "pipe:1"],
+        capture_output=True, check=True,
+    ).stdout.decode().strip()
+    assert audio_stream_sha256(tagged) == printed.removeprefix("SHA256=")
+
+
 def test_an_untagged_file_is_titled_by_its_name(reference: Path) -> None:
     tags = probe_tags(reference)
     assert (tags.title, tags.artist, tags.album) == ("reference", "", "")
@@ -160,7 +176,7 @@ def test_unusable_inputs_say_what_is_wrong_with_them(tmp_path: Path, reader: str
         ),
         video: (
             "video.mkv: cannot decode audio: the file has no audio stream"
-            if reader == "decode" else "video.mkv: has no audio stream"
+            if reader == "decode" else "video.mkv: not a readable audio file: the file has no audio stream"
         ),
     }
     for path, message in expected.items():

@@ -103,7 +103,8 @@ def test_a_sped_up_excerpt_is_found_at_its_speed(
     result = recognizer(clip_store, speed_ratios=[0.96, 1.0, 1.04]).identify(played_fast)
 
     assert_identified(result, clip.path, clip_catalog, 10.0)
-    assert result.speed_ratio == 1.04
+    assert result.speed_measured
+    assert result.speed_ratio == pytest.approx(1.04, abs=0.005)  # 1.04 tried, its drift measured
 
 
 def test_the_catalog_shape_counts_every_vector(clip_store: CatalogStore, clip_catalog: BuiltCatalog) -> None:

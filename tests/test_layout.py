@@ -31,6 +31,7 @@ HOMES = {
     "prometheus_client": "observe/metrics.py",
     "aiohttp": "observe/http.py",
     "av": "audio/decode.py",
+    "threadpoolctl": "store/resident.py",
 }
 """Each external library and the only place in the package allowed to import it."""
 

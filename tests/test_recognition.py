@@ -13,15 +13,19 @@ import pytest
 from tests.fixtures.audio import Clip, write_wav
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
 from tunetrace.audio.decode import decode_file
+from tunetrace.evaluation.degrade import rms
 from tunetrace.evaluation.live import (
     EPOCH,
     CpuSample,
     PacedStreamServer,
+    TalkOver,
     cpu_breakdown,
     cpu_sample,
     plays_from_events,
     run_stream,
+    talk_over_ends,
 )
+from tunetrace.evaluation.run import SpeechPool
 from tunetrace.pipeline import StreamClock
 from tunetrace.sources.base import AudioBlock
 
@@ -137,3 +141,19 @@ def test_stations_on_air_each_report_their_play_through_the_shared_batcher(
         assert plays[0].start_s == pytest.approx(1.0, abs=1.0)
         assert plays[0].position_start_s == pytest.approx(8.0 + (plays[0].start_s - 1.0), abs=0.6)
     assert cpu["decoders_s"] > 0, "the ffmpeg children's CPU is counted"
+
+
+def test_talk_over_covers_a_tracks_intro_and_outro_at_the_asked_loudness(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    voice = [(0.3 * rng.standard_normal(3 * RATE)).astype(np.float32) for _ in range(2)]
+    lines = [write_wav(tmp_path / f"line{i}.wav", audio, RATE) for i, audio in enumerate(voice)]
+    music = (0.5 * np.sin(2 * np.pi * 440 * np.arange(40 * RATE) / RATE)).astype(np.float32)
+    talk = TalkOver(SpeechPool(lines, RATE), snr_db=0.0, seconds=8.0)
+
+    out = talk_over_ends(music, talk, RATE, np.random.default_rng(1))
+
+    span = 8 * RATE
+    np.testing.assert_array_equal(out[span:-span], music[span:-span])  # the middle is the music alone
+    for part in (slice(0, span), slice(music.size - span, music.size)):
+        speech = out[part] - music[part]
+        assert 20 * np.log10(rms(music[part]) / rms(speech)) == pytest.approx(0.0, abs=0.1)

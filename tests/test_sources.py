@@ -15,10 +15,10 @@ from scipy.signal import resample_poly
 
 from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
 from tests.fixtures.streams import IcecastServer
-from tunetrace.audio.decode import decode_file
+from tunetrace.audio.decode import PIPE_BLOCK_S, decode_file, ffmpeg_decode_args
 from tunetrace.redact import redact_url
 from tunetrace.sources import AudioBlock, Backoff, BackoffPolicy, RunnerParams, SourceError, SourceRunner
-from tunetrace.sources.ffmpeg import BLOCK_S, FfmpegSource, block_filter, ffmpeg_args, input_args
+from tunetrace.sources.ffmpeg import BLOCK_S, FfmpegSource, ffmpeg_args, input_args
 from tunetrace.sources.soundcard import StreamResampler
 
 RATE = 8000
@@ -114,24 +114,34 @@ def test_a_file_read_as_fast_as_possible_yields_exactly_its_decoded_audio(tmp_pa
     np.testing.assert_allclose(audio, decode_file(wav, RATE), atol=1e-6)
 
 
-def test_ffmpeg_hands_a_compressed_stream_over_in_whole_blocks_of_the_same_samples(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["station", "file decode"])
+def test_ffmpeg_hands_a_compressed_stream_over_in_whole_blocks_of_the_same_samples(
+    tmp_path: Path, command: str,
+) -> None:
     """An MP3 decodes in 1,152-sample frames; unfiltered, ffmpeg wrote each one to the pipe as it
-    came (~38 writes a second, each an event-loop wake-up), where a station reads 0.25 s blocks."""
-    wav = write_wav(tmp_path / "m.wav", synthetic_music(6.0, 44100, seed=5), 44100)
+    came (~38 writes a second, each a wake-up of the reader), where a station reads 0.25 s blocks
+    and a file's decoder 10 s ones."""
+    wav = write_wav(tmp_path / "m.wav", synthetic_music(4.0, 44100, seed=5), 44100)
     mp3 = tmp_path / "m.mp3"
     run_ffmpeg(["-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k", str(mp3)])
-    args = ffmpeg_args(str(mp3), RATE, realtime=False, loop=False)
+    # Read at the audio's pace (-re), as on air: the pipe never fills, so each read is what one
+    # write or more put there, never part of a write left behind by a full pipe.
+    if command == "station":
+        args, block_s = ffmpeg_args(str(mp3), RATE, realtime=True, loop=False), BLOCK_S
+    else:
+        args, block_s = ffmpeg_decode_args(str(mp3), RATE, ("-re",)), PIPE_BLOCK_S
+    block = args[args.index("-af") + 1]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert process.stdout is not None
     reads = []
     while chunk := os.read(process.stdout.fileno(), 1 << 20):
         reads.append(chunk)
     process.wait()
-    block_bytes = round(BLOCK_S * RATE) * 4
-    assert len(reads) > 3
+    block_bytes = round(block_s * RATE) * 4
+    assert len(reads) >= 4
     assert all(len(chunk) % block_bytes == 0 for chunk in reads[:-1]), [len(c) for c in reads]
-    plain = subprocess.run(  # the same decode without the block filter
-        [a for a in args if a not in ("-af", block_filter(RATE))], capture_output=True, check=True,
+    plain = subprocess.run(  # the same decode without the block filter, as fast as possible
+        [a for a in args if a not in ("-af", block, "-re")], capture_output=True, check=True,
     ).stdout
     assert b"".join(reads) == plain
 

@@ -2,7 +2,8 @@
 
 A ``Recognizer`` holds the encoder, the store and the catalog shape, opened once, so that many
 queries in one call are cheap.  Speed changes are handled by also trying the query resampled at
-the configured ratios; the best time-consistent answer wins and reports its ratio.
+the configured ratios; the best time-consistent answer wins.  Its speed is measured from how the
+match drifts against the catalog (``voting.speed``, queries of 4 s or more), times the ratio tried.
 
 Memory is bounded whatever the query's length: windows are cut as views of the audio and embedded
 and searched ``batch_size`` at a time, so only the hits (a few bytes per window) accumulate; the
@@ -26,6 +27,7 @@ from tunetrace.config import MatcherConfig
 from tunetrace.encoders.base import Encoder
 from tunetrace.store import Catalog, CatalogShape, Hit, Track, catalog_shape
 from tunetrace.voting import Candidate, VotingParams, decisive, vote
+from tunetrace.voting.speed import measured_speed
 
 _CONTRAST_CANDIDATES = 8
 """Candidates ranked per query: enough to find the best track other than the winner."""
@@ -49,6 +51,8 @@ class Identification:
     """The strongest candidate even when it did not pass the threshold (for diagnostics)."""
     note: NoMatchReason | None = None
     """Why there could be no answer at all: ``silent`` or ``too_short`` (``None`` otherwise)."""
+    speed_measured: bool = False
+    """``speed_ratio`` was measured from the match's drift (else it is the speed ratio tried)."""
 
     @property
     def matched(self) -> bool:
@@ -105,6 +109,7 @@ class Recognizer:
         request costs a round trip to Milvus (Lite's runs in another process) whatever it carries.
         """
         best: list[Candidate | None] = [None] * len(audios)
+        measured = [False] * len(audios)
         audible_somewhere = [False] * len(audios)
         for ratio in self._config.speed_ratios:
             # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
@@ -119,15 +124,17 @@ class Recognizer:
                 winner = decisive(ranked, span_s, self._params.catalog_hop_s)
                 current = best[index]
                 if winner is not None and (current is None or winner.confidence > current.confidence):
-                    best[index] = replace(winner, speed_ratio=ratio)
+                    drift = measured_speed(hits, times_s, winner, self._params)
+                    best[index] = replace(winner, speed_ratio=ratio * (drift or 1.0))
+                    measured[index] = drift is not None
         answers: list[Identification] = []
-        for audio, candidate, audible in zip(audios, best, audible_somewhere, strict=True):
+        for audio, candidate, audible, drift in zip(audios, best, audible_somewhere, measured, strict=True):
             if audio.size < self._query_spec.window_samples:
                 answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "too_short"))
             elif not audible:
                 answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "silent"))
             else:
-                answers.append(self._decide(candidate))
+                answers.append(replace(self._decide(candidate), speed_measured=drift))
         return answers
 
     def _windows(self, audio: np.ndarray) -> _QueryWindows:

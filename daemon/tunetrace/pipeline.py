@@ -46,6 +46,7 @@ from tunetrace.ringbuffer import RingBuffer, WindowBatch
 from tunetrace.sources import create_source, runner_params
 from tunetrace.sources.base import AudioBlock, AudioSource, SourceRunner
 from tunetrace.store import Catalog, CatalogShape, Track, catalog_shape, open_catalog
+from tunetrace.store.resident import ResidentCatalog
 from tunetrace.tracker import (
     Observation,
     PlayEnded,
@@ -602,21 +603,27 @@ def shared_batcher(
     )
 
 
-def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
+def open_model(config: Config, *, resident: bool = False) -> tuple[SharedModel, CatalogStore]:
     """Blocking: load the encoder, open the catalog (refusing another encoder's), read its shape.
 
     An empty or new catalog is created rather than refused: tracks can be ingested while the
     daemon runs (``tunetrace ingest`` hands them to it), so starting before the first ingest is fine.
+    ``resident``: a long-running process (the daemon): searches of a catalog of at most
+    ``milvus.resident_max_vectors`` are answered from a copy in memory (``store.resident``).
     """
     data_dir_ready(config.data_dir)
     encoder = create_encoder(config.encoder, config.data_dir)
     store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True)
     try:
         tracks = store.tracks()
+        shape = catalog_shape(tracks)
+        catalog: Catalog = store
+        if resident and shape.total_vectors <= config.milvus.resident_max_vectors:
+            catalog = ResidentCatalog(store, tracks, encoder.info.dimension, encoder.info.metric)
+            log.info("live searches: an exact copy of the catalog's %d vectors in memory", catalog.vectors)
     except BaseException:
         store.close()
         raise
-    shape = catalog_shape(tracks)
     if not shape.track_vectors:
         log.warning("the catalog at %s is empty: nothing can be recognised until tracks are ingested "
                     "(`tunetrace ingest --config <this config> FILE...` works while the daemon runs)",
@@ -624,7 +631,7 @@ def open_model(config: Config) -> tuple[SharedModel, CatalogStore]:
     outgrown = store.size_warning(shape.total_vectors)
     if outgrown:
         log.warning("%s", outgrown)
-    return SharedModel(encoder, store, shape, tuple(tracks)), store
+    return SharedModel(encoder, catalog, shape, tuple(tracks)), store
 
 
 def data_dir_ready(path: Path) -> None:

@@ -35,6 +35,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tunetrace.catalog.control import ControlServer, socket_path
@@ -48,6 +49,7 @@ from tunetrace.observe.board import StatusBoard
 from tunetrace.pipeline import SharedModel, Station, build_station, open_model, shared_batcher
 from tunetrace.publish.base import EventSink, FanoutSink, LogSink
 from tunetrace.sdnotify import SdNotifier
+from tunetrace.store.resident import ResidentCatalog
 
 if TYPE_CHECKING:
     from tunetrace.observe.http import HttpServer
@@ -147,11 +149,11 @@ class Service:
         closer: _Closer
         store: CatalogStore | None = None
         if self._model is None:
-            model, opened = await asyncio.to_thread(open_model, config)
+            model, opened = await asyncio.to_thread(partial(open_model, config, resident=True))
             closer = store = opened
             self.live = LiveCatalog(
                 opened, model.encoder, config.ingest, config.encoder.batch_size, self._apply_change,
-                model.tracks,
+                model.tracks, model.catalog if isinstance(model.catalog, ResidentCatalog) else None,
             )
         else:
             model, closer = self._model, _NothingToClose()

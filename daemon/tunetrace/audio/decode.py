@@ -10,7 +10,7 @@ Two decoders, one result (the same FFmpeg libraries, the same libswresample defa
   (never a shell string) and writes raw ``f32le`` PCM to a pipe, read in fixed-size blocks so a
   long file never sits in memory twice.
 
-Metadata comes from ffprobe's JSON.
+Tags, duration and the audio's hash are read in-process too (PyAV's demuxers, nothing decoded).
 
 A local file is always named to ffmpeg as ``file:<absolute path>`` with ``-protocol_whitelist file``:
 ffmpeg otherwise reads a name like ``concat:a.opus|b.opus`` or ``subfile,,start,...`` as a protocol
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
+import hashlib
 import os
 import shutil
 import stat
@@ -56,9 +56,26 @@ def ffmpeg_decode_args(
     limit = ["-t", f"{max_seconds:.3f}"] if max_seconds is not None else []
     return [
         _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
-        *extra_input_args, "-i", source,
-        "-vn", "-sn", "-dn", *limit, "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+        *extra_input_args, "-i", source, *limit, *pcm_output_args(sample_rate, PIPE_BLOCK_S),
     ]
+
+
+PIPE_BLOCK_S = 1.0
+"""Audio per pipe write when decoding a file: a few writes a second of decoding, not thousands."""
+
+
+def pcm_output_args(sample_rate: int, block_s: float) -> list[str]:
+    """ffmpeg output options: the first audio stream as mono f32le at ``sample_rate`` on stdout,
+    written in blocks of ``block_s``.
+
+    Without the block filter ffmpeg writes every decoded frame as it comes (an Opus file's 20 ms
+    frames are 50 pipe writes per second of audio, an MP3's ~38), and the reader pays a system call
+    and a wake-up for each: a third of the CPU of decoding an Opus file at full speed, and most of a
+    live MP3 station's event-loop time. Resampling first makes the block count output samples; the
+    samples are the same as with ``-ac 1 -ar`` alone. ``p=0``: the last block is not padded.
+    """
+    blocks = f"aresample={sample_rate},asetnsamples=n={round(block_s * sample_rate)}:p=0"
+    return ["-vn", "-sn", "-dn", "-af", blocks, "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
 
 
 LOCAL_ONLY = ("-protocol_whitelist", "file")
@@ -144,26 +161,45 @@ def audio_stream_sha256(path: Path) -> str:
 
     Tags live outside the audio packets in every container we read (ID3 frames, Vorbis comment
     and FLAC metadata blocks, MP4 ``moov`` atoms, cover art as a separate stream), so re-tagging
-    a file keeps this digest, while any change to the audio changes it. Copying packets does not
+    a file keeps this digest, while any change to the audio changes it. Reading packets does not
     depend on the decoder, so an ffmpeg upgrade keeps it too.
+
+    The packets are read in this process (PyAV's demuxer, no decoding): the digest is the one
+    ``ffmpeg -map 0:a:0 -c copy -f hash -hash sha256`` prints, which catalogs were keyed by
+    before (``tests/test_decode.py`` pins the equality), without a child process per file.
     """
+    import av  # as in ``_decode_in_process``: only when a file is read
+
     _check_file(path)
-    args = [
-        _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
-        *LOCAL_ONLY, "-i", local_source(path),
-        "-map", "0:a:0", "-c", "copy", "-f", "hash", "-hash", "sha256", "pipe:1",
-    ]
+    digest = hashlib.sha256()
+    with _open_container(path, "not a readable audio file") as container:
+        stream = _first_audio_stream(container, path, "not a readable audio file")
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    digest.update(memoryview(packet))
+        except av.FFmpegError as exc:
+            raise DecodeError(f"{path}: not a readable audio file: {_av_reason(exc, path)}") from None
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _open_container(path: Path, failure: str) -> Iterator[Any]:
+    """The file opened by FFmpeg's demuxers in this process (the ``file`` protocol only)."""
+    import av
+
     try:
-        result = subprocess.run(args, capture_output=True, check=False, timeout=120, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise DecodeError(f"{path}: ffmpeg did not read the audio within 120 s") from None
-    line = result.stdout.decode("ascii", "replace").strip()
-    if result.returncode != 0 or not line.startswith("SHA256="):
-        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = reason[-1] if reason else f"ffmpeg exited with status {result.returncode}"
-        detail = detail.replace(local_source(path), str(path))  # as the user named it
-        raise DecodeError(f"{path}: not a readable audio file: {detail[-_STDERR_TAIL:]}")
-    return line.removeprefix("SHA256=")
+        container = av.open(local_source(path), options=dict([LOCAL_ONLY]))
+    except av.FFmpegError as exc:
+        raise DecodeError(f"{path}: {failure}: {_av_reason(exc, path)}") from None
+    with container:
+        yield container
+
+
+def _first_audio_stream(container: Any, path: Path, failure: str) -> Any:
+    if not container.streams.audio:
+        raise DecodeError(f"{path}: {failure}: the file has no audio stream")
+    return container.streams.audio[0]
 
 
 def decode_file(path: Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
@@ -196,14 +232,8 @@ def _decode_in_process(path: Path, sample_rate: int) -> Generator[np.ndarray, No
     """
     import av  # ~0.1 s: only when a file is decoded (``identify --help`` never pays it)
 
-    try:
-        container = av.open(local_source(path), options=dict([LOCAL_ONLY]))
-    except av.FFmpegError as exc:
-        raise DecodeError(f"{path}: cannot decode audio: {_av_reason(exc, path)}") from None
-    with container:
-        if not container.streams.audio:
-            raise DecodeError(f"{path}: cannot decode audio: the file has no audio stream")
-        stream = container.streams.audio[0]
+    with _open_container(path, "cannot decode audio") as container:
+        stream = _first_audio_stream(container, path, "cannot decode audio")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         try:
             for packet in container.demux(stream):
@@ -241,33 +271,21 @@ class AudioTags:
 
 
 def probe_tags(path: Path) -> AudioTags:
-    """Title, artist, album and duration from the container's tags; the file stem if untagged."""
+    """Title, artist, album and duration from the container's tags; the file stem if untagged.
+
+    Read in this process by FFmpeg's demuxers (PyAV: the container's header only), as ffprobe
+    would report them, without starting ffprobe for every file of an ingest.
+    """
     _check_file(path)
-    try:
-        result = subprocess.run(
-            [
-                _tool("ffprobe"), "-v", "error", *LOCAL_ONLY, "-print_format", "json",
-                "-show_format", "-show_streams", local_source(path),
-            ],
-            capture_output=True, check=False, timeout=60, stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise DecodeError(f"{path}: ffprobe did not answer within 60 s") from None
-    if result.returncode != 0:
-        stderr = result.stderr.decode("utf-8", "replace").replace(local_source(path), str(path))
-        reason = stderr.strip().splitlines()
-        raise DecodeError(f"{path}: not a readable audio file: {reason[-1] if reason else 'ffprobe failed'}")
-    info = json.loads(result.stdout or b"{}")
-    tags: dict[str, str] = {}
-    for holder in [info.get("format", {}), *info.get("streams", [])]:
-        for key, value in (holder.get("tags") or {}).items():
-            tags.setdefault(key.lower(), str(value))
-    if not any(s.get("codec_type") == "audio" for s in info.get("streams", [])):
-        raise DecodeError(f"{path}: has no audio stream")
-    try:
-        duration = float(info.get("format", {}).get("duration", 0.0))
-    except (TypeError, ValueError):
-        duration = 0.0
+    with _open_container(path, "not a readable audio file") as container:
+        stream = _first_audio_stream(container, path, "not a readable audio file")
+        tags: dict[str, str] = {}
+        for holder in (container.metadata, *(s.metadata for s in container.streams)):
+            for key, value in holder.items():
+                tags.setdefault(key.lower(), str(value))
+        duration = container.duration / 1_000_000 if container.duration else 0.0
+        if not duration and stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
     return AudioTags(
         title=tags.get("title", path.stem),
         artist=tags.get("artist", tags.get("album_artist", "")),

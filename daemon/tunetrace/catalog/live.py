@@ -29,6 +29,7 @@ from tunetrace.store import CatalogShape, Track, catalog_shape
 if TYPE_CHECKING:
     from tunetrace.catalog.ingest import FileOutcome
     from tunetrace.store.milvus import CatalogStore
+    from tunetrace.store.resident import ResidentCatalog
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ class LiveCatalog:
 
     def __init__(
         self, store: CatalogStore, encoder: Encoder, ingest_config: IngestConfig, batch_size: int,
-        apply: ApplyChange, known: Sequence[Track],
+        apply: ApplyChange, known: Sequence[Track], resident: ResidentCatalog | None = None,
     ) -> None:
         self._store = store
+        self._resident = resident
+        """The stations' in-memory copy of the vectors, brought up to date before they hear of a change."""
         self._encoder = encoder
         self._ingest_config = ingest_config
         self._batch_size = batch_size
@@ -83,6 +86,8 @@ class LiveCatalog:
         """Read the complete tracks again; tell the stations what changed."""
         current = await asyncio.to_thread(self._store.tracks)
         change = diff_tracks(self._known, current)
+        if change is not None and self._resident is not None:
+            await asyncio.to_thread(self._resident.sync, current)
         self._known = {t.track_id: t for t in current}
         if change is not None:
             log.info("catalog changed: %d track(s) added, removed or re-tagged; %d track(s) now",

@@ -244,7 +244,7 @@ def _path_problem(path: Path) -> str | None:
 
 _RESULT_KEYS = (
     "file", "match", "track_id", "title", "artist", "album", "isrc", "offset_s", "confidence",
-    "speed_ratio", "aligned_windows", "latency_s", "note", "query_s", "error",
+    "speed_ratio", "speed_measured", "aligned_windows", "latency_s", "note", "query_s", "error",
 )
 """Every ``identify --json`` line has all of these, result or error, so consumers need no special case."""
 
@@ -271,7 +271,8 @@ def _identification_record(
         "isrc": (track.isrc or None) if track else None,
         "offset_s": round(result.offset_s, 3) if track else None,
         "confidence": round(result.confidence, 4),
-        "speed_ratio": result.speed_ratio if track else None,
+        "speed_ratio": round(result.speed_ratio, 4) if track else None,
+        "speed_measured": result.speed_measured if track else None,
         "aligned_windows": result.aligned_windows,
         "latency_s": round(elapsed_s, 4),
         "note": note,

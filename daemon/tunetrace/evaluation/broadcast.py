@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("grpc", "pymilvus", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     config = load_config(args.config)
-    model, store = open_model(config)
+    model, store = open_model(config, resident=True)
     catalog = [(t.track_id, Path(t.source_path), t.duration_s) for t in store.tracks()
                if Path(t.source_path).is_file() and t.duration_s > 30]
     started = time.perf_counter()

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,10 @@ import numpy as np
 from scipy.io import wavfile
 
 from tunetrace.audio.decode import _tool, decode_file
+from tunetrace.catalog.scan import scan_paths
 from tunetrace.config import Config, SourceConfig, StationConfig, load_config
+from tunetrace.evaluation.degrade import mix_at_snr
+from tunetrace.evaluation.run import SpeechPool
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.pipeline import Station
 
@@ -123,13 +127,42 @@ def make_schedule(
     return segments
 
 
+@dataclass(frozen=True)
+class TalkOver:
+    """A presenter talking over every catalog track's intro and outro, as music radio does."""
+
+    pool: SpeechPool
+    """Held-out recorded speech (never the speech the model was trained on)."""
+    snr_db: float
+    """Music to speech, over the part talked over (0 dB: equally loud)."""
+    seconds: float = 10.0
+    """How long the presenter talks at each end of a track (at most half of it each)."""
+
+
+def talk_over_ends(
+    piece: np.ndarray, talk: TalkOver, sample_rate: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """``piece`` with speech mixed over its first and last ``talk.seconds``."""
+    span = min(round(talk.seconds * sample_rate), piece.size // 2)
+    if span == 0:
+        return piece
+    out = piece.copy()
+    out[:span] = mix_at_snr(piece[:span], talk.pool.talk_over(span, rng), talk.snr_db)
+    out[-span:] = mix_at_snr(piece[-span:], talk.pool.talk_over(span, rng), talk.snr_db)
+    return out
+
+
 def render(
     segments: list[Segment], sources: dict[str, Path], sample_rate: int, snr_db: float | None,
-    rng: random.Random,
+    rng: random.Random, talk: TalkOver | None = None,
 ) -> np.ndarray:
-    """The schedule as audio; decoded files are cached so a long stream stays cheap to build."""
+    """The schedule as audio; decoded files are cached so a long stream stays cheap to build.
+
+    ``talk``: a presenter over each catalog track's intro and outro (drawn after the noise, so the
+    rest of the stream is the same with or without it)."""
     decoded: dict[str, np.ndarray] = {}
     noise_rng = np.random.default_rng(rng.randrange(2**32))
+    speech_rng = np.random.default_rng(rng.randrange(2**32)) if talk is not None else None
     parts = []
     for segment in segments:
         n = round((segment.end_s - segment.start_s) * sample_rate)
@@ -142,7 +175,10 @@ def render(
                 first = min(max(0, audio.size - n), round(30 * sample_rate))
             piece = audio[first : first + n]
             piece = np.pad(piece, (0, n - piece.size))
-            parts.append(0.8 * piece / max(1e-6, float(np.max(np.abs(piece)))))
+            piece = 0.8 * piece / max(1e-6, float(np.max(np.abs(piece))))
+            if talk is not None and speech_rng is not None and segment.kind == "track":
+                piece = talk_over_ends(piece, talk, sample_rate, speech_rng)
+            parts.append(piece)
         elif segment.kind == "noise":
             parts.append((0.1 * noise_rng.standard_normal(n)).astype(np.float32))
         else:
@@ -343,7 +379,7 @@ async def run_stream(
 
     closer = None
     if model is None:
-        opened, closer = await asyncio.to_thread(open_model, config)
+        opened, closer = await asyncio.to_thread(partial(open_model, config, resident=True))
     else:
         opened = model
     sinks = []
@@ -534,6 +570,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --realtime: each station reads the stream from a local HTTP server "
                              "that sends it at its pace, like a radio stream (default), or from the "
                              "file paced by ffmpeg's -re (costs the decoder ~0.25%% of a core)")
+    parser.add_argument("--speech", type=Path, default=None,
+                        help="held-out recorded speech (`python -m tunetrace.evaluation.packages` unpacks "
+                             "fillets-ng-data-nl and prints its folder), for --talk-over-db")
+    parser.add_argument("--talk-over-db", type=float, default=None,
+                        help="a presenter talks over each catalog track's intro and outro at this "
+                             "music-to-speech ratio (dB); needs --speech")
+    parser.add_argument("--talk-over-s", type=float, default=10.0,
+                        help="seconds talked over at each end of a track (default 10)")
     parser.add_argument("--stream-codec", choices=("wav", *STREAM_CODECS), default="wav",
                         help="with --realtime and the http feed: send the stream as 8 kHz WAV (default) "
                              "or as a radio does, MP3 128k / AAC 64k at 44.1 kHz stereo, so the decoders "
@@ -546,13 +590,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("grpc", "pymilvus", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    if (args.talk_over_db is None) != (args.speech is None):
+        print("--talk-over-db and --speech go together: the talk-over is made of held-out speech",
+              file=sys.stderr)
+        return 2
     config = load_config(args.config)
     rng = random.Random(args.seed)  # noqa: S311 - a reproducible schedule, not a secret
 
     from tunetrace.pipeline import open_model
 
-    # Opened once: Milvus Lite serves a database from the process that first opened it.
-    model, store = open_model(config)
+    # Opened once: Milvus Lite serves a database from the process that first opened it. As the
+    # daemon opens it (a small catalog's searches answered from memory, ``store.resident``).
+    model, store = open_model(config, resident=True)
     encoder = model.encoder
     catalog = [(t.track_id, Path(t.source_path), t.duration_s) for t in store.tracks()
                if Path(t.source_path).is_file() and t.duration_s > 30]
@@ -565,7 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     rate = encoder.info.sample_rate
     with tempfile.TemporaryDirectory(prefix="tunetrace-bench-") as folder:
         wav = Path(folder) / "stream.wav"
-        audio = render(segments, sources, rate, args.snr_db, rng)
+        talk = None
+        if args.speech is not None and args.talk_over_db is not None:
+            speech = list(scan_paths([args.speech], config.ingest.extensions))
+            talk = TalkOver(SpeechPool(speech, rate), args.talk_over_db, args.talk_over_s)
+        audio = render(segments, sources, rate, args.snr_db, rng, talk)
         wavfile.write(wav, rate, audio)
         if args.keep_wav:
             wavfile.write(args.keep_wav, rate, audio)
@@ -600,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         "stream_s": round(stream_s, 1),
         "stations": args.stations,
         "snr_db": args.snr_db,
+        "talk_over_db": args.talk_over_db,
+        "talk_over_s": args.talk_over_s if args.talk_over_db is not None else None,
         "seed": args.seed,
         "catalog_tracks": len(catalog),
         "unknown_files": len(args.unknown),

@@ -5,6 +5,10 @@ seconds of each track (from ``--from-s``) resampled to each speed, as broadcast 
 feeds its windows at the live hop through the same ``HorizonVoter`` and ``PlayTracker`` a station
 runs, against an exact in-memory catalog of that track. It reports, per speed, how many plays each
 airing became (one is right) and the error of the speed ratio ``play_ended`` carries.
+
+One-shot (``--oneshot-lengths``): snippets of the same tracks at the same speeds, identified by the
+``Recognizer`` against an exact in-memory catalog of all of them, with the speed each answer
+measured from its match's drift (``voting.speed``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +30,7 @@ from tunetrace.config import Config, load_config
 from tunetrace.encoders import create_encoder
 from tunetrace.encoders.base import Encoder
 from tunetrace.evaluation.live import emit_json
+from tunetrace.identify import Identification, Recognizer
 from tunetrace.ringbuffer import WindowBatch
 from tunetrace.store import catalog_shape
 from tunetrace.store.base import Track
@@ -47,13 +53,18 @@ class Airing:
 
 def single_track_catalog(encoder: Encoder, audio: np.ndarray, track_id: int = 1) -> MemoryCatalog:
     """An exact catalog of one track, embedded at the encoder's own hop."""
+    catalog = MemoryCatalog()
+    add_exactly(catalog, encoder, audio, track_id)
+    return catalog
+
+
+def add_exactly(catalog: MemoryCatalog, encoder: Encoder, audio: np.ndarray, track_id: int) -> None:
+    """Add ``audio`` to ``catalog`` as track ``track_id``, embedded at the encoder's own hop."""
     info = encoder.info
     windows, starts = frame(audio, WindowSpec(info.sample_rate, info.window_s, info.hop_s))
-    catalog = MemoryCatalog()
     track = Track(track_id=track_id, title="", artist="", album="", duration_s=audio.size / info.sample_rate,
                   source_path="", content_hash=f"speed-{track_id}", n_vectors=len(starts), ingested_at=0.0)
     catalog.add_track(track, encoder.embed(windows), starts / info.sample_rate)
-    return catalog
 
 
 def air(config: Config, encoder: Encoder, catalog: MemoryCatalog, audio: np.ndarray,
@@ -78,6 +89,23 @@ def air(config: Config, encoder: Encoder, catalog: MemoryCatalog, audio: np.ndar
     return events
 
 
+@dataclass(frozen=True)
+class Snippet:
+    """A one-shot query: ``length_s`` of a track from ``from_s``, as played at ``speed``."""
+
+    track_id: int
+    from_s: float
+    length_s: float
+    speed: float
+
+
+def identify_speed(recognizer: Recognizer, audio: np.ndarray, rate: int, snippet: Snippet) -> Identification:
+    """``recognizer``'s answer for the snippet (the track's audio, played at the snippet's speed)."""
+    end_s = snippet.from_s + snippet.length_s * snippet.speed
+    played = audio[round(snippet.from_s * rate) : round(end_s * rate)]
+    return recognizer.identify(speed_change(played, snippet.speed))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tunetrace.evaluation.speed", description=(__doc__ or "").split("\n\n")[0],
@@ -89,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-s", type=float, default=20.0)
     parser.add_argument("--played-s", type=float, default=100.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--oneshot-lengths", default="5,10",
+                        help="also identify snippets of these lengths (s) at each speed, one-shot, "
+                             "against a catalog of all the tracks used ('' for none)")
+    parser.add_argument("--oneshot-per-track", type=int, default=3,
+                        help="snippets per track, speed and length")
+    parser.add_argument("--oneshot-only", action="store_true", help="skip the live airings")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     encoder = create_encoder(config.encoder, config.data_dir)
@@ -98,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[float, list[tuple[str, int, float | None]]] = {s: [] for s in speeds}
     files = list(scan_paths([args.tracks], config.ingest.extensions))
     used = 0
+    tracks: list[np.ndarray] = []
     for path in files:
         if used == args.count:
             break
@@ -105,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         if audio.size < needed_s * rate:
             continue
         used += 1
+        tracks.append(audio)
         catalog = single_track_catalog(encoder, audio)
-        for speed in speeds:
+        for speed in [] if args.oneshot_only else speeds:
             airing = Airing(args.from_s, args.played_s, speed)
             ended = [e for e in air(config, encoder, catalog, audio, airing) if isinstance(e, PlayEnded)]
             measured = ended[0].play.speed_ratio if len(ended) == 1 else None
@@ -121,8 +157,44 @@ def main(argv: list[str] | None = None) -> int:
             "error_pct_max": round(max(errors), 3) if errors else None,
             "cases": [{"track": t, "plays": n, "speed_ratio": m} for t, n, m in cases],
         }
+    lengths = [float(x) for x in args.oneshot_lengths.split(",") if x.strip()]
+    if lengths:
+        result["oneshot"] = oneshot_report(config, encoder, tracks, speeds, lengths, args)
     emit_json(result, args.json)
     return 0
+
+
+def oneshot_report(
+    config: Config, encoder: Encoder, tracks: list[np.ndarray], speeds: list[float], lengths: list[float],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Per speed and snippet length: right answers, speeds measured, and their error (%)."""
+    catalog = MemoryCatalog()
+    for track_id, audio in enumerate(tracks, start=1):
+        add_exactly(catalog, encoder, audio, track_id)
+    recognizer = Recognizer(encoder, catalog, config.matcher)
+    rate = encoder.info.sample_rate
+    report: dict[str, Any] = {}
+    for speed in speeds:
+        for length in lengths:
+            snippets = [
+                Snippet(track_id, args.from_s + 25.0 * k, length, speed)
+                for track_id in range(1, len(tracks) + 1) for k in range(args.oneshot_per_track)
+            ]
+            answers = [identify_speed(recognizer, tracks[s.track_id - 1], rate, s) for s in snippets]
+            truth = [s.track_id for s in snippets]
+            right = [a for a, t in zip(answers, truth, strict=True) if a.track and a.track.track_id == t]
+            errors = [abs(a.speed_ratio - speed) * 100 for a in right if a.speed_measured]
+            report[f"{speed} {length:g}s"] = {
+                "snippets": len(answers),
+                "right_track": len(right),
+                "speed_measured": len(errors),
+                "error_pct_median": round(statistics.median(errors), 3) if errors else None,
+                "error_pct_p95": round(float(np.percentile(errors, 95)), 3) if errors else None,
+                "error_pct_max": round(max(errors), 3) if errors else None,
+                "within_0_5_pct": sum(e <= 0.5 for e in errors),
+            }
+    return report
 
 
 if __name__ == "__main__":

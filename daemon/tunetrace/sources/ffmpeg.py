@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from tunetrace.audio.decode import pcm_output_args
 from tunetrace.errors import SourceError
 from tunetrace.redact import redact_text, redact_url, url_has_secrets
 
@@ -82,21 +83,8 @@ def ffmpeg_args(url: str, sample_rate: int, *, realtime: bool, loop: bool) -> li
         source = [*input_args(url, realtime=realtime, loop=loop), "-i", url]
     return [
         binary, "-nostdin", "-hide_banner", "-loglevel", "error", *source,
-        "-vn", "-sn", "-dn", "-af", block_filter(sample_rate),
-        "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+        *pcm_output_args(sample_rate, BLOCK_S),
     ]
-
-
-def block_filter(sample_rate: int) -> str:
-    """ffmpeg filters that hand the audio over in blocks of ``BLOCK_S`` at the encoder's rate.
-
-    Without them ffmpeg writes every decoded frame as it comes: an MP3 stream's 1,152-sample
-    frames become ~38 pipe writes a second, each waking the event loop, where the station only
-    uses 0.25 s blocks (4 a second). Resampling first makes the block count output samples; the
-    samples themselves are the same as with ``-ac 1 -ar`` alone, and a block waits for no more audio
-    than the reader's ``BLOCK_S`` does. ``p=0``: the last block of a file is not padded.
-    """
-    return f"aresample={sample_rate},asetnsamples=n={round(BLOCK_S * sample_rate)}:p=0"
 
 
 def _ffconcat_quote(value: str) -> str:

@@ -1,0 +1,175 @@
+"""The live daemon's catalog searches, answered from an exact copy of the vectors in its memory.
+
+Each live window costs one search. Milvus Lite answers it by a brute-force scan in its own server
+process, plus a gRPC round trip and the decoding of its answer: ~0.8-1.2 ms of CPU per query
+vector on the 29k-vector soundtrack catalog, a third of what a station costs on air
+(docs/benchmarks.md). The same scan as one matrix product in this process, over every station's
+windows of a tick at once, costs a few percent of that. The neighbours are the same ones (exact
+inner product, or squared L2 as Milvus computes it), so recognition does not change.
+
+Only catalogs up to ``milvus.resident_max_vectors`` are copied (4 bytes per dimension per vector:
+the 29k-vector catalog is 15 MB, 300,000 vectors 154 MB); larger ones are searched by Milvus,
+whose indexes are built for them. The copy follows the catalog: ``sync`` loads the vectors of
+tracks added or changed and drops removed ones, and the daemon's ``LiveCatalog`` calls it before
+the stations hear of a change. Writes and metadata always go to the store itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from tunetrace.store.base import Hit, Track
+
+SEARCH_BLOCK = 256
+"""Query vectors scored per matrix product (bounds the score matrix to block x catalog floats)."""
+
+
+class VectorStore(Protocol):
+    """What the copy is read from (``CatalogStore``)."""
+
+    def tracks(self) -> list[Track]: ...
+
+    def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]: ...
+
+    def track_vectors(self, track_id: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class VectorTable:
+    """Every vector of a catalog with its track and offset (read-only once built).
+
+    The vectors are kept as columns (dimension x vectors, contiguous): a query block times that
+    matrix is the BLAS product that streams the catalog once, twice as fast as against the
+    transposed view of row vectors."""
+
+    columns: np.ndarray
+    track_ids: np.ndarray
+    offsets_s: np.ndarray
+
+    @classmethod
+    def of(cls, parts: Sequence[tuple[int, np.ndarray, np.ndarray]], dimension: int) -> VectorTable:
+        """``parts``: (track id, its vectors, their offsets) per track."""
+        if not parts:
+            return cls(np.zeros((dimension, 0), np.float32), np.zeros(0, np.int64), np.zeros(0))
+        return cls(
+            np.ascontiguousarray(np.concatenate([vectors for _, vectors, _ in parts]).T, np.float32),
+            np.concatenate([np.full(len(offsets), track_id, np.int64) for track_id, _, offsets in parts]),
+            np.concatenate([np.asarray(offsets, np.float64) for _, _, offsets in parts]),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.columns.shape[1])
+
+    def search(self, vectors: np.ndarray, top_k: int, metric: str = "IP") -> list[list[Hit]]:
+        """Exact ``top_k`` neighbours per query vector, most similar first (similarity as
+        ``CatalogStore.search`` reports it: the inner product, or minus the squared L2 distance)."""
+        queries = np.asarray(vectors, np.float32)
+        if self.size == 0:
+            return [[] for _ in range(queries.shape[0])]
+        k = min(top_k, self.size)
+        norms = np.einsum("ij,ij->j", self.columns, self.columns) if metric == "L2" else None
+        found: list[list[Hit]] = []
+        for start in range(0, queries.shape[0], SEARCH_BLOCK):
+            block = queries[start : start + SEARCH_BLOCK]
+            scores = block @ self.columns
+            if norms is not None:  # -|q - v|^2 = 2 q.v - |v|^2 - |q|^2
+                scores = 2.0 * scores - norms[None, :] - np.einsum("ij,ij->i", block, block)[:, None]
+            nearest = _largest(scores, k)
+            nearest_scores = np.take_along_axis(scores, nearest, axis=1)
+            order = np.argsort(-nearest_scores, axis=1, kind="stable")
+            rows = np.take_along_axis(nearest, order, axis=1)
+            similarities = np.take_along_axis(nearest_scores, order, axis=1).tolist()
+            track_ids, offsets = self.track_ids[rows].tolist(), self.offsets_s[rows].tolist()
+            found.extend(
+                [Hit(start + row, *hit) for hit in zip(track_ids[row], offsets[row], similarities[row],
+                                                       strict=True)]
+                for row in range(rows.shape[0])
+            )
+        return found
+
+
+SCORE_RUN = 64
+"""Catalog vectors per run in the two-step top-k selection (``_largest``)."""
+
+
+def _largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` largest scores, unordered.
+
+    In two steps: the ``k`` largest elements lie in the ``k`` runs (of ``SCORE_RUN`` columns)
+    with the largest maxima, since any other run has ``k`` elements above its own maximum; so
+    only the maxima and those ``k`` runs are partitioned, ~10x less work than the whole row.
+    """
+    n_queries, n = scores.shape
+    runs = -(-n // SCORE_RUN)
+    if runs <= 2 * k:
+        return np.argpartition(scores, n - k, axis=1)[:, n - k :]
+    padded = np.full((n_queries, runs * SCORE_RUN), -np.inf, np.float32)
+    padded[:, :n] = scores
+    by_run = padded.reshape(n_queries, runs, SCORE_RUN)
+    best_runs = np.argpartition(by_run.max(axis=2), runs - k, axis=1)[:, runs - k :]
+    candidates = by_run[np.arange(n_queries)[:, None], best_runs].reshape(n_queries, k * SCORE_RUN)
+    columns = (best_runs[:, :, None] * SCORE_RUN + np.arange(SCORE_RUN)).reshape(n_queries, k * SCORE_RUN)
+    chosen = np.argpartition(candidates, k * SCORE_RUN - k, axis=1)[:, k * SCORE_RUN - k :]
+    return np.take_along_axis(columns, chosen, axis=1)
+
+
+def single_threaded_blas() -> None:
+    """One BLAS thread for the rest of this process's life.
+
+    A tick's search is a (windows x dimension) by (dimension x catalog) product: too small to
+    share, and OpenBLAS's other threads spin while they wait for work (measured: 8.6 ms of CPU for
+    13 windows against 29k vectors with its default threads, 2.1 ms with one). The daemon's other
+    NumPy work (the log-mel front end) costs the same either way."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
+class ResidentCatalog:
+    """A ``Catalog`` whose searches are answered from an exact in-memory copy of ``store``'s vectors."""
+
+    def __init__(self, store: VectorStore, tracks: Sequence[Track], dimension: int, metric: str) -> None:
+        single_threaded_blas()
+        self._store = store
+        self._dimension = dimension
+        self._metric = metric
+        self._parts: dict[int, tuple[Track, np.ndarray, np.ndarray]] = {}
+        self._table = VectorTable.of([], dimension)
+        self.sync(tracks)
+
+    @property
+    def vectors(self) -> int:
+        return self._table.size
+
+    def sync(self, tracks: Sequence[Track]) -> None:
+        """Blocking: make the copy hold exactly ``tracks`` (the store's complete tracks now).
+
+        A track is read again when its record changed (re-ingested or re-tagged); the table is
+        swapped in whole, so a search running meanwhile sees the old one or the new one.
+        """
+        wanted = {t.track_id: t for t in tracks}
+        parts = {i: part for i, part in self._parts.items() if i in wanted and part[0] == wanted[i]}
+        for track_id, track in wanted.items():
+            if track_id not in parts:
+                vectors, offsets = self._store.track_vectors(track_id)
+                parts[track_id] = (track, vectors, offsets)
+        self._parts = parts
+        self._table = VectorTable.of(
+            [(i, vectors, offsets) for i, (_, vectors, offsets) in parts.items()], self._dimension,
+        )
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
+        return self._table.search(vectors, top_k, self._metric)
+
+    def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
+        known = {i: self._parts[i][0] for i in track_ids if i in self._parts}
+        missing = [i for i in track_ids if i not in known]
+        return known | (self._store.get_tracks(missing) if missing else {})
+
+    def tracks(self) -> list[Track]:
+        return self._store.tracks()

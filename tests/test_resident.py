@@ -1,0 +1,137 @@
+"""The daemon's in-memory copy of a small catalog: the neighbours Milvus finds, following every change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.audio import Clip
+from tests.fixtures.milvus import BuiltCatalog, build_catalog
+from tunetrace.audio.decode import decode_file
+from tunetrace.audio.windows import WindowSpec, frame
+from tunetrace.catalog.ingest import ingest
+from tunetrace.config import load_config, parse_config
+from tunetrace.encoders import create_encoder
+from tunetrace.store.base import Hit, Track
+from tunetrace.store.milvus import CatalogStore
+from tunetrace.store.resident import ResidentCatalog, VectorTable, _largest
+
+ENCODER = create_encoder(parse_config({}).encoder)
+INFO = ENCODER.info
+TOP_K = 10
+
+
+def clip_windows(clip: Clip, from_s: float, to_s: float) -> np.ndarray:
+    rate = INFO.sample_rate
+    audio = decode_file(clip.path, rate)[round(from_s * rate) : round(to_s * rate)]
+    windows, _ = frame(audio, WindowSpec(INFO.sample_rate, INFO.window_s, 0.25))
+    return ENCODER.embed(windows)
+
+
+def assert_same_neighbours(ours: Sequence[Sequence[Hit]], theirs: Sequence[Sequence[Hit]]) -> None:
+    assert len(ours) == len(theirs)
+    for mine, milvus in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose([h.similarity for h in mine], [h.similarity for h in milvus], atol=1e-5)
+        # The same windows, in the same order wherever two similarities are not a tie.
+        assert {(h.track_id, h.offset_s) for h in mine[:-1]} <= {(h.track_id, h.offset_s) for h in milvus}
+
+
+def test_a_resident_copy_finds_the_neighbours_milvus_finds(
+    clip_catalog: BuiltCatalog, real_clips: list[Clip],
+) -> None:
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal((20, INFO.dimension)).astype(np.float32)
+    unit_noise = noise / np.linalg.norm(noise, axis=1)[:, None]
+    queries = np.concatenate([clip_windows(real_clips[1], 5.0, 15.0), unit_noise])
+    with clip_catalog.open() as store:
+        resident = ResidentCatalog(store, store.tracks(), INFO.dimension, INFO.metric)
+        assert resident.vectors == sum(t.n_vectors for t in store.tracks())
+        assert_same_neighbours(resident.search(queries, TOP_K), store.search(queries, TOP_K))
+        wanted = [clip_catalog.tracks[real_clips[1].path].track_id]
+        assert resident.get_tracks(wanted) == store.get_tracks(wanted)
+
+
+def test_the_copy_follows_tracks_added_and_removed(tmp_path: Path, real_clips: list[Clip]) -> None:
+    built = build_catalog(tmp_path / "one", [real_clips[0].path])
+    config = load_config(built.config_path)
+    with CatalogStore.open(config.milvus, config.milvus_uri(), INFO, create=False) as store:
+        resident = ResidentCatalog(store, store.tracks(), INFO.dimension, INFO.metric)
+        second = clip_windows(real_clips[1], 10.0, 14.0)
+        assert {h.track_id for hits in resident.search(second, 1) for h in hits} == {
+            built.tracks[real_clips[0].path].track_id
+        }, "before: only the first clip is there to be found"
+
+        summary = ingest([real_clips[1].path], ENCODER, store, config.ingest)
+        added = summary.outcomes[0].track
+        assert added is not None
+        resident.sync(store.tracks())
+        assert {h.track_id for hits in resident.search(second, 1) for h in hits} == {added.track_id}
+
+        store.remove_track(built.tracks[real_clips[0].path].track_id)
+        resident.sync(store.tracks())
+        assert resident.vectors == added.n_vectors
+        first = clip_windows(real_clips[0], 5.0, 9.0)
+        found = {h.track_id for hits in resident.search(first, TOP_K) for h in hits}
+        assert found == {added.track_id}, "a removed track is never an answer again"
+
+
+class _Vectors:
+    """A ``VectorStore`` of given arrays (for the metric arithmetic alone)."""
+
+    def __init__(self, parts: dict[int, np.ndarray]) -> None:
+        self.parts = parts
+        self.reads = 0
+
+    def tracks(self) -> list[Track]:
+        return [_track(i, len(v)) for i, v in self.parts.items()]
+
+    def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
+        return {i: _track(i, len(self.parts[i])) for i in track_ids if i in self.parts}
+
+    def track_vectors(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
+        self.reads += 1
+        vectors = self.parts[track_id]
+        return vectors, np.arange(len(vectors)) * 0.5
+
+
+def _track(track_id: int, n_vectors: int) -> Track:
+    return Track(track_id, f"t{track_id}", "", "", n_vectors * 0.5, "", f"h{track_id}", n_vectors, 0.0)
+
+
+@pytest.mark.parametrize("metric", ["IP", "L2"])
+def test_similarities_are_what_milvus_reports_for_the_metric(metric: str) -> None:
+    rng = np.random.default_rng(1)
+    store = _Vectors({1: rng.standard_normal((50, 8)).astype(np.float32),
+                      2: rng.standard_normal((30, 8)).astype(np.float32)})
+    table = VectorTable.of([(i, *store.track_vectors(i)) for i in (1, 2)], 8)
+    query = rng.standard_normal((3, 8)).astype(np.float32)
+
+    hits = table.search(query, 5, metric)
+
+    everything = np.concatenate([store.parts[1], store.parts[2]])
+    squared_l2 = np.square(query[:, None, :] - everything[None]).sum(-1)
+    expected = query @ everything.T if metric == "IP" else -squared_l2
+    for row, found in enumerate(hits):
+        np.testing.assert_allclose([h.similarity for h in found], np.sort(expected[row])[::-1][:5], rtol=1e-5)
+
+
+def test_an_unchanged_track_is_not_read_again() -> None:
+    store = _Vectors({1: np.eye(4, dtype=np.float32), 2: np.eye(4, dtype=np.float32)})
+    resident = ResidentCatalog(store, store.tracks(), 4, "IP")
+    assert store.reads == 2
+    store.parts[3] = np.eye(4, dtype=np.float32)
+    resident.sync(store.tracks())
+    assert store.reads == 3
+    assert resident.vectors == 12
+
+
+@pytest.mark.parametrize("n", [5, 100, 64 * 21, 64 * 40 + 17])
+def test_the_two_step_selection_keeps_exactly_the_k_largest(n: int) -> None:
+    scores = np.random.default_rng(n).standard_normal((7, n)).astype(np.float32)
+    k = min(10, n)
+    chosen = _largest(scores, k)
+    for row in range(scores.shape[0]):
+        assert sorted(scores[row, chosen[row]]) == sorted(np.sort(scores[row])[-k:])
