@@ -376,17 +376,24 @@ class CatalogStore:
         return {int(r["track_id"]): _track_from_row(r) for r in rows}
 
     def tracks(self) -> list[Track]:
-        """Every complete track, in title order."""
-        found: list[Track] = []
-        iterator = self._client.query_iterator(
-            self._tracks, batch_size=_QUERY_PAGE, filter="track_id >= 0", output_fields=_TRACK_FIELDS,
-            timeout=self._timeout_s,
-        )
-        try:
-            while batch := iterator.next():
-                found.extend(_track_from_row(r) for r in batch)
-        finally:
-            iterator.close()
+        """Every complete track, in title order. Paged like every other request through ``_call``,
+        so a server that is down or restarting is a ``CatalogError`` (the daemon's periodic
+        catalog refresh retries on it) rather than a pymilvus exception that ends the service."""
+
+        def read_all() -> list[Track]:
+            found: list[Track] = []
+            iterator = self._client.query_iterator(
+                self._tracks, batch_size=_QUERY_PAGE, filter="track_id >= 0", output_fields=_TRACK_FIELDS,
+                timeout=self._timeout_s,
+            )
+            try:
+                while batch := iterator.next():
+                    found.extend(_track_from_row(r) for r in batch)
+            finally:
+                iterator.close()
+            return found
+
+        found: list[Track] = self._call(read_all)
         return sorted(found, key=lambda t: (t.title.lower(), t.track_id))
 
     def add_track(
