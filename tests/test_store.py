@@ -321,7 +321,7 @@ def test_a_failing_request_while_opening_is_a_catalog_error_that_says_why() -> N
 
 
 def test_a_new_catalog_records_its_index_and_reopens_with_it(backend: Backend) -> None:
-    expected = "FLAT" if not backend.uri.startswith("http") else "IVF_SQ8"
+    expected = "FLAT" if not backend.uri.startswith("http") else "HNSW"
     with backend.open(create=True) as created:
         assert created.index.type == expected
         add(created, make_track("indexed", 20), unit_vectors(20, seed=41))
@@ -366,5 +366,5 @@ def test_an_outgrown_lite_catalog_is_reported_with_the_fix(
     assert main(["catalog", "stats", "--json", "-c", str(config_path)]) == 0
     captured = capsys.readouterr()
     warning = json.loads(captured.out)["warning"]
-    assert "holds 30 vectors" in warning and "milvus.uri" in warning and "IVF_SQ8" in warning
+    assert "holds 30 vectors" in warning and "milvus.uri" in warning and "HNSW" in warning
     assert warning in captured.err

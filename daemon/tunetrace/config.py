@@ -112,14 +112,14 @@ class IndexConfig(_Section):
     """How the vectors collection is indexed: chosen when a catalog is created, recorded in it."""
 
     type: IndexType = "auto"
-    """``auto``: ``FLAT`` (exact) on Milvus Lite, ``IVF_SQ8`` on a Milvus server (chosen by
-    measurement, docs/scaling.md §2). The index of an existing catalog is the one it was created
-    with; a different ``type`` here is reported."""
+    """``auto``: ``FLAT`` (exact) on Milvus Lite, ``HNSW`` on a Milvus server (chosen by
+    measurement, docs/scaling.md §2; ``IVF_SQ8`` where memory matters more). The index of an
+    existing catalog is the one it was created with; a different ``type`` here is reported."""
     build: dict[str, IndexParam] = Field(default_factory=dict)
-    """Index build parameters (``{nlist: 1024}`` for IVF_*, ``{M: 16, efConstruction: 200}`` for
+    """Index build parameters (``{nlist: 1024}`` for IVF_*, ``{M: 16, efConstruction: 100}`` for
     HNSW); empty: the defaults of ``store.milvus``."""
     search: dict[str, IndexParam] = Field(default_factory=dict)
-    """Per-query search parameters (``{ef: 64}`` for HNSW, ``{nprobe: 16}`` for IVF_*); empty:
+    """Per-query search parameters (``{ef: 256}`` for HNSW, ``{nprobe: 64}`` for IVF_SQ8); empty:
     the defaults of ``store.milvus``. Applies to existing catalogs too."""
 
 

@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from tunetrace.redact import redact_url
 from tunetrace.store import open_catalog, track_id_for
 
 if TYPE_CHECKING:
+    from tunetrace.store.base import Catalog
     from tunetrace.store.milvus import CatalogStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class EvalOptions:
     progress: bool = True
     speech_dir: Path | None = None
     """Held-out recorded speech for the talk-over conditions (never the speech trained on)."""
+    catalog_queries_only: bool = False
+    """Identify only the catalog excerpts (the hold-out ones are planned, so query ids stay those
+    of a full run): an exact reference at size only needs the catalog's answers."""
 
 
 @dataclass(frozen=True)
@@ -332,8 +336,14 @@ def _queries(
             yield excerpt, audio
 
 
-def run_evaluation(config: Config, options: EvalOptions) -> EvalRun:
-    """Ingest, plan, cut, degrade, identify; the report is written from the returned run."""
+def run_evaluation(
+    config: Config, options: EvalOptions, search_with: Callable[[CatalogStore], Catalog] | None = None,
+) -> EvalRun:
+    """Ingest, plan, cut, degrade, identify; the report is written from the returned run.
+
+    ``search_with`` answers the queries from another catalog built over the store (the exact
+    reference of docs/scaling.md: brute force over the same vectors); by default the store itself.
+    """
     started = time.monotonic()
     machine = machine_description()
     catalog_files = list(scan_paths([options.catalog_dir], config.ingest.extensions))
@@ -360,7 +370,9 @@ def run_evaluation(config: Config, options: EvalOptions) -> EvalRun:
         )
         _add_speech(segments, options.conditions, speech, sample_rate)
         excluded.extend(segments.dropped)
-        recognizer = Recognizer(encoder, store, config.matcher)
+        if options.catalog_queries_only:
+            segments.excerpts = {q: e for q, e in segments.excerpts.items() if e.in_catalog}
+        recognizer = Recognizer(encoder, store if search_with is None else search_with(store), config.matcher)
         results: list[QueryResult] = []
         warm = 0
         bar = _bar(total=len(segments.excerpts), desc="identify", show=options.progress)

@@ -3,6 +3,8 @@
     python -m tunetrace.evaluation.scale vectors --count 20000 --cache /var/cache/tunetrace-scale
     python -m tunetrace.evaluation.scale check   --cache /var/cache/tunetrace-scale --sample 40
     python -m tunetrace.evaluation.scale insert  --cache /var/cache/tunetrace-scale --count 2000 -c cfg.yaml
+    python -m tunetrace.evaluation.scale exact-eval -c cfg.yaml --cache ... --count 2000 --out DIR
+    python -m tunetrace.evaluation.scale agree --exact DIR/results.csv --index OTHER/results.csv
 
 ``vectors`` embeds distractors (``evaluation.distractors``) with the shipped encoder and writes
 them in chunks of ``CHUNK`` tracks: an interrupted run resumes at the first missing chunk, and a
@@ -11,6 +13,9 @@ later run reuses every chunk (embedding is the expensive part: ~8.4M windows for
 from (they must not be: a distractor has to be a different recording).  ``insert`` adds the
 cached vectors to the configured catalog without embedding again; the real soundtrack is then
 ingested beside them and ``tunetrace eval`` measures hit and false-positive rates at that size.
+``exact-eval`` runs the same evaluation with every search answered by brute force over the cached
+vectors and the real tracks' vectors (``ExactCatalog``), and ``agree`` compares two evaluations
+excerpt by excerpt: the right-track recall of an index against exact search at the identify level.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.evaluation.distractors import SourceTrack, make_distractor
 from tunetrace.identify import Recognizer
 from tunetrace.redact import redact_url
-from tunetrace.store import Track, open_catalog, track_id_for
+from tunetrace.store import Hit, Track, open_catalog, track_id_for
 from tunetrace.store.memory import MemoryCatalog
 
 if TYPE_CHECKING:
@@ -265,6 +270,188 @@ def insert_distractors(config: Config, encoder: Encoder, cache_dir: Path, count:
         store.add_new_tracks(pending)
         added += len(pending)
     return added
+
+
+class ExactCatalog:
+    """A ``Catalog`` answering every search by brute-force inner product over one float32 matrix
+    of all the catalog's vectors (8.4M x 128 = 4.3 GB at 20,000 tracks), with track rows from the
+    store: the reference an approximate index is compared with at the identify level. The matrix
+    is scored in blocks of catalog rows, keeping each query's running top-k, so no score matrix of
+    queries x catalog is ever held."""
+
+    BLOCK_ROWS = 1 << 19
+
+    def __init__(
+        self, tracks_from: Any, vectors: np.ndarray, track_ids: np.ndarray, offsets_s: np.ndarray,
+        distractors: Sequence[Track] = (),
+    ) -> None:
+        self._tracks_from = tracks_from
+        self._distractors = {t.track_id: t for t in distractors}
+        """Track rows of the cached distractors, made as ``insert`` makes them: the store only has
+        to hold the real tracks (a smaller catalog's server serves a larger exact reference)."""
+        self._vectors = vectors
+        self._track_ids = track_ids
+        self._offsets = offsets_s
+
+    @classmethod
+    def from_cache(
+        cls, store: Any, cache_dir: Path, count: int, seed: int,
+    ) -> ExactCatalog:
+        """The store's real (non-distractor) tracks, read back from it, and cached distractors
+        ``0..count-1`` (their track rows made from the cache, as ``insert`` made them)."""
+        real = [t for t in store.tracks() if not t.content_hash.startswith("distractor:")]
+        parts = [(t.track_id, *store.track_vectors(t.track_id)) for t in real]
+        rows = sum(v.shape[0] for _, v, _ in parts)
+        for chunk in range(-(-count // CHUNK)):
+            path = _chunk_path(cache_dir, chunk)
+            if not path.exists():
+                raise SystemExit(f"{path} is missing: run `vectors --count {count}` first")
+            with np.load(path) as data:
+                rows += sum(m["n_vectors"] for m in json.loads(str(data["meta"])) if m["index"] < count)
+        dim = parts[0][1].shape[1] if parts else 128
+        vectors = np.empty((rows, dim), np.float32)
+        track_ids = np.empty(rows, np.int64)
+        offsets = np.empty(rows, np.float64)
+        at = 0
+        for track_id, v, o in parts:
+            vectors[at : at + v.shape[0]], track_ids[at : at + v.shape[0]] = v, track_id
+            offsets[at : at + v.shape[0]] = o
+            at += v.shape[0]
+        distractors: list[Track] = []
+        for item, v, o in read_chunks(cache_dir, count):
+            distractors.append(distractor_track(item, seed))
+            vectors[at : at + v.shape[0]] = v
+            track_ids[at : at + v.shape[0]] = distractors[-1].track_id
+            offsets[at : at + v.shape[0]] = o
+            at += v.shape[0]
+        if at != rows:
+            raise SystemExit(f"{cache_dir}: read {at} vectors, its chunks describe {rows}")
+        return cls(store, vectors, track_ids, offsets, distractors)
+
+    def vector_count(self) -> int:
+        return int(self._vectors.shape[0])
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
+        queries = np.asarray(vectors, np.float32)
+        n = queries.shape[0]
+        k = min(top_k, self._vectors.shape[0])
+        if n == 0 or k == 0:
+            return [[] for _ in range(n)]
+        best = np.full((n, k), -np.inf, np.float32)
+        best_rows = np.zeros((n, k), np.int64)
+        for start in range(0, self._vectors.shape[0], self.BLOCK_ROWS):
+            scores = queries @ self._vectors[start : start + self.BLOCK_ROWS].T
+            # Only scores above a query's current k-th best can enter its top k: after the first
+            # block these are few, so the sort runs on a handful of candidates.
+            above = scores > best[:, -1:]
+            for row in range(n):
+                candidates = np.flatnonzero(above[row])
+                if candidates.size == 0:
+                    continue
+                found = scores[row, candidates]
+                if found.size > k:
+                    part = np.argpartition(-found, k - 1)[:k]
+                    candidates, found = candidates[part], found[part]
+                pool_scores = np.concatenate([best[row], found])
+                pool_rows = np.concatenate([best_rows[row], candidates + start])
+                keep = np.argsort(-pool_scores, kind="stable")[:k]
+                best[row], best_rows[row] = pool_scores[keep], pool_rows[keep]
+        return [
+            [Hit(q, int(self._track_ids[r]), float(self._offsets[r]), float(s))
+             for s, r in zip(best[q], best_rows[q], strict=True) if np.isfinite(s)]
+            for q in range(n)
+        ]
+
+    def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
+        found: dict[int, Track] = {t: self._distractors[t] for t in track_ids if t in self._distractors}
+        others = [t for t in track_ids if t not in found]
+        if others:
+            found.update(self._tracks_from.get_tracks(others))
+        return found
+
+    def tracks(self) -> list[Track]:
+        real = [t for t in self._tracks_from.tracks() if t.track_id not in self._distractors
+                and not t.content_hash.startswith("distractor:")]
+        return [*real, *self._distractors.values()]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How an index's identify answers compare with exact search's on the same excerpts."""
+
+    exact_hits: int
+    """Catalog excerpts exact search answered with the right track."""
+    kept: int
+    """Of those, answered with the right track by the index too: ``kept / exact_hits`` is the
+    right-track recall against exact search at the identify level."""
+    index_only_hits: int
+    """Right-track answers of the index where exact search had none (chance either way)."""
+    by_condition: dict[str, tuple[int, int]]
+    """Condition -> (exact hits, kept)."""
+
+    @property
+    def recall(self) -> float:
+        return self.kept / self.exact_hits if self.exact_hits else 1.0
+
+
+HIT_COLUMNS = ("right_offset", "right_track")
+"""What counts as found: a hit (the right track at the right offset, the headline hit rate of
+``tunetrace eval``) or the right track at any offset."""
+
+
+def _answers(path: Path, column: str) -> dict[int, tuple[str, bool]]:
+    import csv
+
+    with path.open(newline="") as handle:
+        return {
+            int(row["query_id"]): (row["condition"], row[column] == "1")
+            for row in csv.DictReader(handle) if row["set"] == "catalog"
+        }
+
+
+def agreement(exact_csv: Path, index_csv: Path, column: str = "right_offset") -> Agreement:
+    """Compare two ``results.csv`` of the same plan (same seed, cells and catalog) query by query:
+    of the catalog excerpts exact search found (``column`` is 1), how many the index found too."""
+    exact, index = _answers(exact_csv, column), _answers(index_csv, column)
+    missing = sorted(set(exact) - set(index))
+    if missing:
+        raise SystemExit(
+            f"{index_csv} lacks {len(missing)} catalog queries of {exact_csv} (e.g. {missing[:3]}): "
+            "run both with the same --excerpts, --seed, --lengths and --conditions"
+        )
+    by_condition: dict[str, tuple[int, int]] = {}
+    for query, (condition, hit) in exact.items():
+        if hit:
+            total, kept = by_condition.get(condition, (0, 0))
+            by_condition[condition] = (total + 1, kept + index[query][1])
+    return Agreement(
+        exact_hits=sum(t for t, _ in by_condition.values()), kept=sum(k for _, k in by_condition.values()),
+        index_only_hits=sum(1 for q, (_, hit) in index.items() if hit and q in exact and not exact[q][1]),
+        by_condition=by_condition,
+    )
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its living descendants (``/proc``)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(stat[1]), []).append(int(entry.name))
+        ticks[int(entry.name)] = int(stat[11]) + int(stat[12])
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += ticks.get(current, 0)
+        todo.extend(children.get(current, []))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 IndexParamValue = int | float | str
@@ -516,13 +703,57 @@ def _emit_line(result: dict[str, Any], out: Path | None) -> None:
             handle.write(line + "\n")
 
 
+def _run_agree(args: argparse.Namespace) -> int:
+    if args.exact is None or args.index is None:
+        raise SystemExit("agree needs --exact RESULTS.csv and --index RESULTS.csv")
+    for column in HIT_COLUMNS:
+        found = agreement(args.exact, args.index, column)
+        print(json.dumps({
+            "found_as": column, "recall_vs_exact": round(found.recall, 4), "exact_found": found.exact_hits,
+            "kept": found.kept, "index_only": found.index_only_hits,
+            "by_condition": {c: [t, k] for c, (t, k) in sorted(found.by_condition.items())},
+        }))
+    return 0
+
+
+def run_exact_eval(args: argparse.Namespace, config: Config) -> int:
+    """``tunetrace eval`` on the configured catalog with every search answered exactly."""
+    from tunetrace.cli.eval import _conditions, _lengths
+    from tunetrace.evaluation.report import write_report
+    from tunetrace.evaluation.run import EvalOptions, run_evaluation
+
+    built: list[ExactCatalog] = []
+
+    def exact(store: CatalogStore) -> ExactCatalog:
+        began = time.monotonic()
+        catalog = ExactCatalog.from_cache(store, args.cache, args.count, args.seed)
+        print(f"exact catalog of {catalog.vector_count()} vectors ({args.count} distractors and the "
+              f"store's real tracks; the store holds {store.vector_count()}) loaded in "
+              f"{time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        built.append(catalog)
+        return catalog
+
+    options = EvalOptions(
+        catalog_dir=args.catalog, holdout_dir=args.holdout, conditions=_conditions(args.conditions),
+        lengths_s=_lengths(args.lengths), per_cell=args.excerpts, seed=args.eval_seed, progress=False,
+        catalog_queries_only=not args.with_holdout,
+    )
+    run = run_evaluation(config, options, search_with=exact)
+    out = args.out or Path("exact-eval")
+    md_path, csv_path = write_report(run, out)
+    print(f"{len(run.results)} queries answered exactly in {run.wall_s:.0f} s; "
+          f"wrote {md_path} and {csv_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tunetrace.evaluation.scale", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=("vectors", "check", "insert", "indexes"))
-    parser.add_argument("--cache", type=Path, required=True, help="cached vectors (outside the repo)")
+    parser.add_argument("action", choices=("vectors", "check", "insert", "indexes", "exact-eval", "agree",
+                                           "server-cpu"))
+    parser.add_argument("--cache", type=Path, default=None, help="cached vectors (outside the repo)")
     parser.add_argument("--count", type=int, default=20_000 - 30, help="distractors (vectors, insert)")
     parser.add_argument("--sample", type=int, default=40, help="distractors to check (check)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -541,10 +772,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--server-pid", type=int, default=None, help="indexes: milvus-server's pid (memory)")
     parser.add_argument("--catalog", type=Path, default=CONTROL_SOURCES[0][1], help="indexes: real music")
-    parser.add_argument("--out", type=Path, default=None, help="indexes: append JSON lines here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="indexes: append JSON lines here; exact-eval: the report folder")
+    parser.add_argument("--holdout", type=Path, default=Path("/usr/share/games/etr/music"),
+                        help="exact-eval: hold-out music (as `tunetrace eval --holdout`)")
+    parser.add_argument("--excerpts", type=int, default=60, help="exact-eval: excerpts per cell")
+    parser.add_argument("--eval-seed", type=int, default=1, help="exact-eval: seed of the excerpt plan")
+    parser.add_argument("--lengths", default="5", help="exact-eval: excerpt lengths, e.g. 5 or 1,5")
+    parser.add_argument("--conditions", default="clean,noise_10db,music_5db", help="exact-eval: conditions")
+    parser.add_argument("--with-holdout", action="store_true",
+                        help="exact-eval: also answer the hold-out excerpts (by default only the catalog's)")
+    parser.add_argument("--exact", type=Path, default=None, help="agree: exact search's results.csv")
+    parser.add_argument("--index", type=Path, default=None, help="agree: the index's results.csv")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = load_config(args.config)
+    if args.action == "agree":
+        return _run_agree(args)
+    if args.action == "server-cpu":
+        if args.server_pid is None:
+            raise SystemExit("server-cpu needs --server-pid")
+        print(json.dumps({"cpu_s": round(_tree_cpu_s(args.server_pid), 2),
+                          "rss_mb": _server_rss_mb(args.server_pid), "at": time.time()}))
+        return 0
+    if args.cache is None:
+        raise SystemExit(f"{args.action} needs --cache (the folder of cached distractor vectors)")
+    return _run_with_config(args, load_config(args.config))
+
+
+def _run_with_config(args: argparse.Namespace, config: Config) -> int:
+    """The actions that open the configured catalog or the encoder."""
+    if args.action == "exact-eval":
+        return run_exact_eval(args, config)
     encoder = create_encoder(config.encoder, config.data_dir)
     if args.action == "indexes":
         return run_indexes(args, config, encoder)

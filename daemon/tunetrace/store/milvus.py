@@ -87,20 +87,29 @@ IVF_SQ8 index whose search itself takes 3-4 ms, docs/scaling.md §2), which alon
 that inserts and then searches (ingest, tests) still sees what it wrote. Windows another process
 inserted moments ago become visible within the server's time tick; track rows are read Strong."""
 
-SERVER_DEFAULT_INDEX = "IVF_SQ8"
-"""``milvus.index.type: auto`` on a server, chosen by measurement (docs/scaling.md §2): at 854,301
-vectors it built in 47-129 s, searched one window in 3-4 ms with its top-1 track always among the
-exact top 10, and held the server at 0.7-1.5 GB; HNSW (M 16, efConstruction 200) had not finished
-building after 11 minutes on the same 2 cores, and stores 4x the bytes per vector."""
+SERVER_DEFAULT_INDEX = "HNSW"
+"""``milvus.index.type: auto`` on a server, chosen by measurement (docs/scaling.md §2): at 2,000
+tracks (854,301 vectors) HNSW (M 16, efConstruction 100) searched at ef 256 kept 140 of exact
+search's 141 identify-level hits (99.3 %; IVF_SQ8 nlist 1024 / nprobe 64: 97.9 %), answered a 5 s
+identify in 44 ms (median; IVF_SQ8 57 ms), and its top-1 track was always among the exact top 10's. It costs
+~4x the memory of IVF_SQ8 (float32 vectors + links) and builds ~5-10x slower (598 s for 854,301
+vectors on 2 loaded cores): IVF_SQ8 stays the documented choice where memory or build time
+matters more than the last points of recall."""
+
+HNSW_DEFAULT_EF = 256
+"""HNSW's search breadth when ``milvus.index.search`` is empty: at 2,000 tracks ef 64 / 128 / 256
+kept 97.2 / 97.9 / 99.3 % of exact search's identify-level hits (docs/scaling.md §2)."""
 
 DEFAULT_BUILD: dict[str, dict[str, IndexParam]] = {
-    "HNSW": {"M": 16, "efConstruction": 200},
+    "HNSW": {"M": 16, "efConstruction": 100},
     "IVF_FLAT": {"nlist": 1024},
     "IVF_SQ8": {"nlist": 1024},
     "IVF_PQ": {"nlist": 1024, "m": 16, "nbits": 8},
     "SCANN": {"nlist": 1024},
 }
-"""Build parameters when ``milvus.index.build`` is empty."""
+"""Build parameters when ``milvus.index.build`` is empty. HNSW's efConstruction 100 is the one
+measured at the identify level (200 did not finish building 854,301 vectors in 11 minutes on 2
+loaded cores, docs/scaling.md §2)."""
 DEFAULT_SEARCH: dict[str, dict[str, IndexParam]] = {
     "IVF_FLAT": {"nprobe": 16},
     "IVF_SQ8": {"nprobe": 64},
@@ -108,9 +117,9 @@ DEFAULT_SEARCH: dict[str, dict[str, IndexParam]] = {
     "SCANN": {"nprobe": 16},
 }
 """Search parameters when ``milvus.index.search`` is empty (HNSW and DISKANN scale with top_k).
-IVF_SQ8, the server default, searches 64 of its 1024 lists: at 2,000 tracks nprobe 16 kept 26 of
-exact search's 31 hits under interfering music, nprobe 64 kept 30 (28 on another build), for
-0.7-1.4 ms per window in a batch (docs/scaling.md §3)."""
+IVF_SQ8 searches 64 of its 1024 lists: at 2,000 tracks nprobe 16 kept 26 of exact search's 31
+hits under interfering music, nprobe 64 kept 30 (28 on another build), for 0.7-1.4 ms per window
+in a batch (docs/scaling.md §3)."""
 LITE_COMFORTABLE_VECTORS = 200_000
 """Beyond this many vectors (~470 tracks) an exact (FLAT) Milvus Lite catalog misses the live
 target of 5 ms of search per 0.5 s of audio (two windows at the fingerprint's 0.25 s hop, so
@@ -142,7 +151,7 @@ class IndexChoice:
         if configured:
             return dict(configured)
         if self.type == "HNSW":
-            return {"ef": max(64, top_k * 2)}
+            return {"ef": max(HNSW_DEFAULT_EF, top_k * 2)}
         if self.type == "DISKANN":
             return {"search_list": max(100, top_k)}
         return dict(DEFAULT_SEARCH.get(self.type, {}))
@@ -367,17 +376,24 @@ class CatalogStore:
         return {int(r["track_id"]): _track_from_row(r) for r in rows}
 
     def tracks(self) -> list[Track]:
-        """Every complete track, in title order."""
-        found: list[Track] = []
-        iterator = self._client.query_iterator(
-            self._tracks, batch_size=_QUERY_PAGE, filter="track_id >= 0", output_fields=_TRACK_FIELDS,
-            timeout=self._timeout_s,
-        )
-        try:
-            while batch := iterator.next():
-                found.extend(_track_from_row(r) for r in batch)
-        finally:
-            iterator.close()
+        """Every complete track, in title order. Paged like every other request through ``_call``,
+        so a server that is down or restarting is a ``CatalogError`` (the daemon's periodic
+        catalog refresh retries on it) rather than a pymilvus exception that ends the service."""
+
+        def read_all() -> list[Track]:
+            found: list[Track] = []
+            iterator = self._client.query_iterator(
+                self._tracks, batch_size=_QUERY_PAGE, filter="track_id >= 0", output_fields=_TRACK_FIELDS,
+                timeout=self._timeout_s,
+            )
+            try:
+                while batch := iterator.next():
+                    found.extend(_track_from_row(r) for r in batch)
+            finally:
+                iterator.close()
+            return found
+
+        found: list[Track] = self._call(read_all)
         return sorted(found, key=lambda t: (t.title.lower(), t.track_id))
 
     def add_track(
