@@ -140,10 +140,11 @@ class MilvusConfig(_Section):
     """Shards of the vectors collection on a Milvus server or cluster (set when it is created;
     more shards spread inserts over more data nodes). Milvus Lite has one."""
     resident_max_vectors: int = Field(default=300_000, ge=0)
-    """The daemon answers live searches of a catalog up to this many vectors from an exact copy in
-    its own memory (4 bytes per dimension per vector: 154 MB at 300,000 x 128), the same neighbours
-    Milvus's exact search finds for a fraction of the CPU; larger catalogs are searched by Milvus
-    and its index. 0: always Milvus. ``identify`` always asks Milvus (a copy would slow its start)."""
+    """The daemon answers live searches of an embedded (Milvus Lite) catalog up to this many
+    vectors from an exact copy in its own memory (4 bytes per dimension per vector: 154 MB at
+    300,000 x 128), the same neighbours Lite's exact search finds for a fraction of the CPU; larger
+    catalogs, and a server's, are searched by Milvus. 0: always Milvus. ``identify`` always asks
+    Milvus (a copy would slow its start)."""
 
     _ca_file_exists = field_validator("ca_file")(_readable_file)
 

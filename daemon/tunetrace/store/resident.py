@@ -7,9 +7,10 @@ vector on the 29k-vector soundtrack catalog, a third of what a station costs on 
 windows of a tick at once, costs a few percent of that. The neighbours are the same ones (exact
 inner product, or squared L2 as Milvus computes it), so recognition does not change.
 
-Only catalogs up to ``milvus.resident_max_vectors`` are copied (4 bytes per dimension per vector:
-the 29k-vector catalog is 15 MB, 300,000 vectors 154 MB); larger ones are searched by Milvus,
-whose indexes are built for them. The copy follows the catalog: ``sync`` loads the vectors of
+Only embedded (Milvus Lite) catalogs up to ``milvus.resident_max_vectors`` are copied (4 bytes
+per dimension per vector: the 29k-vector catalog is 15 MB, 300,000 vectors 154 MB); larger ones,
+and a server's (whose index is built for it, and which other daemons share), are searched by
+Milvus. The copy follows the catalog: ``sync`` loads the vectors of
 tracks added or changed and drops removed ones, and the daemon's ``LiveCatalog`` calls it before
 the stations hear of a change. Writes and metadata always go to the store itself.
 """
