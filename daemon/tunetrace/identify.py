@@ -3,7 +3,7 @@
 A ``Recognizer`` holds the encoder, the store and the catalog shape, opened once, so that many
 queries in one call are cheap.  Speed changes are handled by also trying the query resampled at
 the configured ratios; the best time-consistent answer wins.  Its speed is measured from how the
-match drifts against the catalog (``voting.speed``, queries of 4 s or more), times the ratio tried.
+match drifts against the catalog (``voting.speed``, queries of 8 s or more), times the ratio tried.
 
 Memory is bounded whatever the query's length: windows are cut as views of the audio and embedded
 and searched ``batch_size`` at a time, so only the hits (a few bytes per window) accumulate; the

@@ -17,7 +17,7 @@ the stations hear of a change. Writes and metadata always go to the store itself
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +65,19 @@ class VectorTable:
     @property
     def size(self) -> int:
         return int(self.columns.shape[1])
+
+    def rows_of(self, track_ids: Collection[int]) -> VectorTable:
+        """The vectors of these tracks only (a copy: the table it came from can then be freed)."""
+        keep = np.isin(self.track_ids, np.asarray(list(track_ids), np.int64))
+        columns = np.ascontiguousarray(self.columns[:, keep])
+        return VectorTable(columns, self.track_ids[keep], self.offsets_s[keep])
+
+    def joined(self, other: VectorTable) -> VectorTable:
+        return VectorTable(
+            np.ascontiguousarray(np.hstack([self.columns, other.columns])),
+            np.concatenate([self.track_ids, other.track_ids]),
+            np.concatenate([self.offsets_s, other.offsets_s]),
+        )
 
     def search(self, vectors: np.ndarray, top_k: int, metric: str = "IP") -> list[list[Hit]]:
         """Exact ``top_k`` neighbours per query vector, most similar first (similarity as
@@ -139,7 +152,7 @@ class ResidentCatalog:
         self._store = store
         self._dimension = dimension
         self._metric = metric
-        self._parts: dict[int, tuple[Track, np.ndarray, np.ndarray]] = {}
+        self._tracks: dict[int, Track] = {}
         self._table = VectorTable.of([], dimension)
         self.sync(tracks)
 
@@ -150,25 +163,21 @@ class ResidentCatalog:
     def sync(self, tracks: Sequence[Track]) -> None:
         """Blocking: make the copy hold exactly ``tracks`` (the store's complete tracks now).
 
-        A track is read again when its record changed (re-ingested or re-tagged); the table is
-        swapped in whole, so a search running meanwhile sees the old one or the new one.
+        A track is read again when its record changed (re-ingested or re-tagged); the others keep
+        their rows of the current table, so the vectors are held once. The table is swapped in
+        whole, so a search running meanwhile sees the old one or the new one.
         """
         wanted = {t.track_id: t for t in tracks}
-        parts = {i: part for i, part in self._parts.items() if i in wanted and part[0] == wanted[i]}
-        for track_id, track in wanted.items():
-            if track_id not in parts:
-                vectors, offsets = self._store.track_vectors(track_id)
-                parts[track_id] = (track, vectors, offsets)
-        self._parts = parts
-        self._table = VectorTable.of(
-            [(i, vectors, offsets) for i, (_, vectors, offsets) in parts.items()], self._dimension,
-        )
+        unchanged = {i for i, track in self._tracks.items() if wanted.get(i) == track}
+        read = [(i, *self._store.track_vectors(i)) for i in wanted if i not in unchanged]
+        self._table = self._table.rows_of(unchanged).joined(VectorTable.of(read, self._dimension))
+        self._tracks = wanted
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
         return self._table.search(vectors, top_k, self._metric)
 
     def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
-        known = {i: self._parts[i][0] for i in track_ids if i in self._parts}
+        known = {i: self._tracks[i] for i in track_ids if i in self._tracks}
         missing = [i for i in track_ids if i not in known]
         return known | (self._store.get_tracks(missing) if missing else {})
 
