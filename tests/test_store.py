@@ -22,7 +22,7 @@ from tunetrace.config import MilvusConfig
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.encoders.spectral import SpectralEncoder
 from tunetrace.errors import CatalogError, CatalogMismatchError
-from tunetrace.store import Track, track_id_for
+from tunetrace.store import Track, TrackSpan, track_id_for
 from tunetrace.store.milvus import CatalogStore
 
 INFO = SpectralEncoder().info
@@ -184,6 +184,29 @@ def test_each_vector_finds_its_own_track_and_offset(store: CatalogStore) -> None
         similarities = [h.similarity for h in hits]
         assert similarities == sorted(similarities, reverse=True)
         assert hits[1].similarity < 0.6  # random 128-d unit vectors are nearly orthogonal
+
+
+def test_references_return_each_spans_stored_windows_in_one_request(store: CatalogStore) -> None:
+    first, second = make_track("spanned", 40), make_track("spanned-too", 30)
+    first_vectors, second_vectors = unit_vectors(40, 111), unit_vectors(30, 112)
+    add(store, first, first_vectors)
+    add(store, second, second_vectors)
+    hop = INFO.hop_s
+    spans = [
+        TrackSpan(first.track_id, 10 * hop - 0.01, 14 * hop + 0.01),
+        TrackSpan(second.track_id, -1.0, 2 * hop + 0.01),  # before the track starts: clipped
+        TrackSpan(first.track_id, 39 * hop - 0.01, 60 * hop),  # past its end: clipped
+        TrackSpan(track_id_for("never-ingested"), 0.0, 10.0),
+    ]
+
+    found = store.references(spans)
+
+    assert [r.offsets_s.tolist() for r in found] == [
+        [i * hop for i in range(10, 15)], [0.0, hop, 2 * hop], [39 * hop], [],
+    ]
+    np.testing.assert_allclose(found[0].vectors, first_vectors[10:15], atol=1e-6)
+    np.testing.assert_allclose(found[1].vectors, second_vectors[:3], atol=1e-6)
+    assert found[3].vectors.shape == (0, INFO.dimension)
 
 
 def test_search_batches_beyond_one_request(store: CatalogStore) -> None:

@@ -186,6 +186,16 @@ false positives at or below 0.5% on a calibration run whose music is not in any 
 spectral value: its weights are not available here to calibrate it."""
 
 
+CALIBRATED_VERIFY_CANDIDATES: dict[str, float] = {
+    "spectral": 0,
+    "fingerprint": 6,
+    "vggish": 0,
+}
+"""``matcher.verify_candidates`` when the config does not set it: the fingerprint's similarity
+floor (``verify_min_similarity``) was measured on its own scores (docs/scaling.md,
+"Verification"); the other encoders vote on hits alone, as they were calibrated."""
+
+
 CALIBRATED_START_CONFIDENCE: dict[str, float] = {
     "spectral": 0.45,
     "fingerprint": 0.55,
@@ -228,6 +238,7 @@ CALIBRATED_START_CONFIRMATIONS: dict[str, float] = {
 
 CALIBRATED_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
     ("matcher", "min_confidence"): CALIBRATED_MIN_CONFIDENCE,
+    ("matcher", "verify_candidates"): CALIBRATED_VERIFY_CANDIDATES,
     ("tracker", "start_confidence"): CALIBRATED_START_CONFIDENCE,
     ("tracker", "window_hop_s"): CALIBRATED_WINDOW_HOP_S,
     ("tracker", "decision_interval_s"): CALIBRATED_DECISION_INTERVAL_S,
@@ -260,6 +271,12 @@ class MatcherConfig(_Section):
     music (no false positive in 150 excerpts of 3-10 s) before the reported evaluation."""
     min_aligned_windows: int = Field(default=3, ge=1)
     """A match needs at least this many query windows agreeing in time."""
+    verify_candidates: int = Field(default=0, ge=0, le=8)
+    """One-shot answers: the leading candidates of the vote scored again on every catalog window
+    their alignment implies (``voting.verify``), so that a true match's evidence does not shrink
+    as the catalog grows; ``0`` votes on hits alone. Set per encoder when the config does not."""
+    verify_min_similarity: float = Field(default=0.4, ge=-1, le=1)
+    """A query window confirms its aligned catalog window in verification from this similarity."""
     speed_ratios: tuple[float, ...] = (1.0,)
     """Playback speeds to try (1.03 = played 3% fast); the best time-consistent match wins."""
     max_query_s: float = Field(default=60.0, gt=0, le=600)

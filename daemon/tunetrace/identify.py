@@ -28,6 +28,7 @@ from tunetrace.encoders.base import Encoder
 from tunetrace.store import Catalog, CatalogShape, Hit, Track, catalog_shape
 from tunetrace.voting import Candidate, VotingParams, decisive, vote
 from tunetrace.voting.speed import measured_speed
+from tunetrace.voting.verify import reference_span, verify_all
 
 _CONTRAST_CANDIDATES = 8
 """Candidates ranked per query: enough to find the best track other than the winner."""
@@ -81,6 +82,8 @@ class Recognizer:
         self._tracks: dict[int, Track] = {}
         self._shape = self._read_tracks()
         self._silence_rms = 10.0 ** (config.silence_threshold_dbfs / 20.0)
+        # Verification compares inner products with a similarity floor: only for IP catalogs.
+        self._verify_candidates = config.verify_candidates if info.metric == "IP" else 0
 
     @property
     def shape(self) -> CatalogShape:
@@ -115,11 +118,12 @@ class Recognizer:
             # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
             queries = [self._windows(speed_change(audio, 1.0 / ratio)) for audio in audios]
             per_query = self._search_all(queries)
-            for index, (hits, times_s) in enumerate(per_query):
+            for index, (hits, times_s, vectors) in enumerate(per_query):
                 if not hits:
                     continue
                 audible_somewhere[index] = True
                 ranked = vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
+                ranked = self._verified(ranked, vectors, times_s)
                 span_s = float(times_s[-1] - times_s[0])
                 winner = decisive(ranked, span_s, self._params.catalog_hop_s)
                 current = best[index]
@@ -137,6 +141,16 @@ class Recognizer:
                 answers.append(replace(self._decide(candidate), speed_measured=drift))
         return answers
 
+    def _verified(self, ranked: list[Candidate], vectors: np.ndarray, times_s: np.ndarray) -> list[Candidate]:
+        """The leading candidates scored on all their aligned catalog windows (``voting.verify``)."""
+        count = min(self._verify_candidates, len(ranked))
+        if count == 0:
+            return ranked
+        spans = [reference_span(c, times_s, self._params) for c in ranked[:count]]
+        references = self._store.references(spans)
+        floor = self._config.verify_min_similarity
+        return verify_all(ranked, references, vectors, times_s, self._params, floor)
+
     def _windows(self, audio: np.ndarray) -> _QueryWindows:
         """The audible windows of one query (views into ``audio``, nothing copied yet)."""
         spec: WindowSpec = self._query_spec
@@ -151,22 +165,26 @@ class Recognizer:
         audible = np.flatnonzero(np.sqrt(np.maximum(mean_square, 0.0)) >= self._silence_rms)
         return _QueryWindows(views, starts[audible])
 
-    def _search_all(self, queries: Sequence[_QueryWindows]) -> list[tuple[list[list[Hit]], np.ndarray]]:
-        """Neighbours and start times (s) of every audible window of every query.
+    def _search_all(
+        self, queries: Sequence[_QueryWindows],
+    ) -> list[tuple[list[list[Hit]], np.ndarray, np.ndarray]]:
+        """Neighbours, start times (s) and vectors of every audible window of every query.
 
         Windows are copied and embedded ``batch_size`` at a time (the query's memory stays
         bounded), then all vectors go to the catalog in one request.
         """
         spec = self._query_spec
         if not any(q.starts.size for q in queries):
-            return [([], np.zeros(0)) for _ in queries]
+            return [([], np.zeros(0), np.zeros((0, 0), np.float32)) for _ in queries]
         vectors = np.concatenate(list(self._embedded(queries)))
         hits = self._store.search(vectors, self._config.top_k)
-        answers: list[tuple[list[list[Hit]], np.ndarray]] = []
+        answers: list[tuple[list[list[Hit]], np.ndarray, np.ndarray]] = []
         first = 0
         for q in queries:
             count = q.starts.size
-            answers.append((hits[first : first + count], q.starts / spec.sample_rate))
+            answers.append(
+                (hits[first : first + count], q.starts / spec.sample_rate, vectors[first : first + count])
+            )
             first += count
         return answers
 

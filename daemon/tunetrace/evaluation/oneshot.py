@@ -43,7 +43,7 @@ from tunetrace.encoders import create_encoder
 from tunetrace.encoders.base import Encoder, EncoderInfo
 from tunetrace.evaluation.degrade import white_noise
 from tunetrace.evaluation.excerpts import PREROLL_S, cut, is_quiet
-from tunetrace.store import Catalog, Hit, Track
+from tunetrace.store import Catalog, Hit, Reference, Track, TrackSpan
 
 QUERY_RATE = 22050
 """Query files are written at this rate, so decoding them includes a real resampling step."""
@@ -235,6 +235,12 @@ class TimedCatalog:
 
     def tracks(self) -> list[Track]:
         return self._inner.tracks()
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        started = time.perf_counter()
+        found = self._inner.references(spans)
+        self._clock.search_s += time.perf_counter() - started
+        return found
 
 
 def stage_breakdown(config: Config, queries: Sequence[Query]) -> dict[str, dict[str, float]]:

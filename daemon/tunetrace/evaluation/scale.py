@@ -38,7 +38,7 @@ from tunetrace.encoders import Encoder, create_encoder
 from tunetrace.evaluation.distractors import SourceTrack, make_distractor
 from tunetrace.identify import Recognizer
 from tunetrace.redact import redact_url
-from tunetrace.store import Hit, Track, open_catalog, track_id_for
+from tunetrace.store import Hit, Reference, Track, TrackSpan, open_catalog, track_id_for
 from tunetrace.store.memory import MemoryCatalog
 
 if TYPE_CHECKING:
@@ -292,6 +292,8 @@ class ExactCatalog:
         self._vectors = vectors
         self._track_ids = track_ids
         self._offsets = offsets_s
+        self._rows_of_track: dict[int, tuple[int, int]] | None = None
+        """Each track's rows (they are contiguous), found on the first verification."""
 
     @classmethod
     def from_cache(
@@ -361,6 +363,22 @@ class ExactCatalog:
              for s, r in zip(best[q], best_rows[q], strict=True) if np.isfinite(s)]
             for q in range(n)
         ]
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        if self._rows_of_track is None:
+            starts = np.concatenate([[0], np.flatnonzero(np.diff(self._track_ids)) + 1])
+            ends = np.append(starts[1:], self._track_ids.size)
+            self._rows_of_track = {
+                int(self._track_ids[a]): (int(a), int(b)) for a, b in zip(starts, ends, strict=True)
+            }
+        found: list[Reference] = []
+        for span in spans:
+            first, last = self._rows_of_track.get(span.track_id, (0, 0))
+            offsets = self._offsets[first:last]
+            rows = first + np.flatnonzero((offsets >= span.from_s) & (offsets <= span.to_s))
+            rows = rows[np.argsort(self._offsets[rows], kind="stable")]
+            found.append(Reference(self._vectors[rows], self._offsets[rows]))
+        return found
 
     def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
         found: dict[int, Track] = {t: self._distractors[t] for t in track_ids if t in self._distractors}

@@ -13,7 +13,7 @@ import numpy as np
 
 from tunetrace.encoders.base import Encoder, EncoderInfo
 from tunetrace.observe.base import PipelineMetrics, StationMetrics
-from tunetrace.store.base import Catalog, Hit, Track
+from tunetrace.store.base import Catalog, Hit, Reference, Track, TrackSpan
 
 
 class TimedEncoder:
@@ -58,3 +58,6 @@ class TimedCatalog:
 
     def tracks(self) -> list[Track]:
         return self._catalog.tracks()
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        return self._catalog.references(spans)

@@ -12,7 +12,9 @@ from tunetrace.store.base import (
     Catalog,
     CatalogShape,
     Hit,
+    Reference,
     Track,
+    TrackSpan,
     catalog_shape,
     track_id_for,
 )
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
     from tunetrace.store.milvus import CatalogStore
 
 __all__ = [
-    "TRACK_ID_BITS", "Catalog", "CatalogShape", "Hit", "Track", "catalog_shape", "open_catalog",
-    "track_id_for",
+    "TRACK_ID_BITS", "Catalog", "CatalogShape", "Hit", "Reference", "Track", "TrackSpan", "catalog_shape",
+    "open_catalog", "track_id_for",
 ]
 
 

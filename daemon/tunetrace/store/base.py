@@ -59,6 +59,23 @@ def track_id_for(content_hash: str) -> int:
 
 
 @dataclass(frozen=True)
+class TrackSpan:
+    """A stretch of one catalog track: the windows that start within ``[from_s, to_s]``."""
+
+    track_id: int
+    from_s: float
+    to_s: float
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A track's stored windows over one ``TrackSpan``: what a candidate match is verified against."""
+
+    vectors: np.ndarray
+    offsets_s: np.ndarray
+
+
+@dataclass(frozen=True)
 class CatalogShape:
     """What the chance correction needs to know about the catalog."""
 
@@ -78,6 +95,11 @@ class Catalog(Protocol):
 
     def tracks(self) -> list[Track]:
         """Every complete track (its shape feeds the chance correction)."""
+        ...
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        """The stored windows of each span in offset order, in one request (``CatalogError`` when
+        unreachable)."""
         ...
 
 

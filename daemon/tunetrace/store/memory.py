@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunetrace.store.base import Hit, Track
+from tunetrace.store.base import Hit, Reference, Track, TrackSpan
 from tunetrace.store.resident import VectorTable
 
 
@@ -27,10 +27,16 @@ class MemoryCatalog:
         self._table = None
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
+        return self._vector_table().search(vectors, top_k)
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        return self._vector_table().references(spans)
+
+    def _vector_table(self) -> VectorTable:
         if self._table is None:
             dimension = self._parts[0][1].shape[1] if self._parts else 0
             self._table = VectorTable.of(self._parts, dimension)
-        return self._table.search(vectors, top_k)
+        return self._table
 
     def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
         return {t: self._tracks[t] for t in track_ids if t in self._tracks}

@@ -38,7 +38,7 @@ from tunetrace.config import (
 from tunetrace.encoders.base import EncoderInfo
 from tunetrace.errors import CatalogError, CatalogMismatchError, ConfigError
 from tunetrace.redact import redact_text, redact_url
-from tunetrace.store.base import TRACK_ID_BITS, Hit, Track, track_id_for
+from tunetrace.store.base import TRACK_ID_BITS, Hit, Reference, Track, TrackSpan, track_id_for
 from tunetrace.store.lock import CatalogLock
 
 log = logging.getLogger(__name__)
@@ -568,6 +568,30 @@ class CatalogStore:
                     for h in hits
                 ])
         return results
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        """The stored windows of every span in one query (a few dozen rows: the scalar filter, not
+        the vector index, finds them)."""
+        if not spans:
+            return []
+        clauses = " or ".join(
+            f"(track_id == {int(s.track_id)} and offset_s >= {s.from_s:.4f} and offset_s <= {s.to_s:.4f})"
+            for s in spans
+        )
+        rows = self._call(lambda: self._client.query(
+            self._vectors, filter=clauses, output_fields=["track_id", "embedding", "offset_s"],
+            timeout=self._timeout_s, consistency_level=_SEARCH_CONSISTENCY,
+        ))
+        found: list[Reference] = []
+        for span in spans:
+            mine = sorted(
+                (r for r in rows
+                 if int(r["track_id"]) == span.track_id and span.from_s <= float(r["offset_s"]) <= span.to_s),
+                key=lambda r: float(r["offset_s"]),
+            )
+            vectors = np.array([r["embedding"] for r in mine], np.float32).reshape(-1, self._info.dimension)
+            found.append(Reference(vectors, np.array([float(r["offset_s"]) for r in mine])))
+        return found
 
     def _call(self, operation: Any) -> Any:
         """Run one request; every way it can fail becomes a ``CatalogError`` its caller handles.

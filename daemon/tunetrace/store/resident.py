@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tunetrace.store.base import Hit, Track
+from tunetrace.store.base import Hit, Reference, Track, TrackSpan
 
 SEARCH_BLOCK = 256
 """Query vectors scored per matrix product (bounds the score matrix to block x catalog floats)."""
@@ -78,6 +78,16 @@ class VectorTable:
             np.concatenate([self.track_ids, other.track_ids]),
             np.concatenate([self.offsets_s, other.offsets_s]),
         )
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        """The rows of each span in offset order (copies: a few windows per span)."""
+        found: list[Reference] = []
+        for span in spans:
+            inside = (self.offsets_s >= span.from_s) & (self.offsets_s <= span.to_s)
+            rows = np.flatnonzero((self.track_ids == span.track_id) & inside)
+            rows = rows[np.argsort(self.offsets_s[rows], kind="stable")]
+            found.append(Reference(np.ascontiguousarray(self.columns[:, rows].T), self.offsets_s[rows]))
+        return found
 
     def search(self, vectors: np.ndarray, top_k: int, metric: str = "IP") -> list[list[Hit]]:
         """Exact ``top_k`` neighbours per query vector, most similar first (similarity as
@@ -175,6 +185,9 @@ class ResidentCatalog:
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
         return self._table.search(vectors, top_k, self._metric)
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        return self._table.references(spans)
 
     def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
         known = {i: self._tracks[i] for i in track_ids if i in self._tracks}
