@@ -8,7 +8,7 @@ is tested on real music of a similar kind, not on noise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from tunetrace.audio.resample import speed_change
 from tunetrace.config import parse_config
 from tunetrace.encoders import create_encoder
 from tunetrace.identify import Identification, Recognizer
+from tunetrace.store import Hit, Reference, Track, TrackSpan
 from tunetrace.store.milvus import CatalogStore
 
 DEFAULTS = parse_config(None)
@@ -90,6 +91,47 @@ def test_silence_and_tiny_clips_get_an_honest_no_match(clip_store: CatalogStore)
         result = engine.identify(audio)
         assert not result.matched
         assert result.offset_s == 0.0
+
+
+class CountingReferences:
+    """The clip store, with its ``references`` requests counted."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
+        self.requests = 0
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
+        return self.store.search(vectors, top_k)
+
+    def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
+        return self.store.get_tracks(track_ids)
+
+    def tracks(self) -> list[Track]:
+        return self.store.tracks()
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        self.requests += 1
+        return self.store.references(spans)
+
+
+def test_verification_runs_only_in_a_catalog_large_enough_to_need_it(
+    clip_store: CatalogStore, clip_catalog: BuiltCatalog, real_clips: list[Clip], holdout_clips: list[Clip],
+) -> None:
+    clip = real_clips[1]
+    excerpt = decode_file(clip.path, RATE)[round(7.3 * RATE) : round((7.3 + EXCERPT_S) * RATE)]
+    small = CountingReferences(clip_store)
+    result = Recognizer(ENCODER, small, DEFAULTS.matcher).identify(excerpt)
+    assert_identified(result, clip.path, clip_catalog, 7.3)
+    assert small.requests == 0  # three clips: far below verify_from_vectors
+
+    counted = CountingReferences(clip_store)
+    engine = Recognizer(ENCODER, counted, parse_config({"matcher": {"verify_from_vectors": 0}}).matcher)
+    result = engine.identify(excerpt)
+    assert counted.requests == 1  # one request for every leading candidate
+    assert_identified(result, clip.path, clip_catalog, 7.3)
+    assert result.best_candidate is not None and result.best_candidate.aligned_windows >= 15
+    for other in holdout_clips:
+        assert not engine.identify(decode_file(other.path, RATE)).matched
 
 
 def test_a_sped_up_excerpt_is_found_at_its_speed(

@@ -83,7 +83,7 @@ class Recognizer:
         self._shape = self._read_tracks()
         self._silence_rms = 10.0 ** (config.silence_threshold_dbfs / 20.0)
         # Verification compares inner products with a similarity floor: only for IP catalogs.
-        self._verify_candidates = config.verify_candidates if info.metric == "IP" else 0
+        self._verify_ip = info.metric == "IP"
 
     @property
     def shape(self) -> CatalogShape:
@@ -143,7 +143,8 @@ class Recognizer:
 
     def _verified(self, ranked: list[Candidate], vectors: np.ndarray, times_s: np.ndarray) -> list[Candidate]:
         """The leading candidates scored on all their aligned catalog windows (``voting.verify``)."""
-        count = min(self._verify_candidates, len(ranked))
+        large = self._shape.total_vectors >= self._config.verify_from_vectors
+        count = min(self._config.verify_candidates, len(ranked)) if self._verify_ip and large else 0
         if count == 0:
             return ranked
         spans = [reference_span(c, times_s, self._params) for c in ranked[:count]]
