@@ -133,3 +133,19 @@ def test_a_span_outside_the_stored_windows_leaves_the_candidate_as_voted(
     assert reference.offsets_s.size == 0
 
     assert verified(candidate, query, QUERY_TIMES_S, reference, PARAMS, FLOOR) == candidate
+
+
+def test_music_that_resembles_the_query_everywhere_is_not_confirmed_by_verification() -> None:
+    """A held pad or a steady groove: every window of the track is close to every query window,
+    at the candidate's alignment as much as seconds away from it, so nothing there is a match."""
+    rng = np.random.default_rng(9)
+    texture = unit(rng.standard_normal((1, DIMENSION)))
+    drone = blend(np.repeat(texture, TRACK_WINDOWS, axis=0), 0.85, rng)
+    catalog = MemoryCatalog()
+    catalog.add_track(track(TRUE_TRACK), drone, np.arange(TRACK_WINDOWS) * HOP_S)
+    query = blend(np.repeat(texture, QUERY_TIMES_S.size, axis=0), 0.85, rng)
+    voted_there = Candidate(TRUE_TRACK, POSITION_S, 0.05, 3, QUERY_TIMES_S.size)
+    reference = catalog.references([reference_span(voted_there, QUERY_TIMES_S, PARAMS)])[0]
+    assert float(np.min(query @ reference.vectors.T)) > FLOOR  # every pair would "confirm"
+
+    assert verified(voted_there, query, QUERY_TIMES_S, reference, PARAMS, FLOOR) == voted_there
