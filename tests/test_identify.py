@@ -122,10 +122,15 @@ def test_verification_runs_only_in_a_catalog_large_enough_to_need_it(
     small = CountingReferences(clip_store)
     result = Recognizer(ENCODER, small, DEFAULTS.matcher).identify(excerpt)
     assert_identified(result, clip.path, clip_catalog, 7.3)
-    assert small.requests == 0  # three clips: far below verify_from_vectors
+    assert small.requests == 0  # off by default, and three clips are far below verify_from_vectors
+    small_opted_in = CountingReferences(clip_store)
+    engine = Recognizer(ENCODER, small_opted_in, parse_config({"matcher": {"verify_candidates": 6}}).matcher)
+    assert_identified(engine.identify(excerpt), clip.path, clip_catalog, 7.3)
+    assert small_opted_in.requests == 0
 
     counted = CountingReferences(clip_store)
-    engine = Recognizer(ENCODER, counted, parse_config({"matcher": {"verify_from_vectors": 0}}).matcher)
+    opted_in = {"verify_candidates": 6, "verify_from_vectors": 0}
+    engine = Recognizer(ENCODER, counted, parse_config({"matcher": opted_in}).matcher)
     result = engine.identify(excerpt)
     assert counted.requests == 1  # one request for every leading candidate
     assert_identified(result, clip.path, clip_catalog, 7.3)
