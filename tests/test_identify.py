@@ -135,8 +135,12 @@ def test_verification_runs_only_in_a_catalog_large_enough_to_need_it(
     assert counted.requests == 1  # one request for every leading candidate
     assert_identified(result, clip.path, clip_catalog, 7.3)
     assert result.best_candidate is not None and result.best_candidate.aligned_windows >= 15
-    for other in holdout_clips:
-        assert not engine.identify(decode_file(other.path, RATE)).matched
+    unknown = [decode_file(other.path, RATE) for other in holdout_clips]
+    before = counted.requests
+    answers = engine.identify_many([excerpt, *unknown])
+    assert counted.requests == before + 1  # the whole batch's candidates in one request, as its search
+    assert_identified(answers[0], clip.path, clip_catalog, 7.3)
+    assert not any(answer.matched for answer in answers[1:])
 
 
 def test_a_sped_up_excerpt_is_found_at_its_speed(

@@ -68,6 +68,10 @@ class _QueryWindows:
     """Start (samples) of each audible window: the ones embedded and searched."""
 
 
+_Searched = tuple[list[list[Hit]], np.ndarray, np.ndarray]
+"""One query's search: each audible window's neighbours, start times (s) and vectors."""
+
+
 class Recognizer:
     def __init__(
         self, encoder: Encoder, store: Catalog, config: MatcherConfig, *, batch_size: int = 64,
@@ -118,12 +122,13 @@ class Recognizer:
             # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
             queries = [self._windows(speed_change(audio, 1.0 / ratio)) for audio in audios]
             per_query = self._search_all(queries)
-            for index, (hits, times_s, vectors) in enumerate(per_query):
-                if not hits:
-                    continue
+            voted = {
+                index: vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
+                for index, (hits, times_s, _) in enumerate(per_query) if hits
+            }
+            for index, ranked in self._verified(voted, per_query).items():
+                hits, times_s, _ = per_query[index]
                 audible_somewhere[index] = True
-                ranked = vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
-                ranked = self._verified(ranked, vectors, times_s)
                 span_s = float(times_s[-1] - times_s[0])
                 winner = decisive(ranked, span_s, self._params.catalog_hop_s)
                 current = best[index]
@@ -141,16 +146,29 @@ class Recognizer:
                 answers.append(replace(self._decide(candidate), speed_measured=drift))
         return answers
 
-    def _verified(self, ranked: list[Candidate], vectors: np.ndarray, times_s: np.ndarray) -> list[Candidate]:
-        """The leading candidates scored on all their aligned catalog windows (``voting.verify``)."""
+    def _verified(
+        self, voted: dict[int, list[Candidate]], per_query: Sequence[_Searched],
+    ) -> dict[int, list[Candidate]]:
+        """Each query's leading candidates scored on all their aligned catalog windows
+        (``voting.verify``), their windows read in one request for the whole batch, as the search."""
         large = self._shape.total_vectors >= self._config.verify_from_vectors
-        count = min(self._config.verify_candidates, len(ranked)) if self._verify_ip and large else 0
-        if count == 0:
-            return ranked
-        spans = [reference_span(c, times_s, self._params) for c in ranked[:count]]
-        references = self._store.references(spans)
+        count = self._config.verify_candidates if self._verify_ip and large else 0
+        if count == 0 or not voted:
+            return voted
+        spans = {
+            index: [reference_span(c, per_query[index][1], self._params) for c in ranked[:count]]
+            for index, ranked in voted.items()
+        }
+        references = self._store.references([span for query_spans in spans.values() for span in query_spans])
         floor = self._config.verify_min_similarity
-        return verify_all(ranked, references, vectors, times_s, self._params, floor)
+        checked: dict[int, list[Candidate]] = {}
+        first = 0
+        for index, ranked in voted.items():
+            _, times_s, vectors = per_query[index]
+            mine = references[first : first + len(spans[index])]
+            first += len(spans[index])
+            checked[index] = verify_all(ranked, mine, vectors, times_s, self._params, floor)
+        return checked
 
     def _windows(self, audio: np.ndarray) -> _QueryWindows:
         """The audible windows of one query (views into ``audio``, nothing copied yet)."""
@@ -166,9 +184,7 @@ class Recognizer:
         audible = np.flatnonzero(np.sqrt(np.maximum(mean_square, 0.0)) >= self._silence_rms)
         return _QueryWindows(views, starts[audible])
 
-    def _search_all(
-        self, queries: Sequence[_QueryWindows],
-    ) -> list[tuple[list[list[Hit]], np.ndarray, np.ndarray]]:
+    def _search_all(self, queries: Sequence[_QueryWindows]) -> list[_Searched]:
         """Neighbours, start times (s) and vectors of every audible window of every query.
 
         Windows are copied and embedded ``batch_size`` at a time (the query's memory stays
@@ -179,7 +195,7 @@ class Recognizer:
             return [([], np.zeros(0), np.zeros((0, 0), np.float32)) for _ in queries]
         vectors = np.concatenate(list(self._embedded(queries)))
         hits = self._store.search(vectors, self._config.top_k)
-        answers: list[tuple[list[list[Hit]], np.ndarray, np.ndarray]] = []
+        answers: list[_Searched] = []
         first = 0
         for q in queries:
             count = q.starts.size

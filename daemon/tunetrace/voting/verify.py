@@ -65,6 +65,7 @@ def verified(
     if reference.vectors.shape[0] == 0 or query_vectors.shape[0] == 0:
         return candidate
     similarity = query_vectors @ reference.vectors.T
+
     def at(shift_s: float) -> tuple[float, int, frozenset[int]]:
         expected_s = candidate.alignment_s + shift_s + query_times_s
         return _aligned_evidence(similarity, reference.offsets_s, expected_s, params, min_similarity)
