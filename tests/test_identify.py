@@ -143,6 +143,39 @@ def test_verification_runs_only_in_a_catalog_large_enough_to_need_it(
     assert not any(answer.matched for answer in answers[1:])
 
 
+def test_a_large_catalog_answers_on_hits_alone_with_its_own_threshold(
+    clip_store: CatalogStore, clip_catalog: BuiltCatalog, real_clips: list[Clip],
+) -> None:
+    clip = real_clips[2]
+    excerpt = decode_file(clip.path, RATE)[round(12.0 * RATE) : round((12.0 + EXCERPT_S) * RATE)]
+    thresholds = {"min_confidence": 1.0, "min_confidence_large": 0.0}  # refuse anything short of certain
+    small = recognizer(clip_store, **thresholds)
+    assert small.min_confidence() == 1.0  # three clips are far below large_catalog_vectors
+    refused = small.identify(excerpt)
+    assert not refused.matched and refused.best_candidate is not None
+    assert refused.best_candidate.confidence < 1.0
+    assert refused.best_candidate.track_id == clip_catalog.tracks[clip.path].track_id
+
+    large = recognizer(clip_store, **thresholds, large_catalog_vectors=0)
+    assert large.min_confidence() == 0.0
+    assert_identified(large.identify(excerpt), clip.path, clip_catalog, 12.0)
+
+    verified = recognizer(
+        clip_store, **thresholds, large_catalog_vectors=0, verify_candidates=6, verify_from_vectors=0,
+    )
+    assert verified.min_confidence() == 1.0  # verification lifts chance scores: the usual threshold
+    assert not verified.identify(excerpt).matched
+
+
+def test_the_large_catalog_threshold_is_calibrated_per_encoder() -> None:
+    fingerprint = parse_config({"encoder": {"name": "fingerprint"}}).matcher
+    assert fingerprint.min_confidence_large < fingerprint.min_confidence
+    spectral = parse_config({"encoder": {"name": "spectral"}}).matcher
+    assert spectral.min_confidence_large == spectral.min_confidence  # not measured at size: unchanged
+    chosen = parse_config({"matcher": {"min_confidence_large": 0.3}}).matcher
+    assert chosen.min_confidence_large == 0.3
+
+
 def test_a_sped_up_excerpt_is_found_at_its_speed(
     clip_store: CatalogStore, clip_catalog: BuiltCatalog, real_clips: list[Clip]
 ) -> None:

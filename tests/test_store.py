@@ -391,3 +391,14 @@ def test_an_outgrown_lite_catalog_is_reported_with_the_fix(
     warning = json.loads(captured.out)["warning"]
     assert "holds 30 vectors" in warning and "milvus.uri" in warning and "HNSW" in warning
     assert warning in captured.err
+
+
+def test_hnsw_searches_live_windows_with_a_smaller_default_breadth_than_one_shot_queries() -> None:
+    from tunetrace.store.milvus import HNSW_DEFAULT_EF, HNSW_LIVE_DEFAULT_EF, IndexChoice
+
+    hnsw = IndexChoice("HNSW", {"M": 16, "efConstruction": 100})
+    assert hnsw.search_params({}, 10) == {"ef": HNSW_DEFAULT_EF}
+    assert hnsw.search_params({}, 10, live=True) == {"ef": HNSW_LIVE_DEFAULT_EF}
+    assert HNSW_LIVE_DEFAULT_EF < HNSW_DEFAULT_EF
+    assert hnsw.search_params({}, 100, live=True) == {"ef": 200}  # never below twice top_k
+    assert hnsw.search_params({"ef": 128}, 10, live=True) == {"ef": 128}  # configured wins

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,7 +92,7 @@ def test_a_track_added_by_another_client_is_seen_after_refresh(
 @pytest.mark.milvus_server
 def test_the_configured_index_and_shards_are_built_recorded_and_searched_with(
     milvus_server: MilvusServer, synthetic_wavs: list[Path], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     prefix = unique_prefix("ivf")
     config_path = write_config(tmp_path, uri=milvus_server.uri, prefix=prefix)
@@ -113,6 +114,24 @@ def test_the_configured_index_and_shards_are_built_recorded_and_searched_with(
         audio = decode_file(synthetic_wavs[1], encoder.info.sample_rate)
         result = recognizer.identify(audio[4 * encoder.info.sample_rate : 10 * encoder.info.sample_rate])
         assert result.track is not None and result.track.title == "melody-2"
+        vectors = encoder.embed(audio[None, : round(encoder.info.window_s * encoder.info.sample_rate)])
+
+    # The daemon's store searches with milvus.index.live_search, one-shot stores with search.
+    index = config.milvus.index.model_copy(update={"live_search": {"nprobe": 2}})
+    with_live = config.milvus.model_copy(update={"index": index})
+    for live, expected in ((False, {"nprobe": 8}), (True, {"nprobe": 2})):
+        uri = config.milvus_uri()
+        with CatalogStore.open(with_live, uri, encoder.info, create=False, live=live) as store:
+            sent: list[object] = []
+            search = store._client.search
+
+            def spy(*args: object, search: Any = search, sent: list[object] = sent, **kwargs: Any) -> Any:
+                sent.append(kwargs["search_params"]["params"])
+                return search(*args, **kwargs)
+
+            monkeypatch.setattr(store._client, "search", spy)
+            assert store.search(vectors, 5)[0]
+            assert sent == [expected]
 
 
 

@@ -121,6 +121,10 @@ class IndexConfig(_Section):
     search: dict[str, IndexParam] = Field(default_factory=dict)
     """Per-query search parameters (``{ef: 256}`` for HNSW, ``{nprobe: 64}`` for IVF_SQ8); empty:
     the defaults of ``store.milvus``. Applies to existing catalogs too."""
+    live_search: dict[str, IndexParam] = Field(default_factory=dict)
+    """Search parameters of the daemon's live searches of a server's catalog; empty: the defaults
+    of ``store.milvus`` for live (HNSW: a smaller ``ef`` than one-shot's, as a station votes over
+    many windows and searches two of them every 0.5 s of audio, docs/scaling.md)."""
 
 
 class MilvusConfig(_Section):
@@ -186,6 +190,17 @@ false positives at or below 0.5% on a calibration run whose music is not in any 
 spectral value: its weights are not available here to calibrate it."""
 
 
+CALIBRATED_MIN_CONFIDENCE_LARGE: dict[str, float] = {
+    "spectral": 0.2,
+    "fingerprint": 0.18,
+    "vggish": 0.2,
+}
+"""``matcher.min_confidence_large`` when the config does not set it: the no-match threshold of a
+catalog of ``large_catalog_vectors`` or more, answered on hits alone. The fingerprint's was
+calibrated on 600 pingus hold-out excerpts at 2,000 and 20,000 tracks (docs/scaling.md, "No-match
+at size"); the others keep their small-catalog value (not measured at size)."""
+
+
 CALIBRATED_START_CONFIDENCE: dict[str, float] = {
     "spectral": 0.45,
     "fingerprint": 0.55,
@@ -228,6 +243,7 @@ CALIBRATED_START_CONFIRMATIONS: dict[str, float] = {
 
 CALIBRATED_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
     ("matcher", "min_confidence"): CALIBRATED_MIN_CONFIDENCE,
+    ("matcher", "min_confidence_large"): CALIBRATED_MIN_CONFIDENCE_LARGE,
     ("tracker", "start_confidence"): CALIBRATED_START_CONFIDENCE,
     ("tracker", "window_hop_s"): CALIBRATED_WINDOW_HOP_S,
     ("tracker", "decision_interval_s"): CALIBRATED_DECISION_INTERVAL_S,
@@ -258,6 +274,14 @@ class MatcherConfig(_Section):
     """Answers below this confidence are reported as "no match".  Confidence is the winner's
     time-consistent evidence in excess of the best other track's; 0.2 was calibrated on hold-out
     music (no false positive in 150 excerpts of 3-10 s) before the reported evaluation."""
+    min_confidence_large: float = Field(default=0.2, ge=0, le=1)
+    """``min_confidence`` in a catalog of at least ``large_catalog_vectors`` (answers on hits
+    alone; verified answers keep ``min_confidence``). As a catalog grows the runner-up comes
+    closer to a chance winner and every margin shrinks, the hold-out's with the true matches':
+    the highest hold-out confidence fell from 0.25 at 30 tracks to 0.15 at 2,000 and 0.13 at
+    20,000, so the small catalog's threshold refused true matches that no false one reaches."""
+    large_catalog_vectors: int = Field(default=500_000, ge=0)
+    """From this many vectors (~1,200 tracks) ``min_confidence_large`` applies."""
     min_aligned_windows: int = Field(default=3, ge=1)
     """A match needs at least this many query windows agreeing in time."""
     verify_candidates: int = Field(default=0, ge=0, le=8)

@@ -151,8 +151,7 @@ class Recognizer:
     ) -> dict[int, list[Candidate]]:
         """Each query's leading candidates scored on all their aligned catalog windows
         (``voting.verify``), their windows read in one request for the whole batch, as the search."""
-        large = self._shape.total_vectors >= self._config.verify_from_vectors
-        count = self._config.verify_candidates if self._verify_ip and large else 0
+        count = self._verify_count()
         if count == 0 or not voted:
             return voted
         spans = {
@@ -228,11 +227,28 @@ class Recognizer:
         known = self._tracks.get(track_id)
         return known if known is not None else self._store.get_tracks([track_id]).get(track_id)
 
+    def _verify_count(self) -> int:
+        """Leading candidates to verify: ``verify_candidates`` in a catalog large enough to need it."""
+        large = self._shape.total_vectors >= self._config.verify_from_vectors
+        return self._config.verify_candidates if self._verify_ip and large else 0
+
+    def min_confidence(self) -> float:
+        """The no-match threshold for this catalog's size.
+
+        On hits alone the chance margin shrinks as the catalog grows (the runner-up is closer to a
+        chance winner), so a large catalog has its own, lower threshold. Verified answers keep
+        ``min_confidence``: verification lifts the hold-out's chance scores back up.
+        """
+        large = self._shape.total_vectors >= self._config.large_catalog_vectors
+        if large and self._verify_count() == 0:
+            return self._config.min_confidence_large
+        return self._config.min_confidence
+
     def _decide(self, best: Candidate | None) -> Identification:
         if best is None:
             return Identification(None, 0.0, 0.0, 1.0, 0, 0, None)
         passes = (
-            best.confidence >= self._config.min_confidence
+            best.confidence >= self.min_confidence()
             and best.aligned_windows >= self._config.min_aligned_windows
         )
         track = self._track(best.track_id) if passes else None

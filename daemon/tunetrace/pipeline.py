@@ -615,7 +615,7 @@ def open_model(config: Config, *, resident: bool = False) -> tuple[SharedModel, 
     """
     data_dir_ready(config.data_dir)
     encoder = create_encoder(config.encoder, config.data_dir)
-    store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True)
+    store = open_catalog(config.milvus, config.milvus_uri(), encoder.info, create=True, live=resident)
     try:
         tracks = store.tracks()
         shape = catalog_shape(tracks)

@@ -389,10 +389,12 @@ def run_evaluation(
             bar.update(1)
         bar.close()
         catalog_hours = sum(t.duration_s for t in store.tracks()) / 3600
+        # The report states the threshold this catalog's size gave, not only the configured one.
+        matcher = config.matcher.model_copy(update={"min_confidence": recognizer.min_confidence()})
     results.sort(key=lambda r: r.query_id)
     return EvalRun(
         results=results, options=options, encoder_id=encoder.info.encoder_id, sample_rate=sample_rate,
-        matcher=config.matcher, catalog_uri=redact_url(config.milvus_uri()), ingest=summary,
+        matcher=matcher, catalog_uri=redact_url(config.milvus_uri()), ingest=summary,
         catalog_tracks=sum(1 for t in tracks if t.in_catalog),
         holdout_tracks=sum(1 for t in tracks if not t.in_catalog), catalog_hours=catalog_hours,
         excluded=excluded, wall_s=time.monotonic() - started, machine=machine,

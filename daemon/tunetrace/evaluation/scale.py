@@ -617,10 +617,15 @@ def measure_index(
             single.append(time.perf_counter() - began)
             found.append([(h.track_id, round(h.offset_s, 2)) for h in hits])
         batched: list[float] = []
+        cpu_before_s = _tree_cpu_s(server_pid) if server_pid is not None else None
         for start in range(0, queries.shape[0] - 63, 64):
             began = time.perf_counter()
             store.search(queries[start : start + 64], top_k)
             batched.append((time.perf_counter() - began) / 64)
+        if cpu_before_s is not None and server_pid is not None and batched:
+            # What a live station pays the server per window it searches (the batches' CPU only).
+            cpu_s = _tree_cpu_s(server_pid) - cpu_before_s
+            result["server_cpu_ms_per_vector"] = round(1000 * cpu_s / (64 * len(batched)), 2)
         result.update({
             "single_ms_median": _percentile_ms(single, 50), "single_ms_p95": _percentile_ms(single, 95),
             "batch64_ms_per_vector": _percentile_ms(batched, 50) if batched else None,

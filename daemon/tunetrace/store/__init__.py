@@ -30,8 +30,11 @@ __all__ = [
 ]
 
 
-def open_catalog(config: MilvusConfig, uri: str, info: EncoderInfo, *, create: bool) -> CatalogStore:
-    """Connect to the catalog at ``uri`` and check (or, with ``create``, initialise) its encoder record."""
+def open_catalog(
+    config: MilvusConfig, uri: str, info: EncoderInfo, *, create: bool, live: bool = False,
+) -> CatalogStore:
+    """Connect to the catalog at ``uri`` and check (or, with ``create``, initialise) its encoder
+    record; ``live``: searched with the daemon's live search parameters."""
     from tunetrace.store.milvus import CatalogStore
 
-    return CatalogStore.open(config, uri, info, create=create)
+    return CatalogStore.open(config, uri, info, create=create, live=live)

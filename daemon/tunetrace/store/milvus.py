@@ -99,6 +99,12 @@ matters more than the last points of recall."""
 HNSW_DEFAULT_EF = 256
 """HNSW's search breadth when ``milvus.index.search`` is empty: at 2,000 tracks ef 64 / 128 / 256
 kept 97.2 / 97.9 / 99.3 % of exact search's identify-level hits (docs/scaling.md §2)."""
+HNSW_LIVE_DEFAULT_EF = 128
+"""HNSW's search breadth for the daemon's live searches when ``milvus.index.live_search`` is
+empty. A station votes over many windows and searches two every 0.5 s of audio: at 20,000 tracks
+on the live benchmark streams ef 128 cost the server 6.5 ms of CPU per 0.5 s against 12.6 ms at
+256, with the same plays (noisy stream: latency p95 7.6 s against 6.5 s); ef 64 saved little more
+(5.9 ms) and let p95 grow to 10.8 s (docs/scaling.md, "Live searches at 20,000 tracks")."""
 
 DEFAULT_BUILD: dict[str, dict[str, IndexParam]] = {
     "HNSW": {"M": 16, "efConstruction": 100},
@@ -147,11 +153,13 @@ class IndexChoice:
         """What catalogs made before the index was recorded were built with."""
         return cls("FLAT", {}) if is_lite else cls("HNSW", {"M": 16, "efConstruction": 200})
 
-    def search_params(self, configured: dict[str, IndexParam], top_k: int) -> dict[str, IndexParam]:
+    def search_params(
+        self, configured: dict[str, IndexParam], top_k: int, *, live: bool = False,
+    ) -> dict[str, IndexParam]:
         if configured:
             return dict(configured)
         if self.type == "HNSW":
-            return {"ef": max(HNSW_DEFAULT_EF, top_k * 2)}
+            return {"ef": max(HNSW_LIVE_DEFAULT_EF if live else HNSW_DEFAULT_EF, top_k * 2)}
         if self.type == "DISKANN":
             return {"search_list": max(100, top_k)}
         return dict(DEFAULT_SEARCH.get(self.type, {}))
@@ -188,12 +196,17 @@ class CatalogStore:
         self._reopen: tuple[MilvusConfig, str] | None = None
         """How to connect again when Milvus Lite's server process has died (set by ``open``)."""
         self._restarting = False
+        self._live = False
+        """Searches are the daemon's live ones (``milvus.index.live_search``)."""
 
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: MilvusConfig, uri: str, info: EncoderInfo, *, create: bool) -> CatalogStore:
-        """Connect, then check (or, with ``create``, initialise) the catalog's encoder record."""
+    def open(
+        cls, config: MilvusConfig, uri: str, info: EncoderInfo, *, create: bool, live: bool = False,
+    ) -> CatalogStore:
+        """Connect, then check (or, with ``create``, initialise) the catalog's encoder record.
+        ``live``: the daemon's store, searched with ``milvus.index.live_search``."""
         is_lite = not is_server_uri(uri)
         problem = lite_limits_problem(config.index.type, config.shards) if is_lite else None
         if problem:
@@ -210,6 +223,7 @@ class CatalogStore:
             index=config.index, shards=config.shards, lock=lock,
         )
         store._reopen = (config, uri)
+        store._live = live
         try:
             store._check_or_create(create=create)
         except BaseException:
@@ -543,7 +557,8 @@ class CatalogStore:
         """
         results: list[list[Hit]] = []
         params: dict[str, Any] = {"metric_type": self._info.metric}
-        index_params = self.index.search_params(self._index_config.search, top_k)
+        configured = self._index_config.live_search if self._live else self._index_config.search
+        index_params = self.index.search_params(configured, top_k, live=self._live)
         if index_params:
             params["params"] = index_params
         for start in range(0, vectors.shape[0], _SEARCH_BATCH):
