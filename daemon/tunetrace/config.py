@@ -278,8 +278,9 @@ class MatcherConfig(_Section):
     """``min_confidence`` in a catalog of at least ``large_catalog_vectors`` (answers on hits
     alone; verified answers keep ``min_confidence``). As a catalog grows the runner-up comes
     closer to a chance winner and every margin shrinks, the hold-out's with the true matches':
-    the highest hold-out confidence fell from 0.25 at 30 tracks to 0.15 at 2,000 and 0.13 at
-    20,000, so the small catalog's threshold refused true matches that no false one reaches."""
+    the highest hold-out confidence fell from 0.25 at 30 tracks to 0.15-0.20 at 2,000 and
+    0.13-0.15 at 20,000, so the small catalog's threshold refused true matches that no false one
+    reaches (docs/scaling.md, "One threshold per catalog size")."""
     large_catalog_vectors: int = Field(default=500_000, ge=0)
     """From this many vectors (~1,200 tracks) ``min_confidence_large`` applies."""
     min_aligned_windows: int = Field(default=3, ge=1)
