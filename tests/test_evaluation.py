@@ -346,6 +346,16 @@ def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
         rows_again = list(csv.DictReader(handle))
     assert [r["truth_offset_s"] for r in rows_again] == [r["truth_offset_s"] for r in rows]
 
+    # A catalog counted as large answers on its own threshold, and the report says which it used.
+    large = tmp_path / "large.yaml"
+    large.write_text(config.read_text(encoding="utf-8") + "matcher: {large_catalog_vectors: 0}\n",
+                     encoding="utf-8")
+    sized = tmp_path / "sized"
+    assert main([*args[:2], str(large), *args[3:-3], "--out", str(sized), "--quiet"]) == 0
+    threshold = parse_config(None).matcher.min_confidence_large
+    assert f"min_confidence **{threshold}** (`min_confidence_large`" in (sized / "report.md").read_text(
+        encoding="utf-8")
+
 
 # -- report arithmetic ------------------------------------------------------------------------------
 

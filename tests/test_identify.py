@@ -164,7 +164,10 @@ def test_a_large_catalog_answers_on_hits_alone_with_its_own_threshold(
         clip_store, **thresholds, large_catalog_vectors=0, verify_candidates=6, verify_from_vectors=0,
     )
     assert verified.min_confidence() == 1.0  # verification lifts chance scores: the usual threshold
-    assert not verified.identify(excerpt).matched
+    checked = verified.identify(excerpt)
+    assert not checked.matched and checked.best_candidate is not None  # refused by the threshold
+    assert checked.best_candidate.track_id == clip_catalog.tracks[clip.path].track_id
+    assert checked.best_candidate.confidence < 1.0
 
 
 def test_the_large_catalog_threshold_is_calibrated_per_encoder() -> None:
@@ -174,6 +177,10 @@ def test_the_large_catalog_threshold_is_calibrated_per_encoder() -> None:
     assert spectral.min_confidence_large == spectral.min_confidence  # not measured at size: unchanged
     chosen = parse_config({"matcher": {"min_confidence_large": 0.3}}).matcher
     assert chosen.min_confidence_large == 0.3
+    lowered = parse_config({"matcher": {"min_confidence": 0.1}}).matcher
+    assert lowered.min_confidence_large == 0.1  # never stricter than the small catalogs' own choice
+    raised = parse_config({"matcher": {"min_confidence": 0.4}}).matcher
+    assert raised.min_confidence_large == fingerprint.min_confidence_large
 
 
 def test_a_sped_up_excerpt_is_found_at_its_speed(

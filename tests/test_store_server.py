@@ -116,12 +116,15 @@ def test_the_configured_index_and_shards_are_built_recorded_and_searched_with(
         assert result.track is not None and result.track.title == "melody-2"
         vectors = encoder.embed(audio[None, : round(encoder.info.window_s * encoder.info.sample_rate)])
 
-    # The daemon's store searches with milvus.index.live_search, one-shot stores with search.
+    # The daemon's store searches with milvus.index.live_search (else search), one-shot stores
+    # with search.
     index = config.milvus.index.model_copy(update={"live_search": {"nprobe": 2}})
     with_live = config.milvus.model_copy(update={"index": index})
-    for live, expected in ((False, {"nprobe": 8}), (True, {"nprobe": 2})):
+    cases = ((with_live, False, {"nprobe": 8}), (with_live, True, {"nprobe": 2}),
+             (config.milvus, True, {"nprobe": 8}))
+    for milvus, live, expected in cases:
         uri = config.milvus_uri()
-        with CatalogStore.open(with_live, uri, encoder.info, create=False, live=live) as store:
+        with CatalogStore.open(milvus, uri, encoder.info, create=False, live=live) as store:
             sent: list[object] = []
             search = store._client.search
 

@@ -122,9 +122,10 @@ class IndexConfig(_Section):
     """Per-query search parameters (``{ef: 256}`` for HNSW, ``{nprobe: 64}`` for IVF_SQ8); empty:
     the defaults of ``store.milvus``. Applies to existing catalogs too."""
     live_search: dict[str, IndexParam] = Field(default_factory=dict)
-    """Search parameters of the daemon's live searches of a server's catalog; empty: the defaults
-    of ``store.milvus`` for live (HNSW: a smaller ``ef`` than one-shot's, as a station votes over
-    many windows and searches two of them every 0.5 s of audio, docs/scaling.md)."""
+    """Search parameters of the daemon's live searches when Milvus answers them (a server, or a
+    Lite catalog above ``resident_max_vectors``); empty: ``search`` if set, else the live defaults
+    of ``store.milvus`` (HNSW: a smaller ``ef`` than one-shot's, as a station votes over many
+    windows and searches two of them every 0.5 s of audio, docs/scaling.md)."""
 
 
 class MilvusConfig(_Section):
@@ -280,7 +281,8 @@ class MatcherConfig(_Section):
     closer to a chance winner and every margin shrinks, the hold-out's with the true matches':
     the highest hold-out confidence fell from 0.25 at 30 tracks to 0.15-0.20 at 2,000 and
     0.13-0.15 at 20,000, so the small catalog's threshold refused true matches that no false one
-    reaches (docs/scaling.md, "One threshold per catalog size")."""
+    reaches (docs/scaling.md, "One threshold per catalog size"). Unset: calibrated per encoder,
+    but never above an explicitly set ``min_confidence``."""
     large_catalog_vectors: int = Field(default=500_000, ge=0)
     """From this many vectors (~1,200 tracks) ``min_confidence_large`` applies."""
     min_aligned_windows: int = Field(default=3, ge=1)
@@ -601,11 +603,16 @@ class Config(_Section):
             return data
         encoder = data.get("encoder")
         name = encoder.get("name") if isinstance(encoder, dict) else getattr(encoder, "name", None)
+        matcher = data.get("matcher")
+        explicit_min_confidence = matcher.get("min_confidence") if isinstance(matcher, dict) else None
         for (section, key), calibrated in CALIBRATED_DEFAULTS.items():
             values = data.get(section)
             if values is None:
                 values = {}
             value = calibrated.get(name or EncoderConfig().name)
+            if key == "min_confidence_large" and isinstance(explicit_min_confidence, int | float):
+                # A threshold chosen for small catalogs bounds the large one: never stricter than it.
+                value = None if value is None else min(value, float(explicit_min_confidence))
             # Not a mapping, already set, or an unknown encoder: their own validation speaks.
             if isinstance(values, dict) and key not in values and value is not None:
                 data = {**data, section: {**values, key: value}}

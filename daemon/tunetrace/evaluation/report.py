@@ -208,7 +208,8 @@ def render_markdown(run: EvalRun) -> str:
         f"- queries: {options.per_cell} per {'track and ' if options.per_track else ''}"
         f"(set, condition, length); seed {options.seed}; "
         f"{len(catalog)} catalog + {len(holdout)} hold-out excerpts",
-        f"- matcher (fixed before the run, not tuned on it): min_confidence **{m.min_confidence}**, "
+        f"- matcher (fixed before the run, not tuned on it): min_confidence **{m.min_confidence}**"
+        f"{' (`min_confidence_large`: the catalog is large)' if run.threshold_from_size else ''}, "
         f"min_aligned_windows {m.min_aligned_windows}, top_k {m.top_k}, offset_tolerance_s "
         f"{m.offset_tolerance_s}, query_hop_s {m.query_hop_s or 'default (catalog hop / 4)'}, "
         f"speed_ratios {list(m.speed_ratios)}",
@@ -252,7 +253,8 @@ def render_markdown(run: EvalRun) -> str:
     calibrated = calibrated_threshold(results, TARGET_FALSE_POSITIVE_RATE, m.min_aligned_windows)
     if calibrated is not None:
         lines += [
-            f"Lowest `min_confidence` that would have kept hold-out false positives at or below "
+            f"Lowest `{'min_confidence_large' if run.threshold_from_size else 'min_confidence'}` that "
+            "would have kept hold-out false positives at or below "
             f"{100 * TARGET_FALSE_POSITIVE_RATE:g}% on this run's {len(holdout)} hold-out excerpts: "
             f"**{calibrated:.2f}**. Use it only from a separate calibration run (another seed, other "
             "hold-out music), never on the run it was measured on.", "",

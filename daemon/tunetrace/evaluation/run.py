@@ -114,6 +114,7 @@ class EvalRun:
     encoder_id: str
     sample_rate: int
     matcher: MatcherConfig
+    """The matcher as it answered: ``min_confidence`` is the threshold the catalog's size gave."""
     catalog_uri: str
     ingest: IngestSummary
     catalog_tracks: int
@@ -123,6 +124,8 @@ class EvalRun:
     """Files left out, with the reason (failed to ingest, hold-out file found in the catalog...)."""
     wall_s: float = 0.0
     machine: dict[str, str] = field(default_factory=dict)
+    threshold_from_size: bool = False
+    """The catalog reached ``large_catalog_vectors``: its threshold was ``min_confidence_large``."""
 
 
 def _bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, show: bool) -> Any:
@@ -390,7 +393,9 @@ def run_evaluation(
         bar.close()
         catalog_hours = sum(t.duration_s for t in store.tracks()) / 3600
         # The report states the threshold this catalog's size gave, not only the configured one.
-        matcher = config.matcher.model_copy(update={"min_confidence": recognizer.min_confidence()})
+        threshold = recognizer.min_confidence()
+        threshold_from_size = threshold != config.matcher.min_confidence
+        matcher = config.matcher.model_copy(update={"min_confidence": threshold})
     results.sort(key=lambda r: r.query_id)
     return EvalRun(
         results=results, options=options, encoder_id=encoder.info.encoder_id, sample_rate=sample_rate,
@@ -398,4 +403,5 @@ def run_evaluation(
         catalog_tracks=sum(1 for t in tracks if t.in_catalog),
         holdout_tracks=sum(1 for t in tracks if not t.in_catalog), catalog_hours=catalog_hours,
         excluded=excluded, wall_s=time.monotonic() - started, machine=machine,
+        threshold_from_size=threshold_from_size,
     )

@@ -599,8 +599,8 @@ def measure_index(
     truth: list[set[tuple[int, float]]] | None, *, build: bool, server_pid: int | None, top_k: int,
 ) -> dict[str, object]:
     """Build ``spec`` on the configured catalog (optionally), then its recall against ``truth``,
-    its search latency per vector (alone, and in batches of 64 as identify sends them), and the
-    server's memory."""
+    its search latency per vector (alone, and in batches of 64 as identify sends them), the
+    server's CPU per vector in those batches and its memory."""
     from tunetrace.store.milvus import IndexChoice
 
     result: dict[str, object] = {"type": spec.type, "build": spec.build, "search": spec.search}
@@ -623,7 +623,8 @@ def measure_index(
             store.search(queries[start : start + 64], top_k)
             batched.append((time.perf_counter() - began) / 64)
         if cpu_before_s is not None and server_pid is not None and batched:
-            # What a live station pays the server per window it searches (the batches' CPU only).
+            # The server's CPU per searched vector in batches of 64 (the batches only; a live
+            # station's requests carry a few windows each and pay more per window in overhead).
             cpu_s = _tree_cpu_s(server_pid) - cpu_before_s
             result["server_cpu_ms_per_vector"] = round(1000 * cpu_s / (64 * len(batched)), 2)
         result.update({

@@ -557,7 +557,10 @@ class CatalogStore:
         """
         results: list[list[Hit]] = []
         params: dict[str, Any] = {"metric_type": self._info.metric}
-        configured = self._index_config.live_search if self._live else self._index_config.search
+        # Live: ``live_search``, else a configured ``search``, else the live defaults.
+        configured = self._index_config.search
+        if self._live:
+            configured = self._index_config.live_search or configured
         index_params = self.index.search_params(configured, top_k, live=self._live)
         if index_params:
             params["params"] = index_params
