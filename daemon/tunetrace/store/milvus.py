@@ -101,10 +101,11 @@ HNSW_DEFAULT_EF = 256
 kept 97.2 / 97.9 / 99.3 % of exact search's identify-level hits (docs/scaling.md §2)."""
 HNSW_LIVE_DEFAULT_EF = 128
 """HNSW's search breadth for the daemon's live searches when ``milvus.index.live_search`` and
-``search`` are both empty. A station votes over many windows and searches two every 0.5 s of audio: at 20,000 tracks
-on the live benchmark streams ef 128 cost the server 6.5 ms of CPU per 0.5 s against 12.6 ms at
-256, with the same plays (noisy stream: latency p95 7.6 s against 6.5 s); ef 64 saved little more
-(5.9 ms) and let p95 grow to 10.8 s (docs/scaling.md, "Live searches at 20,000 tracks")."""
+``search`` are both empty. A station votes over many windows and searches two every 0.5 s of
+audio: at 20,000 tracks on the live benchmark streams ef 128 cost the server 6.5 ms of CPU per
+0.5 s against 12.6 ms at 256, with the same plays (noisy stream: latency p95 7.6 s against
+6.5 s); ef 64 saved little more (5.9 ms) and let p95 grow to 10.8 s (docs/scaling.md, "Live
+searches at 20,000 tracks")."""
 
 DEFAULT_BUILD: dict[str, dict[str, IndexParam]] = {
     "HNSW": {"M": 16, "efConstruction": 100},
