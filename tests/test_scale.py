@@ -19,6 +19,7 @@ from tunetrace.evaluation.scale import (
     agreement,
     distractor_track,
     exact_neighbours,
+    right_track_recall,
 )
 from tunetrace.store import Track
 from tunetrace.store.memory import MemoryCatalog
@@ -231,3 +232,26 @@ def test_exact_eval_answers_the_catalog_excerpts_as_exact_search_does(tmp_path: 
     assert all(exact[q] == flat[q] for q in exact)
     found = agreement(tmp_path / "exact" / "results.csv", tmp_path / "flat" / "results.csv")
     assert found.exact_hits >= 4 and found.recall == 1.0
+
+
+def test_right_track_recall_counts_only_queries_exact_search_places_right() -> None:
+    truth = [
+        {(7, 10.0), (3, 99.0)},   # exact holds the right place: kept by the index
+        {(7, 20.5), (4, 1.0)},    # exact holds it (within the tolerance): the index lost it
+        {(5, 30.0)},              # exact misses it: not counted either way
+        {(7, 40.0)},              # origin unknown: not counted
+    ]
+    found = [
+        [(3, 99.0), (7, 10.5)],
+        [(7, 21.5), (4, 1.0)],    # the right track, but a second away: not the right place
+        [(7, 30.0)],
+        [(7, 40.0)],
+    ]
+    answers = [(7, 10.2), (7, 20.2), (7, 30.0), None]
+    recall, exact_right = right_track_recall(found, truth, answers, tolerance_s=0.5)
+    assert exact_right == 2
+    assert recall == 0.5
+
+
+def test_right_track_recall_is_undefined_when_exact_search_never_places_a_query() -> None:
+    assert right_track_recall([[(1, 0.0)]], [{(2, 0.0)}], [(1, 0.0)], tolerance_s=0.5) == (None, 0)

@@ -25,7 +25,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -500,9 +500,20 @@ class IndexSpec:
                    params(parts[2]) if len(parts) > 2 else {})
 
 
-def query_vectors(files: Sequence[Path], encoder: Encoder, count: int, seed: int) -> np.ndarray:
+@dataclass(frozen=True)
+class QueryOrigin:
+    """Where a query window was cut: the right answer of its search (file, start in seconds)."""
+
+    path: Path
+    start_s: float
+
+
+def query_vectors(
+    files: Sequence[Path], encoder: Encoder, count: int, seed: int,
+) -> tuple[np.ndarray, list[QueryOrigin]]:
     """``count`` query vectors of real excerpts: windows of catalog music at random (off-grid)
-    starts, half of them with white noise at 10 dB SNR, as a live station would search them."""
+    starts, half of them with white noise at 10 dB SNR, as a live station would search them, with
+    the place each was cut from."""
     from tunetrace.audio.decode import decode_file
     from tunetrace.evaluation.degrade import white_noise
 
@@ -510,15 +521,38 @@ def query_vectors(files: Sequence[Path], encoder: Encoder, count: int, seed: int
     info = encoder.info
     size = info.window_spec.window_samples
     windows: list[np.ndarray] = []
+    origins: list[QueryOrigin] = []
     audio = [decode_file(path, info.sample_rate) for path in files]
     while len(windows) < count:
-        track = audio[int(rng.integers(len(audio)))]
+        chosen = int(rng.integers(len(audio)))
+        track = audio[chosen]
         start = int(rng.integers(0, track.size - size))
         window = track[start : start + size].astype(np.float32)
         if float(np.sqrt(np.mean(np.square(window)))) < 1e-3:
             continue
         windows.append(white_noise(window, 10.0, rng) if len(windows) % 2 else window)
-    return encoder.embed(np.stack(windows).astype(np.float32))
+        origins.append(QueryOrigin(files[chosen], start / info.sample_rate))
+    return encoder.embed(np.stack(windows).astype(np.float32)), origins
+
+
+def right_track_recall(
+    found: Sequence[Sequence[tuple[int, float]]], truth: Sequence[set[tuple[int, float]]],
+    answers: Sequence[tuple[int, float] | None], tolerance_s: float,
+) -> tuple[float | None, int]:
+    """Of the queries whose exact ``top_k`` holds the right place (track and offset within
+    ``tolerance_s`` of where the query was cut), the share whose approximate ``top_k`` holds it
+    too, and how many those are. A query of unknown origin (``None``) is left out."""
+
+    def holds(neighbours: Iterable[tuple[int, float]], answer: tuple[int, float]) -> bool:
+        return any(t == answer[0] and abs(o - answer[1]) <= tolerance_s for t, o in neighbours)
+
+    exact_right = kept = 0
+    for neighbours, reference, answer in zip(found, truth, answers, strict=True):
+        if answer is None or not holds(reference, answer):
+            continue
+        exact_right += 1
+        kept += holds(neighbours, answer)
+    return (kept / exact_right if exact_right else None), exact_right
 
 
 def exact_neighbours(
@@ -597,10 +631,12 @@ def _open_with(config: Config, spec: IndexSpec, encoder: Encoder) -> CatalogStor
 def measure_index(
     config: Config, encoder: Encoder, spec: IndexSpec, queries: np.ndarray,
     truth: list[set[tuple[int, float]]] | None, *, build: bool, server_pid: int | None, top_k: int,
+    answers: Sequence[tuple[int, float] | None] = (),
 ) -> dict[str, object]:
-    """Build ``spec`` on the configured catalog (optionally), then its recall against ``truth``,
-    its search latency per vector (alone, and in batches of 64 as identify sends them), the
-    server's CPU per vector in those batches and its memory."""
+    """Build ``spec`` on the configured catalog (optionally), then its recall against ``truth``
+    (and, given each query's right ``answers``, its right-track recall against exact search), its
+    search latency per vector (alone, and in batches of 64 as identify sends them), the server's
+    CPU per vector in those batches and its memory."""
     from tunetrace.store.milvus import IndexChoice
 
     result: dict[str, object] = {"type": spec.type, "build": spec.build, "search": spec.search}
@@ -637,6 +673,10 @@ def measure_index(
             top1 = [bool(f) and f[0][0] in {k[0] for k in t} for f, t in zip(found, truth, strict=True)]
             result["recall_at_k"] = round(float(np.mean(recall)), 4)
             result["top1_track_in_exact"] = round(float(np.mean(top1)), 4)
+            if answers:
+                kept, exact_right = right_track_recall(found, truth, answers, encoder.info.window_spec.hop_s)
+                result["right_track_recall_vs_exact"] = None if kept is None else round(kept, 4)
+                result["exact_right"] = exact_right
     return result
 
 
@@ -680,7 +720,7 @@ def run_indexes(args: argparse.Namespace, config: Config, encoder: Encoder) -> i
     from tunetrace.store.milvus import CatalogStore, IndexChoice
 
     files = sorted(scan_paths([args.catalog], config.ingest.extensions))
-    queries = query_vectors(files, encoder, args.queries, args.seed)
+    queries, origins = query_vectors(files, encoder, args.queries, args.seed)
     truth = None
     if args.truth_file is not None and args.truth_file.exists():
         recorded = json.loads(args.truth_file.read_text())
@@ -713,9 +753,23 @@ def run_indexes(args: argparse.Namespace, config: Config, encoder: Encoder) -> i
         return 0
     for text in args.spec:
         result = measure_index(config, encoder, IndexSpec.parse(text), queries, truth,
-                               build=args.build, server_pid=args.server_pid, top_k=args.top_k)
+                               build=args.build, server_pid=args.server_pid, top_k=args.top_k,
+                               answers=_right_places(config, encoder, origins))
         _emit_line({**result, "queries": args.queries, "top_k": args.top_k}, args.out)
     return 0
+
+
+def _right_places(
+    config: Config, encoder: Encoder, origins: Sequence[QueryOrigin],
+) -> list[tuple[int, float] | None]:
+    """Each query's right place in the configured catalog: (track id, start), by the track's source
+    file; ``None`` where the file is not in the catalog."""
+    from tunetrace.store.milvus import CatalogStore
+
+    with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
+        by_path = {str(Path(t.source_path).resolve()): t.track_id for t in store.tracks()}
+    found = [by_path.get(str(o.path.resolve())) for o in origins]
+    return [None if t is None else (t, o.start_s) for t, o in zip(found, origins, strict=True)]
 
 
 def _emit_line(result: dict[str, Any], out: Path | None) -> None:
