@@ -15,7 +15,7 @@ from tunetrace.audio.windows import WindowSpec, frame
 from tunetrace.catalog.ingest import ingest
 from tunetrace.config import load_config, parse_config
 from tunetrace.encoders import create_encoder
-from tunetrace.store.base import Hit, Track
+from tunetrace.store.base import Hit, Reference, Track, TrackSpan
 from tunetrace.store.milvus import CatalogStore
 from tunetrace.store.resident import ResidentCatalog, VectorTable, _largest
 
@@ -84,6 +84,7 @@ class _Vectors:
     def __init__(self, parts: dict[int, np.ndarray]) -> None:
         self.parts = parts
         self.reads = 0
+        self.searches = 0
 
     def tracks(self) -> list[Track]:
         return [_track(i, len(v)) for i, v in self.parts.items()]
@@ -95,6 +96,17 @@ class _Vectors:
         self.reads += 1
         vectors = self.parts[track_id]
         return vectors, np.arange(len(vectors)) * 0.5
+
+    def _table(self) -> VectorTable:
+        return VectorTable.of([(i, v, np.arange(len(v)) * 0.5) for i, v in self.parts.items()], 4)
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
+        self.searches += 1
+        return self._table().search(vectors, top_k)
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
+        self.searches += 1
+        return self._table().references(spans)
 
 
 def _track(track_id: int, n_vectors: int) -> Track:
@@ -126,6 +138,50 @@ def test_an_unchanged_track_is_not_read_again() -> None:
     resident.sync(store.tracks())
     assert store.reads == 3
     assert resident.vectors == 12
+
+
+def test_a_catalog_grown_past_the_limit_is_searched_in_the_store_and_the_copy_freed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _Vectors({1: np.eye(4, dtype=np.float32), 2: np.eye(4, dtype=np.float32)})
+    resident = ResidentCatalog(store, store.tracks(), 4, "IP", max_vectors=10)
+    query = np.eye(4, dtype=np.float32)[:1]
+    resident.search(query, 2)
+    assert (resident.vectors, store.searches) == (8, 0)
+
+    store.parts[3] = np.eye(4, dtype=np.float32)  # 12 vectors: over the limit
+    resident.sync(store.tracks())
+    assert resident.vectors == 0, "the copy is freed"
+    assert "resident_max_vectors" in caplog.text
+    assert resident.search(query, 3) == store._table().search(query, 3)
+    spans = [TrackSpan(3, 0.0, 1.0)]
+    assert [r.span for r in resident.references(spans)] == spans
+    assert store.searches == 2, "both answered by the store"
+
+    del store.parts[3]  # back under the limit: copied again
+    resident.sync(store.tracks())
+    resident.search(query, 2)
+    assert (resident.vectors, store.searches) == (8, 2)
+
+
+def test_a_lite_catalog_grown_past_the_limit_by_an_ingest_is_searched_by_milvus_lite(
+    tmp_path: Path, real_clips: list[Clip],
+) -> None:
+    built = build_catalog(tmp_path / "one", [real_clips[0].path])
+    config = load_config(built.config_path)
+    with CatalogStore.open(config.milvus, config.milvus_uri(), INFO, create=False) as store:
+        first = store.tracks()
+        resident = ResidentCatalog(store, first, INFO.dimension, INFO.metric, max_vectors=first[0].n_vectors)
+        assert resident.vectors == first[0].n_vectors
+
+        summary = ingest([real_clips[1].path], ENCODER, store, config.ingest)
+        added = summary.outcomes[0].track
+        assert added is not None
+        resident.sync(store.tracks())
+        assert resident.vectors == 0
+        second = clip_windows(real_clips[1], 10.0, 14.0)
+        assert_same_neighbours(resident.search(second, TOP_K), store.search(second, TOP_K))
+        assert {h.track_id for hits in resident.search(second, 1) for h in hits} == {added.track_id}
 
 
 @pytest.mark.parametrize("n", [5, 100, 64 * 21, 64 * 40 + 17])

@@ -621,7 +621,8 @@ def open_model(config: Config, *, resident: bool = False) -> tuple[SharedModel, 
         shape = catalog_shape(tracks)
         catalog: Catalog = store
         if resident and store.is_embedded and shape.total_vectors <= config.milvus.resident_max_vectors:
-            catalog = ResidentCatalog(store, tracks, encoder.info.dimension, encoder.info.metric)
+            catalog = ResidentCatalog(store, tracks, encoder.info.dimension, encoder.info.metric,
+                                      max_vectors=config.milvus.resident_max_vectors)
             log.info("live searches: an exact copy of the catalog's %d vectors in memory", catalog.vectors)
     except BaseException:
         store.close()

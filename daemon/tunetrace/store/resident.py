@@ -12,11 +12,15 @@ per dimension per vector: the 29k-vector catalog is 15 MB, 300,000 vectors 154 M
 and a server's (whose index is built for it, and which other daemons share), are searched by
 Milvus. The copy follows the catalog: ``sync`` loads the vectors of
 tracks added or changed and drops removed ones, and the daemon's ``LiveCatalog`` calls it before
-the stations hear of a change. Writes and metadata always go to the store itself.
+the stations hear of a change. A catalog that grows past the limit while the daemon runs (tracks
+ingested through it) is searched by Milvus from then on and the copy is freed, so the limit bounds
+the daemon's memory however the catalog got there; it is copied again if it shrinks back under.
+Writes and metadata always go to the store itself.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +28,8 @@ from typing import Protocol
 import numpy as np
 
 from tunetrace.store.base import Hit, Reference, Track, TrackSpan
+
+log = logging.getLogger(__name__)
 
 SEARCH_BLOCK = 256
 """Query vectors scored per matrix product (bounds the score matrix to block x catalog floats)."""
@@ -37,6 +43,10 @@ class VectorStore(Protocol):
     def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]: ...
 
     def track_vectors(self, track_id: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]: ...
+
+    def references(self, spans: Sequence[TrackSpan]) -> list[Reference]: ...
 
 
 @dataclass(frozen=True)
@@ -155,39 +165,71 @@ def single_threaded_blas() -> None:
 
 
 class ResidentCatalog:
-    """A ``Catalog`` whose searches are answered from an exact in-memory copy of ``store``'s vectors."""
+    """A ``Catalog`` whose searches are answered from an exact in-memory copy of ``store``'s vectors
+    while it holds at most ``max_vectors`` (``None``: no limit), and by ``store`` above that."""
 
-    def __init__(self, store: VectorStore, tracks: Sequence[Track], dimension: int, metric: str) -> None:
+    def __init__(
+        self, store: VectorStore, tracks: Sequence[Track], dimension: int, metric: str,
+        max_vectors: int | None = None,
+    ) -> None:
         single_threaded_blas()
         self._store = store
         self._dimension = dimension
         self._metric = metric
+        self._max_vectors = max_vectors
         self._tracks: dict[int, Track] = {}
-        self._table = VectorTable.of([], dimension)
+        self._table: VectorTable | None = VectorTable.of([], dimension)
+        """``None``: the catalog outgrew ``max_vectors`` and ``store`` answers the searches."""
         self.sync(tracks)
 
     @property
     def vectors(self) -> int:
-        return self._table.size
+        """Vectors held in memory (0 while the store answers)."""
+        table = self._table
+        return 0 if table is None else table.size
 
     def sync(self, tracks: Sequence[Track]) -> None:
         """Blocking: make the copy hold exactly ``tracks`` (the store's complete tracks now).
 
         A track is read again when its record changed (re-ingested or re-tagged); the others keep
         their rows of the current table, so the vectors are held once. The table is swapped in
-        whole, so a search running meanwhile sees the old one or the new one.
+        whole, so a search running meanwhile sees the old one or the new one. Tracks of more than
+        ``max_vectors`` in all are not copied: the table is dropped and the store searched.
         """
         wanted = {t.track_id: t for t in tracks}
+        total = sum(t.n_vectors for t in tracks)
+        if self._max_vectors is not None and total > self._max_vectors:
+            if self._table is not None:
+                log.warning(
+                    "the catalog now holds %d vectors, more than milvus.resident_max_vectors (%d): "
+                    "live searches go to the catalog store from now on (more CPU per station) and the "
+                    "in-memory copy is freed; raise resident_max_vectors to keep one (4 bytes per "
+                    "dimension per vector), or move a catalog this size to a Milvus server "
+                    "(docs/scaling.md)", total, self._max_vectors)
+            self._table = None
+            self._tracks = wanted
+            return
+        current = self._table
+        if current is None:
+            log.info("the catalog holds %d vectors again, within milvus.resident_max_vectors: live "
+                     "searches from an in-memory copy", total)
+            current, self._tracks = VectorTable.of([], self._dimension), {}
         unchanged = {i for i, track in self._tracks.items() if wanted.get(i) == track}
         read = [(i, *self._store.track_vectors(i)) for i in wanted if i not in unchanged]
-        self._table = self._table.rows_of(unchanged).joined(VectorTable.of(read, self._dimension))
+        self._table = current.rows_of(unchanged).joined(VectorTable.of(read, self._dimension))
         self._tracks = wanted
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
-        return self._table.search(vectors, top_k, self._metric)
+        table = self._table
+        if table is None:
+            return self._store.search(vectors, top_k)
+        return table.search(vectors, top_k, self._metric)
 
     def references(self, spans: Sequence[TrackSpan]) -> list[Reference]:
-        return self._table.references(spans)
+        table = self._table
+        if table is None:
+            return self._store.references(spans)
+        return table.references(spans)
 
     def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
         known = {i: self._tracks[i] for i in track_ids if i in self._tracks}
