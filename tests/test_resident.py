@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tunetrace.audio.windows import WindowSpec, frame
 from tunetrace.catalog.ingest import ingest
 from tunetrace.config import load_config, parse_config
 from tunetrace.encoders import create_encoder
+from tunetrace.pipeline import open_model
 from tunetrace.store.base import Hit, Reference, Track, TrackSpan
 from tunetrace.store.milvus import CatalogStore
 from tunetrace.store.resident import ResidentCatalog, VectorTable, _largest
@@ -22,6 +24,7 @@ from tunetrace.store.resident import ResidentCatalog, VectorTable, _largest
 ENCODER = create_encoder(parse_config({}).encoder)
 INFO = ENCODER.info
 TOP_K = 10
+UNLIMITED = 10**9
 
 
 def clip_windows(clip: Clip, from_s: float, to_s: float) -> np.ndarray:
@@ -47,7 +50,7 @@ def test_a_resident_copy_finds_the_neighbours_milvus_finds(
     unit_noise = noise / np.linalg.norm(noise, axis=1)[:, None]
     queries = np.concatenate([clip_windows(real_clips[1], 5.0, 15.0), unit_noise])
     with clip_catalog.open() as store:
-        resident = ResidentCatalog(store, store.tracks(), INFO.dimension, INFO.metric)
+        resident = ResidentCatalog(store, store.tracks(), INFO.dimension, INFO.metric, max_vectors=UNLIMITED)
         assert resident.vectors == sum(t.n_vectors for t in store.tracks())
         assert_same_neighbours(resident.search(queries, TOP_K), store.search(queries, TOP_K))
         wanted = [clip_catalog.tracks[real_clips[1].path].track_id]
@@ -58,7 +61,7 @@ def test_the_copy_follows_tracks_added_and_removed(tmp_path: Path, real_clips: l
     built = build_catalog(tmp_path / "one", [real_clips[0].path])
     config = load_config(built.config_path)
     with CatalogStore.open(config.milvus, config.milvus_uri(), INFO, create=False) as store:
-        resident = ResidentCatalog(store, store.tracks(), INFO.dimension, INFO.metric)
+        resident = ResidentCatalog(store, store.tracks(), INFO.dimension, INFO.metric, max_vectors=UNLIMITED)
         second = clip_windows(real_clips[1], 10.0, 14.0)
         assert {h.track_id for hits in resident.search(second, 1) for h in hits} == {
             built.tracks[real_clips[0].path].track_id
@@ -132,7 +135,7 @@ def test_similarities_are_what_milvus_reports_for_the_metric(metric: str) -> Non
 
 def test_an_unchanged_track_is_not_read_again() -> None:
     store = _Vectors({1: np.eye(4, dtype=np.float32), 2: np.eye(4, dtype=np.float32)})
-    resident = ResidentCatalog(store, store.tracks(), 4, "IP")
+    resident = ResidentCatalog(store, store.tracks(), 4, "IP", max_vectors=UNLIMITED)
     assert store.reads == 2
     store.parts[3] = np.eye(4, dtype=np.float32)
     resident.sync(store.tracks())
@@ -147,21 +150,36 @@ def test_a_catalog_grown_past_the_limit_is_searched_in_the_store_and_the_copy_fr
     resident = ResidentCatalog(store, store.tracks(), 4, "IP", max_vectors=10)
     query = np.eye(4, dtype=np.float32)[:1]
     resident.search(query, 2)
-    assert (resident.vectors, store.searches) == (8, 0)
+    assert (resident.vectors, store.searches, store.reads) == (8, 0, 2)
 
-    store.parts[3] = np.eye(4, dtype=np.float32)  # 12 vectors: over the limit
-    resident.sync(store.tracks())
+    store.parts[3] = 2 * np.eye(4, dtype=np.float32)  # 12 vectors: over the limit
+    with caplog.at_level(logging.INFO, logger="tunetrace.store.resident"):
+        resident.sync(store.tracks())
+        resident.sync(store.tracks())  # still over: said once
     assert resident.vectors == 0, "the copy is freed"
-    assert "resident_max_vectors" in caplog.text
-    assert resident.search(query, 3) == store._table().search(query, 3)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "resident_max_vectors" in warnings[0].getMessage()
+    found = resident.search(query, 3)
+    assert found == store._table().search(query, 3) and found[0][0].track_id == 3
     spans = [TrackSpan(3, 0.0, 1.0)]
     assert [list(r.offsets_s) for r in resident.references(spans)] == [[0.0, 0.5, 1.0]]
     assert store.searches == 2, "both answered by the store"
+    assert store.reads == 2, "nothing read into memory while over the limit"
 
-    del store.parts[3]  # back under the limit: copied again
+    del store.parts[3]  # back under the limit: copied again, from the store
     resident.sync(store.tracks())
-    resident.search(query, 2)
-    assert (resident.vectors, store.searches) == (8, 2)
+    assert (resident.vectors, store.reads) == (8, 4)
+    assert {h.track_id for h in resident.search(query, 8)[0]} == {1, 2}, "the removed track is gone"
+    assert store.searches == 2, "answered from the copy again"
+
+
+def test_a_catalog_over_the_limit_at_start_is_copied_once_it_shrinks_under() -> None:
+    store = _Vectors({1: np.eye(4, dtype=np.float32), 2: np.eye(4, dtype=np.float32)})
+    resident = ResidentCatalog(store, store.tracks(), 4, "IP", max_vectors=6)
+    assert (resident.vectors, resident.total_vectors, store.reads) == (0, 8, 0)
+    del store.parts[2]
+    resident.sync(store.tracks())
+    assert (resident.vectors, store.reads) == (4, 1)
 
 
 def test_a_lite_catalog_grown_past_the_limit_by_an_ingest_is_searched_by_milvus_lite(
@@ -191,3 +209,20 @@ def test_the_two_step_selection_keeps_exactly_the_k_largest(n: int) -> None:
     chosen = _largest(scores, k)
     for row in range(scores.shape[0]):
         assert sorted(scores[row, chosen[row]]) == sorted(np.sort(scores[row])[-k:])
+
+
+@pytest.mark.parametrize(("limit", "copied"), [(0, None), (1, False), (UNLIMITED, True)])
+def test_the_daemon_copies_a_lite_catalog_by_the_configured_limit(
+    tmp_path: Path, real_clips: list[Clip], limit: int, copied: bool | None,
+) -> None:
+    built = build_catalog(tmp_path / "one", [real_clips[0].path])
+    config = load_config(built.config_path)
+    milvus = config.milvus.model_copy(update={"resident_max_vectors": limit})
+    config = config.model_copy(update={"milvus": milvus})
+    model, store = open_model(config, resident=True)
+    with store:
+        if copied is None:
+            assert model.catalog is store, "0: never a copy"
+            return
+        assert isinstance(model.catalog, ResidentCatalog)
+        assert model.catalog.vectors == (model.shape.total_vectors if copied else 0)

@@ -148,8 +148,9 @@ class MilvusConfig(_Section):
     """The daemon answers live searches of an embedded (Milvus Lite) catalog up to this many
     vectors from an exact copy in its own memory (4 bytes per dimension per vector: 154 MB at
     300,000 x 128), the same neighbours Lite's exact search finds for a fraction of the CPU; larger
-    catalogs, and a server's, are searched by Milvus, as is one that grows past it while the daemon
-    runs (the copy is then freed). 0: always Milvus. ``identify`` always asks Milvus (a copy would
+    catalogs, and a server's, are searched by Milvus; the limit is checked again at every catalog
+    change while the daemon runs (over it, the copy is freed; back under it, copied again).
+    0: always Milvus. ``identify`` always asks Milvus (a copy would
     slow its start)."""
 
     _ca_file_exists = field_validator("ca_file")(_readable_file)

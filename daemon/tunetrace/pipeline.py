@@ -609,9 +609,10 @@ def open_model(config: Config, *, resident: bool = False) -> tuple[SharedModel, 
     An empty or new catalog is created rather than refused: tracks can be ingested while the
     daemon runs (``tunetrace ingest`` hands them to it), so starting before the first ingest is fine.
     ``resident``: a long-running process (the daemon): searches of an embedded (Milvus Lite)
-    catalog of at most ``milvus.resident_max_vectors`` are answered from a copy in memory
-    (``store.resident``). A server's catalog is searched by the server: its index is built for
-    it, other daemons share it, and its searches cost this process only the client's side.
+    catalog are answered from a copy in memory while it holds at most
+    ``milvus.resident_max_vectors`` (``store.resident``; 0: never). A server's catalog is searched
+    by the server: its index is built for it, other daemons share it, and its searches cost this
+    process only the client's side.
     """
     data_dir_ready(config.data_dir)
     encoder = create_encoder(config.encoder, config.data_dir)
@@ -620,10 +621,13 @@ def open_model(config: Config, *, resident: bool = False) -> tuple[SharedModel, 
         tracks = store.tracks()
         shape = catalog_shape(tracks)
         catalog: Catalog = store
-        if resident and store.is_embedded and shape.total_vectors <= config.milvus.resident_max_vectors:
-            catalog = ResidentCatalog(store, tracks, encoder.info.dimension, encoder.info.metric,
-                                      max_vectors=config.milvus.resident_max_vectors)
-            log.info("live searches: an exact copy of the catalog's %d vectors in memory", catalog.vectors)
+        if resident and store.is_embedded and config.milvus.resident_max_vectors > 0:
+            resident_copy = ResidentCatalog(store, tracks, encoder.info.dimension, encoder.info.metric,
+                                            max_vectors=config.milvus.resident_max_vectors)
+            catalog = resident_copy
+            if resident_copy.vectors:
+                log.info("live searches: an exact copy of the catalog's %d vectors in memory",
+                         resident_copy.vectors)
     except BaseException:
         store.close()
         raise

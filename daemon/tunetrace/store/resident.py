@@ -12,15 +12,17 @@ per dimension per vector: the 29k-vector catalog is 15 MB, 300,000 vectors 154 M
 and a server's (whose index is built for it, and which other daemons share), are searched by
 Milvus. The copy follows the catalog: ``sync`` loads the vectors of
 tracks added or changed and drops removed ones, and the daemon's ``LiveCatalog`` calls it before
-the stations hear of a change. A catalog that grows past the limit while the daemon runs (tracks
-ingested through it) is searched by Milvus from then on and the copy is freed, so the limit bounds
-the daemon's memory however the catalog got there; it is copied again if it shrinks back under.
-Writes and metadata always go to the store itself.
+the stations hear of a change. The limit holds while the daemon runs too: a catalog that grows past
+it (tracks ingested through the daemon) is searched by Milvus and the copy freed, and one that
+shrinks back under it (tracks removed), or starts over it and shrinks, is copied; so the limit
+bounds the daemon's memory however the catalog got there. Writes and metadata always go to the
+store itself.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,7 +38,8 @@ SEARCH_BLOCK = 256
 
 
 class VectorStore(Protocol):
-    """What the copy is read from (``CatalogStore``)."""
+    """What the copy is read from, and what answers while the catalog is over the limit
+    (``CatalogStore``)."""
 
     def tracks(self) -> list[Track]: ...
 
@@ -166,11 +169,10 @@ def single_threaded_blas() -> None:
 
 class ResidentCatalog:
     """A ``Catalog`` whose searches are answered from an exact in-memory copy of ``store``'s vectors
-    while it holds at most ``max_vectors`` (``None``: no limit), and by ``store`` above that."""
+    while it holds at most ``max_vectors``, and by ``store`` while it holds more."""
 
     def __init__(
-        self, store: VectorStore, tracks: Sequence[Track], dimension: int, metric: str,
-        max_vectors: int | None = None,
+        self, store: VectorStore, tracks: Sequence[Track], dimension: int, metric: str, *, max_vectors: int,
     ) -> None:
         single_threaded_blas()
         self._store = store
@@ -178,15 +180,23 @@ class ResidentCatalog:
         self._metric = metric
         self._max_vectors = max_vectors
         self._tracks: dict[int, Track] = {}
-        self._table: VectorTable | None = VectorTable.of([], dimension)
-        """``None``: the catalog outgrew ``max_vectors`` and ``store`` answers the searches."""
-        self.sync(tracks)
+        self._table: VectorTable | None = None
+        """``None``: the catalog is over ``max_vectors`` and ``store`` answers the searches."""
+        self._syncing = threading.Lock()
+        """One ``sync`` at a time: the periodic refresh and an ingest's may overlap, and an older
+        track list must not replace a newer copy (searches read ``_table`` once, without it)."""
+        self._load(tracks)
 
     @property
     def vectors(self) -> int:
         """Vectors held in memory (0 while the store answers)."""
         table = self._table
         return 0 if table is None else table.size
+
+    @property
+    def total_vectors(self) -> int:
+        """Vectors of the tracks this catalog follows, in memory or not."""
+        return sum(t.n_vectors for t in self._tracks.values())
 
     def sync(self, tracks: Sequence[Track]) -> None:
         """Blocking: make the copy hold exactly ``tracks`` (the store's complete tracks now).
@@ -196,27 +206,32 @@ class ResidentCatalog:
         whole, so a search running meanwhile sees the old one or the new one. Tracks of more than
         ``max_vectors`` in all are not copied: the table is dropped and the store searched.
         """
-        wanted = {t.track_id: t for t in tracks}
-        total = sum(t.n_vectors for t in tracks)
-        if self._max_vectors is not None and total > self._max_vectors:
-            if self._table is not None:
+        with self._syncing:
+            was_copied = self._table is not None
+            self._load(tracks)
+            if was_copied and self._table is None:
                 log.warning(
-                    "the catalog now holds %d vectors, more than milvus.resident_max_vectors (%d): "
-                    "live searches go to the catalog store from now on (more CPU per station) and the "
-                    "in-memory copy is freed; raise resident_max_vectors to keep one (4 bytes per "
-                    "dimension per vector), or move a catalog this size to a Milvus server "
-                    "(docs/scaling.md)", total, self._max_vectors)
+                    "the catalog now holds %d vectors, more than milvus.resident_max_vectors (%d): live "
+                    "searches go to the catalog store (more CPU per station) and the in-memory copy is "
+                    "freed until it is back under the limit; raise resident_max_vectors to keep one "
+                    "(4 bytes per dimension per vector), or move a catalog this size to a Milvus server "
+                    "(docs/scaling.md)", self.total_vectors, self._max_vectors)
+            elif self._table is not None and not was_copied:
+                log.info("the catalog holds %d vectors, within milvus.resident_max_vectors: live "
+                         "searches from an in-memory copy again", self._table.size)
+
+    def _load(self, tracks: Sequence[Track]) -> None:
+        wanted = {t.track_id: t for t in tracks}
+        if sum(t.n_vectors for t in tracks) > self._max_vectors:
             self._table = None
             self._tracks = wanted
             return
-        current = self._table
-        if current is None:
-            log.info("the catalog holds %d vectors again, within milvus.resident_max_vectors: live "
-                     "searches from an in-memory copy", total)
-            current, self._tracks = VectorTable.of([], self._dimension), {}
-        unchanged = {i for i, track in self._tracks.items() if wanted.get(i) == track}
+        table, copied = self._table, self._tracks
+        if table is None:
+            table, copied = VectorTable.of([], self._dimension), {}
+        unchanged = {i for i, track in copied.items() if wanted.get(i) == track}
         read = [(i, *self._store.track_vectors(i)) for i in wanted if i not in unchanged]
-        self._table = current.rows_of(unchanged).joined(VectorTable.of(read, self._dimension))
+        self._table = table.rows_of(unchanged).joined(VectorTable.of(read, self._dimension))
         self._tracks = wanted
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
@@ -232,7 +247,8 @@ class ResidentCatalog:
         return table.references(spans)
 
     def get_tracks(self, track_ids: Sequence[int]) -> dict[int, Track]:
-        known = {i: self._tracks[i] for i in track_ids if i in self._tracks}
+        tracks = self._tracks  # one read: ``sync`` may swap it meanwhile
+        known = {i: tracks[i] for i in track_ids if i in tracks}
         missing = [i for i in track_ids if i not in known]
         return known | (self._store.get_tracks(missing) if missing else {})
 
