@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=280,
     )
 
 

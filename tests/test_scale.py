@@ -9,17 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.audio import synthetic_music
+from tests.fixtures.audio import Clip, synthetic_music
+from tests.fixtures.milvus import BuiltCatalog
+from tunetrace.config import load_config
+from tunetrace.encoders import create_encoder
 from tunetrace.evaluation.distractors import DURATION_RANGE_S, KINDS, SourceTrack, make_distractor
 from tunetrace.evaluation.scale import (
     CHUNK,
     CachedDistractor,
     ExactCatalog,
     IndexSpec,
+    _right_places,
     agreement,
     distractor_track,
     exact_neighbours,
-    right_track_recall,
+    query_vectors,
+    right_place_recall,
 )
 from tunetrace.store import Track
 from tunetrace.store.memory import MemoryCatalog
@@ -234,7 +239,7 @@ def test_exact_eval_answers_the_catalog_excerpts_as_exact_search_does(tmp_path: 
     assert found.exact_hits >= 4 and found.recall == 1.0
 
 
-def test_right_track_recall_counts_only_queries_exact_search_places_right() -> None:
+def test_right_place_recall_counts_only_queries_exact_search_places_right() -> None:
     truth = [
         {(7, 10.0), (3, 99.0)},   # exact holds the right place: kept by the index
         {(7, 20.5), (4, 1.0)},    # exact holds it (within the tolerance): the index lost it
@@ -248,10 +253,28 @@ def test_right_track_recall_counts_only_queries_exact_search_places_right() -> N
         [(7, 40.0)],
     ]
     answers = [(7, 10.2), (7, 20.2), (7, 30.0), None]
-    recall, exact_right = right_track_recall(found, truth, answers, tolerance_s=0.5)
+    recall, exact_right = right_place_recall(found, truth, answers, tolerance_s=0.5)
     assert exact_right == 2
     assert recall == 0.5
 
 
-def test_right_track_recall_is_undefined_when_exact_search_never_places_a_query() -> None:
-    assert right_track_recall([[(1, 0.0)]], [{(2, 0.0)}], [(1, 0.0)], tolerance_s=0.5) == (None, 0)
+def test_right_place_recall_is_undefined_when_exact_search_never_places_a_query() -> None:
+    assert right_place_recall([[(1, 0.0)]], [{(2, 0.0)}], [(1, 0.0)], tolerance_s=0.5) == (None, 0)
+
+
+def test_query_windows_are_placed_where_they_were_cut_and_exact_search_finds_them_there(
+    clip_catalog: BuiltCatalog, real_clips: list[Clip],
+) -> None:
+    config = load_config(clip_catalog.config_path)
+    encoder = create_encoder(config.encoder, config.data_dir)
+    queries, origins = query_vectors([c.path for c in real_clips], encoder, 8, seed=3)
+    places = _right_places(config, encoder, origins)
+    assert [p[0] if p else None for p in places] == [clip_catalog.tracks[o.path].track_id for o in origins]
+
+    clean = queries[::2]  # every other query has white noise at 10 dB
+    with clip_catalog.open() as store:
+        exact = [{(h.track_id, h.offset_s) for h in row} for row in store.search(clean, 10)]
+    share, placed = right_place_recall(
+        [sorted(row) for row in exact], exact, places[::2], encoder.info.window_spec.hop_s,
+    )
+    assert (share, placed) == (1.0, 4), "each clean window's nearest catalog windows hold where it was cut"

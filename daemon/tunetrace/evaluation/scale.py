@@ -535,24 +535,27 @@ def query_vectors(
     return encoder.embed(np.stack(windows).astype(np.float32)), origins
 
 
-def right_track_recall(
+def right_place_recall(
     found: Sequence[Sequence[tuple[int, float]]], truth: Sequence[set[tuple[int, float]]],
     answers: Sequence[tuple[int, float] | None], tolerance_s: float,
 ) -> tuple[float | None, int]:
-    """Of the queries whose exact ``top_k`` holds the right place (track and offset within
-    ``tolerance_s`` of where the query was cut), the share whose approximate ``top_k`` holds it
-    too, and how many those are. A query of unknown origin (``None``) is left out."""
+    """Of the queries whose exact ``top_k`` holds the right place (the right track, at an offset
+    within ``tolerance_s`` of where the query was cut), the share whose approximate ``top_k``
+    holds it too, and how many those are. A query of unknown origin (``None``) is left out.
+
+    The index's own part of the issue's "right-track recall against exact search": per query
+    window, before any voting (``agree`` measures it at the identify level)."""
 
     def holds(neighbours: Iterable[tuple[int, float]], answer: tuple[int, float]) -> bool:
         return any(t == answer[0] and abs(o - answer[1]) <= tolerance_s for t, o in neighbours)
 
-    exact_right = kept = 0
+    exact_right = also_found = 0
     for neighbours, reference, answer in zip(found, truth, answers, strict=True):
         if answer is None or not holds(reference, answer):
             continue
         exact_right += 1
-        kept += holds(neighbours, answer)
-    return (kept / exact_right if exact_right else None), exact_right
+        also_found += holds(neighbours, answer)
+    return (also_found / exact_right if exact_right else None), exact_right
 
 
 def exact_neighbours(
@@ -634,7 +637,7 @@ def measure_index(
     answers: Sequence[tuple[int, float] | None] = (),
 ) -> dict[str, object]:
     """Build ``spec`` on the configured catalog (optionally), then its recall against ``truth``
-    (and, given each query's right ``answers``, its right-track recall against exact search), its
+    (and, given each query's right ``answers``, its right-place recall against exact search), its
     search latency per vector (alone, and in batches of 64 as identify sends them), the server's
     CPU per vector in those batches and its memory."""
     from tunetrace.store.milvus import IndexChoice
@@ -674,9 +677,10 @@ def measure_index(
             result["recall_at_k"] = round(float(np.mean(recall)), 4)
             result["top1_track_in_exact"] = round(float(np.mean(top1)), 4)
             if answers:
-                kept, exact_right = right_track_recall(found, truth, answers, encoder.info.window_spec.hop_s)
-                result["right_track_recall_vs_exact"] = None if kept is None else round(kept, 4)
-                result["exact_right"] = exact_right
+                share, exact_right = right_place_recall(found, truth, answers, encoder.info.window_spec.hop_s)
+                result["right_place_recall_vs_exact"] = None if share is None else round(share, 4)
+                result["exact_right_places"] = exact_right
+                result["queries_unplaced"] = sum(a is None for a in answers)
     return result
 
 
@@ -751,10 +755,11 @@ def run_indexes(args: argparse.Namespace, config: Config, encoder: Encoder) -> i
                 built_s = store.rebuild_index(IndexChoice(spec.type, dict(spec.build)))
             _emit_line({"type": spec.type, "build": spec.build, "build_s": round(built_s, 1)}, args.out)
         return 0
+    places = _right_places(config, encoder, origins) if truth is not None else []
     for text in args.spec:
         result = measure_index(config, encoder, IndexSpec.parse(text), queries, truth,
                                build=args.build, server_pid=args.server_pid, top_k=args.top_k,
-                               answers=_right_places(config, encoder, origins))
+                               answers=places)
         _emit_line({**result, "queries": args.queries, "top_k": args.top_k}, args.out)
     return 0
 
@@ -769,6 +774,10 @@ def _right_places(
     with CatalogStore.open(config.milvus, config.milvus_uri(), encoder.info, create=False) as store:
         by_path = {str(Path(t.source_path).resolve()): t.track_id for t in store.tracks()}
     found = [by_path.get(str(o.path.resolve())) for o in origins]
+    unplaced = sorted({str(o.path) for t, o in zip(found, origins, strict=True) if t is None})
+    if unplaced:
+        log.warning("%d query file(s) are not in the catalog by their path, so their queries are left "
+                    "out of the right-place recall: %s", len(unplaced), ", ".join(unplaced[:5]))
     return [None if t is None else (t, o.start_s) for t, o in zip(found, origins, strict=True)]
 
 
