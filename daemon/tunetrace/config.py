@@ -116,7 +116,7 @@ class IndexConfig(_Section):
     measurement, docs/scaling.md §2; ``IVF_SQ8`` where memory matters more). The index of an
     existing catalog is the one it was created with; a different ``type`` here is reported."""
     build: dict[str, IndexParam] = Field(default_factory=dict)
-    """Index build parameters (``{nlist: 1024}`` for IVF_*, ``{M: 16, efConstruction: 100}`` for
+    """Index build parameters (``{nlist: 1024}`` for IVF_*, ``{M: 16, efConstruction: 200}`` for
     HNSW); empty: the defaults of ``store.milvus``."""
     search: dict[str, IndexParam] = Field(default_factory=dict)
     """Per-query search parameters (``{ef: 256}`` for HNSW, ``{nprobe: 64}`` for IVF_SQ8); empty:
