@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Public names that mutagen's stubs-less __init__ does not re-export explicitly.
-from mutagen import File as MutagenFile  # type: ignore[attr-defined]
-from mutagen import MutagenError  # type: ignore[attr-defined]
+# Public names that mutagen before 1.48 does not re-export explicitly (1.48 does: the ignore may be unused).
+from mutagen import File as MutagenFile  # type: ignore[attr-defined, unused-ignore]
+from mutagen import MutagenError  # type: ignore[attr-defined, unused-ignore]
 from mutagen.easyid3 import EasyID3
 from mutagen.easymp4 import EasyMP4Tags
 
