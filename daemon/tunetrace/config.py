@@ -150,8 +150,7 @@ class MilvusConfig(_Section):
     300,000 x 128), the same neighbours Lite's exact search finds for a fraction of the CPU; larger
     catalogs, and a server's, are searched by Milvus; the limit is checked again at every catalog
     change while the daemon runs (over it, the copy is freed; back under it, copied again).
-    0: always Milvus. ``identify`` always asks Milvus (a copy would
-    slow its start)."""
+    0: always Milvus. ``identify`` always asks Milvus (a copy would slow its start)."""
 
     _ca_file_exists = field_validator("ca_file")(_readable_file)
 
