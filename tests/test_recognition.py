@@ -18,11 +18,14 @@ from tunetrace.evaluation.live import (
     EPOCH,
     CpuSample,
     PacedStreamServer,
+    PlayRecord,
+    Segment,
     TalkOver,
     cpu_breakdown,
     cpu_sample,
     plays_from_events,
     run_stream,
+    score_stations,
     talk_over_ends,
 )
 from tunetrace.evaluation.run import SpeechPool
@@ -157,3 +160,22 @@ def test_talk_over_covers_a_tracks_intro_and_outro_at_the_asked_loudness(tmp_pat
     for part in (slice(0, span), slice(music.size - span, music.size)):
         speech = out[part] - music[part]
         assert 20 * np.log10(rms(music[part]) / rms(speech)) == pytest.approx(0.0, abs=0.1)
+
+
+def test_every_station_is_scored_and_stations_that_decided_differently_are_counted() -> None:
+    schedule = [Segment("track", 0.0, 60.0, track_id=1), Segment("unknown", 60.0, 90.0),
+                Segment("track", 90.0, 150.0, track_id=2)]
+    both_found = [PlayRecord(1, 0.5, 60.0, 3.0, 0.5), PlayRecord(2, 90.5, 150.0, 93.5, 0.5)]
+    second_missed = [PlayRecord(1, 0.5, 60.0, 3.0, 0.5)]
+    false_play = [*both_found, PlayRecord(7, 60.5, 80.0, 64.0, 10.0)]
+
+    scored = score_stations(schedule, [both_found, both_found, second_missed, false_play], 150.0)
+
+    assert scored["stations_scored"] == 4
+    assert scored["reported_segments"] == 2 and scored["false_plays"] == 0  # the first station's
+    assert scored["stations_differing"] == 2
+    assert [s["missed_segments"] for s in scored["per_station"]] == [0, 0, 1, 0]
+    assert [s["false_plays"] for s in scored["per_station"]] == [0, 0, 0, 1]
+    alone = score_stations(schedule, [second_missed], 150.0)
+    assert alone["stations_differing"] == 0 and alone["per_station"] == []
+    assert alone["missed_segments"] == 1

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -105,8 +107,11 @@ def torch() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, torch: ModuleType) -> Path:
-    """A seeded checkpoint with torchvggish's keys and shapes, and PCA params as NumPy arrays."""
+def model_dir(tmp_path_factory: pytest.TempPathFactory, torch: ModuleType) -> Iterator[Path]:
+    """A seeded checkpoint with torchvggish's keys and shapes, and PCA params as NumPy arrays.
+
+    Removed after the module: the checkpoint is ~220 MB, and pytest keeps its last three
+    temporary directories."""
     directory = tmp_path_factory.mktemp("vggish")
     generator = torch.Generator().manual_seed(1234)
     state = {}
@@ -118,7 +123,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, torch: ModuleType) -> Pa
     vectors, means = _random_pca(7)
     _save_numpy1_pickle({"pca_eigen_vectors": vectors, "pca_means": means},
                         directory / VGGISH_PCA_PARAMS, torch)
-    return directory
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -276,6 +276,25 @@ def score(segments: list[Segment], plays: list[PlayRecord], duration_s: float) -
     }
 
 
+STATION_SUMMARY_KEYS = ("reported_segments", "missed_segments", "false_plays", "flapping",
+                        "latency_median_s", "latency_p95_s", "per_second_recall")
+
+
+def score_stations(segments: list[Segment], station_plays: list[list[PlayRecord]],
+                   duration_s: float) -> dict[str, Any]:
+    """Every station heard the same stream, so every station is scored, not only the first: the
+    first's score is the headline, and stations that decided differently (shared search batches,
+    contention) are counted and listed by their summary."""
+    scores = [score(segments, plays, duration_s) for plays in station_plays]
+    summaries = [{key: one[key] for key in STATION_SUMMARY_KEYS} for one in scores]
+    return {
+        **scores[0],
+        "stations_scored": len(scores),
+        "stations_differing": sum(summary != summaries[0] for summary in summaries[1:]),
+        "per_station": summaries if len(summaries) > 1 else [],
+    }
+
+
 @dataclass(frozen=True)
 class CpuSample:
     """CPU seconds so far of this process, its threads, and every process it started."""
@@ -640,8 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu["stream_server_s"] = round(sum(radio), 2)
         cpu_s = cpu["process_s"] - cpu["stream_server_s"] + cpu["helpers_s"]
         rss_end = rss_mib()
-    first = station_sinks[0]
-    plays = plays_from_events(first.events, first.station.stream_s_at if first.station else None)
+    station_plays = [plays_from_events(sink.events, sink.station.stream_s_at if sink.station else None)
+                     for sink in station_sinks]
+    plays = station_plays[0]
     if args.show:
         for segment in segments:
             print(f"truth {segment.start_s:7.1f}-{segment.end_s:7.1f} {segment.kind:8} {segment.label} "
@@ -658,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "catalog_tracks": len(catalog),
         "unknown_files": len(args.unknown),
-        **score(segments, plays, stream_s),
+        **score_stations(segments, station_plays, stream_s),
         "wall_s": round(wall_s, 1),
         "cpu_s": round(cpu_s, 1),
         "cpu_core_share_per_station": round(cpu_s / (stream_s * args.stations), 4),
