@@ -179,3 +179,18 @@ def test_every_station_is_scored_and_stations_that_decided_differently_are_count
     alone = score_stations(schedule, [second_missed], 150.0)
     assert alone["stations_differing"] == 0 and alone["per_station"] == []
     assert alone["missed_segments"] == 1
+
+
+def test_a_false_play_of_a_track_sharing_audio_with_the_one_on_air_is_counted_as_such() -> None:
+    schedule = [Segment("track", 0.0, 60.0, track_id=1), Segment("unknown", 60.0, 90.0)]
+    duplicate_during_track = PlayRecord(7, 10.0, 30.0, 13.0, 40.0)
+    during_unknown_music = PlayRecord(8, 65.0, 80.0, 68.0, 0.0)
+    plays = [PlayRecord(1, 0.5, 60.0, 3.0, 0.5), duplicate_during_track, during_unknown_music]
+    shared = frozenset({frozenset({1, 7}), frozenset({8, 9})})
+
+    scored = score_stations(schedule, [plays], 90.0, shared)
+    plain = score_stations(schedule, [plays], 90.0)
+
+    assert scored["false_plays"] == plain["false_plays"] == 2  # still false plays
+    assert scored["false_plays_of_shared_audio"] == 1  # track 8's partner was not on air
+    assert plain["false_plays_of_shared_audio"] == 0

@@ -439,6 +439,8 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
             return _print_list(store, args.json)
         if args.catalog_command == "stats":
             return _print_stats(store, config, args.json)
+        if args.catalog_command == "overlaps":
+            return _print_overlaps(store, encoder.info.hop_s, args)
         removed = store.remove_track(args.track_id)
     if not removed:
         print(f"error: no track with id {args.track_id} in the catalog (see `tunetrace catalog list`)",
@@ -447,6 +449,55 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     print(f"removed track {args.track_id}")
     _notify_daemon(config)
     return EXIT_OK
+
+
+def _print_overlaps(store: CatalogStore, catalog_hop_s: float, args: argparse.Namespace) -> int:
+    """Pairs of tracks that share audio (``catalog.overlaps``), the larger share first."""
+    from tunetrace.catalog.overlaps import OverlapParams, find_overlaps, pairs
+
+    params = OverlapParams(catalog_hop_s, min_shared_s=args.min_shared_s)
+    last_line_s = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last_line_s
+        now_s = time.monotonic()
+        if not args.quiet and (now_s - last_line_s >= args.progress_every or done == total):
+            print(f"overlaps: searched {done} of {total} tracks", file=sys.stderr, flush=True)
+            last_line_s = now_s
+
+    found = pairs(find_overlaps(store, params, progress))
+    if args.json:
+        for o in found:
+            print(json.dumps({
+                "track_id": o.track.track_id, "title": o.track.title, "other_track_id": o.other.track_id,
+                "other_title": o.other.title, "track_start_s": round(o.track_start_s, 1),
+                "track_end_s": round(o.track_end_s, 1), "other_start_s": round(o.other_start_s, 1),
+                "shared_s": round(o.shared_s, 1), "share_of_track": round(o.share_of_track, 3),
+                "probes_found": o.probes_found, "probes_in_span": o.probes_in_span,
+            }))
+        return EXIT_OK
+    for o in found:
+        print(f"{o.track.title or o.track.track_id} ({_minutes(o.track.duration_s)}) shares "
+              f"{_minutes(o.shared_s)} with {o.other.title or o.other.track_id} "
+              f"({_minutes(o.other.duration_s)}): {_clock(o.track_start_s)}-{_clock(o.track_end_s)} of it "
+              f"at {_clock(o.other_start_s)} there, {o.share_of_track:.0%} of it "
+              f"(ids {o.track.track_id}, {o.other.track_id})")
+    if found:
+        print(f"{len(found)} pair(s) of tracks share audio: while it plays either is a right answer "
+              "and plays may name either; remove one (`tunetrace catalog remove ID`) if they are "
+              "the same recording")
+    else:
+        print(f"no two tracks share {params.min_shared_s:g} s of audio or more")
+    return EXIT_OK
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -512,6 +563,16 @@ def add_catalog_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
         q = catalog_sub.add_parser(name, help=text)
         add_config_option(q, nested=True)
         q.add_argument("--json", action="store_true")
+    q = catalog_sub.add_parser(
+        "overlaps", help="pairs of tracks that share audio (remasters, edits, the same recording twice)",
+    )
+    add_config_option(q, nested=True)
+    q.add_argument("--min-shared-s", type=_positive_seconds, default=20.0, metavar="SECONDS",
+                   help="report only audio shared over at least this long (default 20)")
+    q.add_argument("--json", action="store_true", help="one JSON object per pair, one per line")
+    q.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    q.add_argument("--progress-every", type=_positive_seconds, default=5.0, metavar="SECONDS",
+                   help="print a progress line this often (default 5)")
     q = catalog_sub.add_parser("remove", help="remove a track and its vectors")
     add_config_option(q, nested=True)
     q.add_argument("track_id", type=int, metavar="TRACK_ID")

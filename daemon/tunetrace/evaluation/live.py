@@ -43,6 +43,7 @@ import numpy as np
 from scipy.io import wavfile
 
 from tunetrace.audio.decode import _tool, decode_file
+from tunetrace.catalog.overlaps import OverlapCatalog, OverlapParams, find_overlaps
 from tunetrace.catalog.scan import scan_paths
 from tunetrace.config import Config, SourceConfig, StationConfig, load_config
 from tunetrace.evaluation.degrade import mix_at_snr
@@ -226,7 +227,16 @@ def plays_from_events(
     return sorted(plays, key=lambda p: p.start_s)
 
 
-def score(segments: list[Segment], plays: list[PlayRecord], duration_s: float) -> dict[str, Any]:
+SharedAudio = frozenset[frozenset[int]]
+"""Pairs of track ids whose recordings share audio (``catalog.overlaps``)."""
+
+
+def score(
+    segments: list[Segment], plays: list[PlayRecord], duration_s: float, shared: SharedAudio = frozenset(),
+) -> dict[str, Any]:
+    """``shared``: a false play of a track that shares audio with the one on air at the time is
+    counted as a false play and also as ``false_plays_of_shared_audio`` (the audio was that track's
+    too: a catalog duplicate, not a confusion of different music)."""
     tracks = [s for s in segments if s.kind == "track"]
 
     def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
@@ -249,6 +259,11 @@ def score(segments: list[Segment], plays: list[PlayRecord], duration_s: float) -
         if not any(s.track_id == p.track_id and overlap(p.start_s, p.end_s, s.start_s, s.end_s) > 0
                    for s in tracks)
     ]
+    of_shared_audio = [
+        p for p in false_plays
+        if any(frozenset((p["track_id"], s.track_id)) in shared
+               and overlap(p["start_s"], p["end_s"], s.start_s, s.end_s) > 0 for s in tracks)
+    ]
     seconds = np.arange(int(duration_s)) + 0.5
     truth = np.full(seconds.size, -1, np.int64)
     predicted = np.full(seconds.size, -1, np.int64)
@@ -265,6 +280,7 @@ def score(segments: list[Segment], plays: list[PlayRecord], duration_s: float) -
         "reported_segments": len(tracks) - missed,
         "missed_segments": missed,
         "false_plays": len(false_plays),
+        "false_plays_of_shared_audio": len(of_shared_audio),
         "false_play_details": false_plays,
         "flapping": flapping,
         "latency_median_s": round(statistics.median(latencies), 2) if latencies else None,
@@ -281,11 +297,11 @@ STATION_SUMMARY_KEYS = ("reported_segments", "missed_segments", "false_plays", "
 
 
 def score_stations(segments: list[Segment], station_plays: list[list[PlayRecord]],
-                   duration_s: float) -> dict[str, Any]:
+                   duration_s: float, shared: SharedAudio = frozenset()) -> dict[str, Any]:
     """Every station heard the same stream, so every station is scored, not only the first: the
     first's score is the headline, and stations that decided differently (shared search batches,
     contention) are counted and listed by their summary."""
-    scores = [score(segments, plays, duration_s) for plays in station_plays]
+    scores = [score(segments, plays, duration_s, shared) for plays in station_plays]
     summaries = [{key: one[key] for key in STATION_SUMMARY_KEYS} for one in scores]
     return {
         **scores[0],
@@ -293,6 +309,15 @@ def score_stations(segments: list[Segment], station_plays: list[list[PlayRecord]
         "stations_differing": sum(summary != summaries[0] for summary in summaries[1:]),
         "per_station": summaries if len(summaries) > 1 else [],
     }
+
+
+def shared_audio(catalog: OverlapCatalog, catalog_hop_s: float) -> SharedAudio:
+    """The catalog's pairs of tracks that share audio (seconds per 30 tracks), so that the score
+    can tell a catalog duplicate's play from a confusion."""
+    return frozenset(
+        frozenset((o.track.track_id, o.other.track_id))
+        for o in find_overlaps(catalog, OverlapParams(catalog_hop_s))
+    )
 
 
 @dataclass(frozen=True)
@@ -629,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     duration_s = args.minutes * 60
     segments = make_schedule(catalog, list(args.unknown), duration_s, rng)
+    shared = shared_audio(store, encoder.info.hop_s)
     sources = {p.name: p for _, p, _ in catalog} | {p.name: p for p in args.unknown}
     rate = encoder.info.sample_rate
     with tempfile.TemporaryDirectory(prefix="tunetrace-bench-") as folder:
@@ -678,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "catalog_tracks": len(catalog),
         "unknown_files": len(args.unknown),
-        **score_stations(segments, station_plays, stream_s),
+        **score_stations(segments, station_plays, stream_s, shared),
+        "shared_audio_pairs": [sorted(pair) for pair in sorted(shared, key=sorted)],
         "wall_s": round(wall_s, 1),
         "cpu_s": round(cpu_s, 1),
         "cpu_core_share_per_station": round(cpu_s / (stream_s * args.stations), 4),

@@ -1,0 +1,96 @@
+"""Tracks that share audio: found in a real catalog by their own windows, reported once per pair."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.audio import Clip, write_wav
+from tests.fixtures.milvus import build_catalog
+from tunetrace.audio.decode import decode_file
+from tunetrace.catalog.overlaps import Overlap, OverlapParams, overlaps_of, pairs
+from tunetrace.cli import main
+from tunetrace.store.base import Hit, Track
+
+RATE = 16000
+HOP_S = 0.5
+
+
+def _track(track_id: int, title: str, duration_s: float) -> Track:
+    return Track(track_id, title, "", "", duration_s, f"/music/{title}.wav", f"hash-{track_id}", 0, 0.0)
+
+
+def test_a_track_inside_a_medley_is_found_where_it_sits_and_reported_once(
+    real_clips: list[Clip], holdout_clips: list[Clip], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    inside = decode_file(real_clips[0].path, RATE)
+    other_music = [decode_file(c.path, RATE) for c in holdout_clips]
+    # 10 s of music not in the catalog, all of clip 0 (40 s), 10 s of other music.
+    medley = write_wav(tmp_path / "medley.wav", np.concatenate([other_music[0], inside, other_music[1]]), RATE)
+    catalog = build_catalog(tmp_path / "data", [real_clips[0].path, real_clips[1].path, medley])
+    clip_id = catalog.tracks[real_clips[0].path].track_id
+    medley_id = catalog.tracks[medley].track_id
+
+    assert main(["catalog", "overlaps", "--json", "-q", "-c", str(catalog.config_path)]) == 0
+
+    found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(found) == 1, found
+    pair = found[0]
+    assert (pair["track_id"], pair["other_track_id"]) == (clip_id, medley_id), "the clip is the contained one"
+    assert pair["shared_s"] >= 30.0 and pair["share_of_track"] >= 0.75
+    assert pair["track_start_s"] <= 6.0
+    # The clip's audio starts 10 s into the medley: the alignment says where.
+    assert pair["other_start_s"] - pair["track_start_s"] == pytest.approx(10.0, abs=HOP_S)
+
+
+def test_no_overlap_in_a_catalog_of_different_recordings(
+    real_clips: list[Clip], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    catalog = build_catalog(tmp_path / "data", [c.path for c in real_clips])
+
+    assert main(["catalog", "overlaps", "-q", "-c", str(catalog.config_path)]) == 0
+
+    assert "no two tracks share 20 s of audio or more" in capsys.readouterr().out
+
+
+def test_chance_neighbours_scattered_over_alignments_are_not_an_overlap() -> None:
+    track, other = _track(1, "a", 120.0), _track(2, "b", 120.0)
+    probes = np.arange(0.0, 120.0, 2.0)
+    rng = np.random.default_rng(3)
+    # Every probe finds the other track, but each at a random place: no alignment repeats.
+    hits = [[Hit(i, 2, float(rng.uniform(0, 120)) // HOP_S * HOP_S, 0.9)] for i in range(probes.size)]
+
+    assert overlaps_of(track, probes, hits, {1: track, 2: other}, OverlapParams(HOP_S)) == []
+
+
+def test_a_short_or_sparse_shared_stretch_is_not_reported() -> None:
+    track, other = _track(1, "a", 120.0), _track(2, "b", 120.0)
+    probes = np.arange(0.0, 120.0, 2.0)
+    by_id = {1: track, 2: other}
+    params = OverlapParams(HOP_S, min_shared_s=20.0)
+    # 10 s shared (probes 40-48 s, at +30 s in the other track): shorter than 20 s.
+    short = [[Hit(i, 2, p + 30.0, 0.9)] if 40.0 <= p < 50.0 else [] for i, p in enumerate(probes)]
+    assert overlaps_of(track, probes, short, by_id, params) == []
+    # 40 s spanned, but only every fourth probe agrees: too sparse to be shared audio.
+    sparse = [[Hit(i, 2, p + 30.0, 0.9)] if 40.0 <= p < 80.0 and i % 4 == 0 else [] for i, p in enumerate(probes)]
+    assert overlaps_of(track, probes, sparse, by_id, params) == []
+    # The same 40 s found probe after probe is reported, with where it sits in each track.
+    dense = [[Hit(i, 2, p + 30.0, 0.9)] if 40.0 <= p < 80.0 else [] for i, p in enumerate(probes)]
+    (overlap,) = overlaps_of(track, probes, dense, by_id, params)
+    assert (overlap.track_start_s, overlap.track_end_s, overlap.other_start_s) == (40.0, 80.0, 70.0)
+    # Neighbours below the similarity floor are not evidence.
+    faint = [[Hit(i, 2, p + 30.0, 0.3)] if 40.0 <= p < 80.0 else [] for i, p in enumerate(probes)]
+    assert overlaps_of(track, probes, faint, by_id, params) == []
+
+
+def test_each_pair_is_reported_in_the_direction_where_it_is_the_larger_share() -> None:
+    short, long = _track(1, "edit", 60.0), _track(2, "album version", 300.0)
+    edit_in_album = Overlap(short, long, 0.0, 60.0, 100.0, 30, 30)
+    album_in_edit = Overlap(long, short, 100.0, 160.0, 0.0, 30, 30)
+
+    (chosen,) = pairs([album_in_edit, edit_in_album])
+
+    assert chosen is edit_in_album and chosen.share_of_track == 1.0
