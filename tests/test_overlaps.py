@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from tests.fixtures.milvus import build_catalog
 from tunetrace.audio.decode import decode_file
 from tunetrace.catalog.overlaps import Overlap, OverlapParams, overlaps_of, pairs
 from tunetrace.cli import main
+from tunetrace.evaluation.degrade import rms
 from tunetrace.store.base import Hit, Track
 
 RATE = 16000
@@ -23,13 +25,22 @@ def _track(track_id: int, title: str, duration_s: float) -> Track:
     return Track(track_id, title, "", "", duration_s, f"/music/{title}.wav", f"hash-{track_id}", 0, 0.0)
 
 
-def test_a_track_inside_a_medley_is_found_where_it_sits_and_reported_once(
+def _remastered(audio: np.ndarray, seed: int) -> np.ndarray:
+    """Another master of the same recording: quieter, a treble tilt, a little noise (30 dB SNR)."""
+    tilted = 0.7 * (audio + 0.5 * np.concatenate([[0.0], audio[:-1]]))
+    noise = np.random.default_rng(seed).standard_normal(audio.size) * rms(tilted) / 10 ** (30 / 20)
+    return (tilted + noise).astype(np.float32)
+
+
+def test_a_remastered_track_inside_a_medley_is_found_where_it_sits_and_reported_once(
     real_clips: list[Clip], holdout_clips: list[Clip], tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    inside = decode_file(real_clips[0].path, RATE)
+    inside = _remastered(decode_file(real_clips[0].path, RATE), seed=5)
     other_music = [decode_file(c.path, RATE) for c in holdout_clips]
-    # 10 s of music not in the catalog, all of clip 0 (40 s), 10 s of other music.
-    medley = write_wav(tmp_path / "medley.wav", np.concatenate([other_music[0], inside, other_music[1]]), RATE)
+    # 10.25 s of music not in the catalog (the clip starts between two catalog windows), a
+    # remaster of all of clip 0 (40 s), 10 s of other music.
+    lead_in = np.concatenate([other_music[0], np.zeros(RATE // 4, np.float32)])
+    medley = write_wav(tmp_path / "medley.wav", np.concatenate([lead_in, inside, other_music[1]]), RATE)
     catalog = build_catalog(tmp_path / "data", [real_clips[0].path, real_clips[1].path, medley])
     clip_id = catalog.tracks[real_clips[0].path].track_id
     medley_id = catalog.tracks[medley].track_id
@@ -42,8 +53,8 @@ def test_a_track_inside_a_medley_is_found_where_it_sits_and_reported_once(
     assert (pair["track_id"], pair["other_track_id"]) == (clip_id, medley_id), "the clip is the contained one"
     assert pair["shared_s"] >= 30.0 and pair["share_of_track"] >= 0.75
     assert pair["track_start_s"] <= 6.0
-    # The clip's audio starts 10 s into the medley: the alignment says where.
-    assert pair["other_start_s"] - pair["track_start_s"] == pytest.approx(10.0, abs=HOP_S)
+    # The clip's audio starts 10.25 s into the medley: the alignment says where.
+    assert pair["other_start_s"] - pair["track_start_s"] == pytest.approx(10.25, abs=HOP_S)
 
 
 def test_no_overlap_in_a_catalog_of_different_recordings(
@@ -66,30 +77,57 @@ def test_chance_neighbours_scattered_over_alignments_are_not_an_overlap() -> Non
     assert overlaps_of(track, probes, hits, {1: track, 2: other}, OverlapParams(HOP_S)) == []
 
 
+def _found(
+    probes: np.ndarray, where: Callable[[int, float], bool], shift_s: float = 30.0, similarity: float = 0.9,
+) -> list[list[Hit]]:
+    """Each probe that ``where(index, offset)`` picks finds track 2 ``shift_s`` further on."""
+    offsets = probes.tolist()
+    return [[Hit(i, 2, p + shift_s, similarity)] if where(i, p) else [] for i, p in enumerate(offsets)]
+
+
 def test_a_short_or_sparse_shared_stretch_is_not_reported() -> None:
     track, other = _track(1, "a", 120.0), _track(2, "b", 120.0)
     probes = np.arange(0.0, 120.0, 2.0)
     by_id = {1: track, 2: other}
     params = OverlapParams(HOP_S, min_shared_s=20.0)
     # 10 s shared (probes 40-48 s, at +30 s in the other track): shorter than 20 s.
-    short = [[Hit(i, 2, p + 30.0, 0.9)] if 40.0 <= p < 50.0 else [] for i, p in enumerate(probes)]
-    assert overlaps_of(track, probes, short, by_id, params) == []
+    assert overlaps_of(track, probes, _found(probes, lambda i, p: 40.0 <= p < 50.0), by_id, params) == []
     # 40 s spanned, but only every fourth probe agrees: too sparse to be shared audio.
-    sparse = [[Hit(i, 2, p + 30.0, 0.9)] if 40.0 <= p < 80.0 and i % 4 == 0 else [] for i, p in enumerate(probes)]
+    sparse = _found(probes, lambda i, p: 40.0 <= p < 80.0 and i % 4 == 0)
     assert overlaps_of(track, probes, sparse, by_id, params) == []
-    # The same 40 s found probe after probe is reported, with where it sits in each track.
-    dense = [[Hit(i, 2, p + 30.0, 0.9)] if 40.0 <= p < 80.0 else [] for i, p in enumerate(probes)]
-    (overlap,) = overlaps_of(track, probes, dense, by_id, params)
-    assert (overlap.track_start_s, overlap.track_end_s, overlap.other_start_s) == (40.0, 80.0, 70.0)
     # Neighbours below the similarity floor are not evidence.
-    faint = [[Hit(i, 2, p + 30.0, 0.3)] if 40.0 <= p < 80.0 else [] for i, p in enumerate(probes)]
+    faint = _found(probes, lambda i, p: 40.0 <= p < 80.0, similarity=0.3)
     assert overlaps_of(track, probes, faint, by_id, params) == []
+
+
+def test_shared_stretches_are_reported_with_where_they_sit_in_each_track() -> None:
+    track, other = _track(1, "a", 120.0), _track(2, "b", 120.0)
+    probes = np.arange(0.0, 120.0, 2.0)
+    by_id = {1: track, 2: other}
+    params = OverlapParams(HOP_S, min_shared_s=20.0)
+    # The same 40 s found probe after probe.
+    (overlap,) = overlaps_of(track, probes, _found(probes, lambda i, p: 40.0 <= p < 80.0), by_id, params)
+    assert (overlap.track_start_s, overlap.track_end_s, overlap.other_start_s) == (40.0, 80.0, 70.0)
+    # Half the probes a catalog hop further on (a shift between two windows): one alignment.
+    straddling = [
+        [Hit(i, 2, h.offset_s + HOP_S * (i % 2), h.similarity) for h in hits]
+        for i, hits in enumerate(_found(probes, lambda i, p: 40.0 <= p < 80.0))
+    ]
+    (overlap,) = overlaps_of(track, probes, straddling, by_id, params)
+    assert (overlap.track_start_s, overlap.track_end_s) == (40.0, 80.0)
+    assert overlap.probes_found == overlap.probes_in_span == 20
+    assert 70.0 <= overlap.other_start_s <= 70.0 + HOP_S
+    # Two stretches at one alignment with different audio between them: both, and only them, count.
+    two = _found(probes, lambda i, p: p < 24.0 or 60.0 <= p < 100.0)
+    (overlap,) = overlaps_of(track, probes, two, by_id, params)
+    assert (overlap.track_start_s, overlap.track_end_s, overlap.shared_s) == (0.0, 100.0, 64.0)
+    assert overlap.share_of_track == pytest.approx(64.0 / 120.0)
 
 
 def test_each_pair_is_reported_in_the_direction_where_it_is_the_larger_share() -> None:
     short, long = _track(1, "edit", 60.0), _track(2, "album version", 300.0)
-    edit_in_album = Overlap(short, long, 0.0, 60.0, 100.0, 30, 30)
-    album_in_edit = Overlap(long, short, 100.0, 160.0, 0.0, 30, 30)
+    edit_in_album = Overlap(short, long, 0.0, 60.0, 100.0, 60.0, 30, 30)
+    album_in_edit = Overlap(long, short, 100.0, 160.0, 0.0, 60.0, 30, 30)
 
     (chosen,) = pairs([album_in_edit, edit_in_album])
 

@@ -182,15 +182,19 @@ def test_every_station_is_scored_and_stations_that_decided_differently_are_count
 
 
 def test_a_false_play_of_a_track_sharing_audio_with_the_one_on_air_is_counted_as_such() -> None:
-    schedule = [Segment("track", 0.0, 60.0, track_id=1), Segment("unknown", 60.0, 90.0)]
+    schedule = [Segment("track", 0.0, 60.0, track_id=1), Segment("unknown", 60.0, 90.0),
+                Segment("track", 90.0, 150.0, track_id=9)]
     duplicate_during_track = PlayRecord(7, 10.0, 30.0, 13.0, 40.0)
-    during_unknown_music = PlayRecord(8, 65.0, 80.0, 68.0, 0.0)
-    plays = [PlayRecord(1, 0.5, 60.0, 3.0, 0.5), duplicate_during_track, during_unknown_music]
+    partner_not_on_air = PlayRecord(8, 65.0, 80.0, 68.0, 0.0)  # 9 plays later, not during it
+    plays = [PlayRecord(1, 0.5, 60.0, 3.0, 0.5), duplicate_during_track, partner_not_on_air,
+             PlayRecord(9, 90.5, 150.0, 93.0, 0.5)]
     shared = frozenset({frozenset({1, 7}), frozenset({8, 9})})
 
-    scored = score_stations(schedule, [plays], 90.0, shared)
-    plain = score_stations(schedule, [plays], 90.0)
+    scored = score_stations(schedule, [plays], 150.0, shared)
+    plain = score_stations(schedule, [plays], 150.0)
 
     assert scored["false_plays"] == plain["false_plays"] == 2  # still false plays
-    assert scored["false_plays_of_shared_audio"] == 1  # track 8's partner was not on air
+    assert scored["false_plays_of_shared_audio"] == 1
     assert plain["false_plays_of_shared_audio"] == 0
+    with pytest.raises(ValueError, match="no station"):
+        score_stations(schedule, [], 150.0)

@@ -230,10 +230,12 @@ CALIBRATED_DECISION_INTERVAL_S: dict[str, float] = {
     "vggish": 0.2,
 }
 """``tracker.decision_interval_s`` when the config does not set it. The fingerprint votes every
-0.5 s (every second live window): half the voting of one vote per window, and with
-``start_confirmations`` 2 a play still needs agreeing decisions 0.5 s apart, as 3 decisions 0.25 s
-apart did; on the benchmark streams the same plays, no false play, no flapping, latency median
-+0.05 s (docs/benchmarks.md, "On air at 1% of a core")."""
+0.5 s (every second live window): half the voting of one vote per window; with the then
+``start_confirmations`` 2 (decisions 0.5 s apart, as 3 decisions 0.25 s apart had been) the same
+plays on the benchmark streams, no false play, no flapping, latency median +0.05 s
+(docs/benchmarks.md, "On air at 1% of a core"). Since session 11 one decision starts a play
+(``CALIBRATED_START_CONFIRMATIONS``); voting every 0.25 s would start plays another ~0.1 s
+sooner for twice the votes (docs/models.md, "Live start latency")."""
 
 CALIBRATED_START_CONFIRMATIONS: dict[str, float] = {
     "spectral": 3,

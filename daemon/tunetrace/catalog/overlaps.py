@@ -38,6 +38,7 @@ class OverlapParams:
     probe_every_s: float = 2.0
     """One of each track's windows per this much audio is searched (all of them: slower, no better)."""
     top_k: int = 5
+    """Neighbours of other tracks per probe (the probe's own track's are searched for on top)."""
     min_similarity: float = 0.5
     """Neighbours less similar than this are not evidence of shared audio."""
     min_shared_s: float = 20.0
@@ -49,19 +50,18 @@ class OverlapParams:
 
 @dataclass(frozen=True)
 class Overlap:
-    """``track``'s audio from ``track_start_s`` to ``track_end_s`` is in ``other`` from ``other_start_s``."""
+    """``track``'s audio between ``track_start_s`` and ``track_end_s`` is in ``other`` at one
+    alignment (``track_start_s`` falls at ``other_start_s`` there): ``shared_s`` of it in all, in
+    one or more stretches (a remaster may differ in places, music repeats itself)."""
 
     track: Track
     other: Track
     track_start_s: float
     track_end_s: float
     other_start_s: float
+    shared_s: float
     probes_found: int
     probes_in_span: int
-
-    @property
-    def shared_s(self) -> float:
-        return self.track_end_s - self.track_start_s
 
     @property
     def share_of_track(self) -> float:
@@ -72,24 +72,32 @@ class Overlap:
 Progress = Callable[[int, int], None]
 """Called with (tracks searched, tracks in all) after each track."""
 
+_OWN_NEIGHBOURS = 5
+"""A probe is one of its track's own windows: it finds itself and the windows around it (1 s
+windows every 0.5 s overlap) first, so this many more neighbours are searched for, or a remaster's
+windows would be crowded out of the top k."""
+
 
 def find_overlaps(
     catalog: OverlapCatalog, params: OverlapParams, progress: Progress | None = None,
+    track_ids: Sequence[int] | None = None,
 ) -> list[Overlap]:
     """Every shared stretch of audio, once per direction (``a`` in ``b`` and ``b`` in ``a``),
-    longest first. Blocking: one search per track of ``duration / probe_every_s`` windows."""
+    longest first; ``track_ids``: probe only these tracks (against the whole catalog). Blocking:
+    one search per probed track of ``duration / probe_every_s`` windows."""
     tracks = catalog.tracks()
     by_id = {t.track_id: t for t in tracks}
+    probed = tracks if track_ids is None else [by_id[i] for i in dict.fromkeys(track_ids) if i in by_id]
     found: list[Overlap] = []
     step = max(1, round(params.probe_every_s / params.catalog_hop_s))
-    for done, track in enumerate(tracks, start=1):
+    for done, track in enumerate(probed, start=1):
         vectors, offsets = catalog.track_vectors(track.track_id)
         order = np.argsort(offsets, kind="stable")[::step]
         if order.size:
-            hits = catalog.search(vectors[order], params.top_k)
+            hits = catalog.search(vectors[order], params.top_k + _OWN_NEIGHBOURS)
             found.extend(overlaps_of(track, offsets[order], hits, by_id, params))
         if progress is not None:
-            progress(done, len(tracks))
+            progress(done, len(probed))
     return sorted(found, key=lambda o: (-o.shared_s, o.track.track_id, o.other.track_id))
 
 
@@ -97,50 +105,62 @@ def overlaps_of(
     track: Track, probe_offsets_s: np.ndarray, hits: Sequence[Sequence[Hit]], by_id: dict[int, Track],
     params: OverlapParams,
 ) -> list[Overlap]:
-    """The other tracks that ``track``'s probe windows (at ``probe_offsets_s``, sorted) find at
-    one alignment over at least ``min_shared_s``; at most one stretch per other track."""
+    """The other tracks that ``track``'s probe windows (at ``probe_offsets_s``, sorted, evenly
+    spaced) find at one alignment over stretches of at least ``min_shared_s``; per other track
+    the alignment that shares the most."""
     hop_s = params.catalog_hop_s
-    found_at: dict[tuple[int, int], set[float]] = defaultdict(set)
+    spacing_s = float(np.median(np.diff(probe_offsets_s))) if probe_offsets_s.size > 1 else hop_s
+    # (other track, alignment band) -> {probe offset: that probe's alignment in seconds}
+    found_at: dict[tuple[int, int], dict[float, float]] = defaultdict(dict)
     for offset_s, window_hits in zip(probe_offsets_s.tolist(), hits, strict=True):
         for hit in window_hits:
             if hit.track_id != track.track_id and hit.similarity >= params.min_similarity:
-                found_at[(hit.track_id, round((hit.offset_s - offset_s) / hop_s))].add(offset_s)
+                alignment_s = hit.offset_s - offset_s
+                found_at[(hit.track_id, round(alignment_s / hop_s))].setdefault(offset_s, alignment_s)
     best: dict[int, Overlap] = {}
-    for (other_id, band), _ in found_at.items():
+    for (other_id, band), here in list(found_at.items()):
         other = by_id.get(other_id)
         if other is None:
             continue
         # A probe between two catalog windows finds either: neighbouring bands are one alignment.
-        probes = sorted(found_at[(other_id, band)] | found_at.get((other_id, band + 1), set()))
-        stretch = _densest_stretch(probes, probe_offsets_s, params)
-        if stretch is None:
+        aligned = found_at.get((other_id, band + 1), {}) | here
+        stretches = _stretches(sorted(aligned), probe_offsets_s, spacing_s, params)
+        if not stretches:
             continue
-        start_s, end_s, count, in_span = stretch
-        overlap = Overlap(track, other, start_s, end_s, start_s + band * hop_s, count, in_span)
+        start_s, last_s = stretches[0][0], stretches[-1][1]
+        found = [aligned[p] for first, last, _ in stretches for p in aligned if first <= p <= last]
+        overlap = Overlap(
+            track, other, start_s, min(last_s + spacing_s, track.duration_s),
+            max(0.0, start_s + float(np.median(found))),
+            sum(min(last + spacing_s, track.duration_s) - first for first, last, _ in stretches),
+            len(found), sum(in_span for _, _, in_span in stretches),
+        )
         if other_id not in best or overlap.shared_s > best[other_id].shared_s:
             best[other_id] = overlap
     return list(best.values())
 
 
-def _densest_stretch(
-    probes_s: list[float], all_probes_s: np.ndarray, params: OverlapParams,
-) -> tuple[float, float, int, int] | None:
-    """The longest run of found probes with no gap over ``min_shared_s / 2``, as (start, end,
-    probes found, probes in the span), if it is long and dense enough."""
-    if not probes_s:
-        return None
-    spacing_s = params.probe_every_s
+def _stretches(
+    probes_s: list[float], all_probes_s: np.ndarray, spacing_s: float, params: OverlapParams,
+) -> list[tuple[float, float, int]]:
+    """The runs of found probes (a gap of up to ``max(min_shared_s / 2, 2 probes)`` allowed inside
+    one) that are at least ``min_shared_s`` long and ``min_density`` dense, in order, as (first
+    probe, last probe, probes in the run's span)."""
+    if len(probes_s) < 2:
+        return []
+    max_gap_s = max(params.min_shared_s / 2, 2 * spacing_s)
     runs: list[list[float]] = [[probes_s[0]]]
     for offset_s in probes_s[1:]:
-        if offset_s - runs[-1][-1] > params.min_shared_s / 2:
+        if offset_s - runs[-1][-1] > max_gap_s:
             runs.append([])
         runs[-1].append(offset_s)
-    run = max(runs, key=lambda r: r[-1] - r[0])
-    start_s, end_s = run[0], run[-1] + spacing_s
-    in_span = int(np.count_nonzero((all_probes_s >= start_s) & (all_probes_s <= run[-1])))
-    if end_s - start_s < params.min_shared_s or len(run) < params.min_density * max(1, in_span):
-        return None
-    return start_s, end_s, len(run), in_span
+    valid = []
+    for run in runs:
+        in_span = int(np.count_nonzero((all_probes_s >= run[0]) & (all_probes_s <= run[-1])))
+        long_enough = run[-1] + spacing_s - run[0] >= params.min_shared_s
+        if len(run) >= 2 and long_enough and len(run) >= params.min_density * in_span:
+            valid.append((run[0], run[-1], in_span))
+    return valid
 
 
 def pairs(overlaps: Sequence[Overlap]) -> list[Overlap]:

@@ -478,9 +478,10 @@ def _print_overlaps(store: CatalogStore, catalog_hop_s: float, args: argparse.Na
         return EXIT_OK
     for o in found:
         print(f"{o.track.title or o.track.track_id} ({_minutes(o.track.duration_s)}) shares "
-              f"{_minutes(o.shared_s)} with {o.other.title or o.other.track_id} "
-              f"({_minutes(o.other.duration_s)}): {_clock(o.track_start_s)}-{_clock(o.track_end_s)} of it "
-              f"at {_clock(o.other_start_s)} there, {o.share_of_track:.0%} of it "
+              f"{_minutes(o.shared_s)} ({o.share_of_track:.0%} of it) with "
+              f"{o.other.title or o.other.track_id} "
+              f"({_minutes(o.other.duration_s)}): between {_clock(o.track_start_s)} and "
+              f"{_clock(o.track_end_s)} of it, from {_clock(o.other_start_s)} there "
               f"(ids {o.track.track_id}, {o.other.track_id})")
     if found:
         print(f"{len(found)} pair(s) of tracks share audio: while it plays either is a right answer "
