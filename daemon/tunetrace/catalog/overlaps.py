@@ -118,7 +118,7 @@ def overlaps_of(
                 alignment_s = hit.offset_s - offset_s
                 found_at[(hit.track_id, round(alignment_s / hop_s))].setdefault(offset_s, alignment_s)
     best: dict[int, Overlap] = {}
-    for (other_id, band), here in list(found_at.items()):
+    for (other_id, band), here in found_at.items():
         other = by_id.get(other_id)
         if other is None:
             continue

@@ -240,13 +240,12 @@ def score(
     is not checked)."""
     tracks = [s for s in segments if s.kind == "track"]
 
-    def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
-        return max(0.0, min(a1, b1) - max(a0, b0))
+    def overlaps(play: PlayRecord, segment: Segment) -> bool:
+        return min(play.end_s, segment.end_s) > max(play.start_s, segment.start_s)
 
     latencies, position_errors, missed, flapping = [], [], 0, 0
     for segment in tracks:
-        matching = [p for p in plays if p.track_id == segment.track_id
-                    and overlap(p.start_s, p.end_s, segment.start_s, segment.end_s) > 0]
+        matching = [p for p in plays if p.track_id == segment.track_id and overlaps(p, segment)]
         if not matching:
             missed += 1
             continue
@@ -255,15 +254,10 @@ def score(
         latencies.append(first.decided_s - segment.start_s)
         expected_position = segment.position_s + (first.start_s - segment.start_s)
         position_errors.append(abs(first.position_start_s - expected_position))
-    false_plays = [
-        asdict(p) for p in plays
-        if not any(s.track_id == p.track_id and overlap(p.start_s, p.end_s, s.start_s, s.end_s) > 0
-                   for s in tracks)
-    ]
+    false_plays = [p for p in plays if not any(s.track_id == p.track_id and overlaps(p, s) for s in tracks)]
     of_shared_audio = [
         p for p in false_plays
-        if any(frozenset((p["track_id"], s.track_id)) in shared
-               and overlap(p["start_s"], p["end_s"], s.start_s, s.end_s) > 0 for s in tracks)
+        if any(frozenset((p.track_id, s.track_id)) in shared and overlaps(p, s) for s in tracks)
     ]
     seconds = np.arange(int(duration_s)) + 0.5
     truth = np.full(seconds.size, -1, np.int64)
@@ -282,7 +276,7 @@ def score(
         "missed_segments": missed,
         "false_plays": len(false_plays),
         "false_plays_of_shared_audio": len(of_shared_audio),
-        "false_play_details": false_plays,
+        "false_play_details": [asdict(p) for p in false_plays],
         "flapping": flapping,
         "latency_median_s": round(statistics.median(latencies), 2) if latencies else None,
         "latency_p95_s": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
