@@ -356,6 +356,23 @@ def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
     assert f"min_confidence **{threshold}** (`min_confidence_large`" in (sized / "report.md").read_text(
         encoding="utf-8")
 
+    # With verification on, each row says whether its answer was verified, and the report how many
+    # were and by which threshold they were judged.
+    verifying = tmp_path / "verifying.yaml"
+    verifying.write_text(
+        config.read_text(encoding="utf-8")
+        + "matcher: {large_catalog_vectors: 0, verify_candidates: 6, verify_from_vectors: 0}\n",
+        encoding="utf-8",
+    )
+    checked = tmp_path / "checked"
+    assert main([*args[:2], str(verifying), *args[3:-3], "--out", str(checked), "--quiet"]) == 0
+    with (checked / "results.csv").open(newline="", encoding="utf-8") as handle:
+        verified = sum(int(r["verified"]) for r in csv.DictReader(handle))
+    line = (f"- verification: {verified} of {len(rows)} queries verified (verify_queries `unsure`, "
+            f"6 candidates each), their answers judged by min_confidence "
+            f"**{parse_config(None).matcher.min_confidence}**")
+    assert line in (checked / "report.md").read_text(encoding="utf-8")
+
 
 # -- report arithmetic ------------------------------------------------------------------------------
 

@@ -129,7 +129,7 @@ def test_verification_runs_only_in_a_catalog_large_enough_to_need_it(
     assert small_opted_in.requests == 0
 
     counted = CountingReferences(clip_store)
-    opted_in = {"verify_candidates": 6, "verify_from_vectors": 0}
+    opted_in = {"verify_candidates": 6, "verify_from_vectors": 0, "verify_queries": "all"}
     engine = Recognizer(ENCODER, counted, parse_config({"matcher": opted_in}).matcher)
     result = engine.identify(excerpt)
     assert counted.requests == 1  # one request for every leading candidate
@@ -141,6 +141,43 @@ def test_verification_runs_only_in_a_catalog_large_enough_to_need_it(
     assert counted.requests == before + 1  # the whole batch's candidates in one request, as its search
     assert_identified(answers[0], clip.path, clip_catalog, 7.3)
     assert not any(answer.matched for answer in answers[1:])
+
+
+def test_only_queries_hits_alone_leave_unsure_are_verified(
+    clip_store: CatalogStore, clip_catalog: BuiltCatalog, real_clips: list[Clip],
+) -> None:
+    clip = real_clips[0]
+    excerpt = decode_file(clip.path, RATE)[round(4.0 * RATE) : round((4.0 + EXCERPT_S) * RATE)]
+    verifying = {"verify_candidates": 6, "verify_from_vectors": 0, "large_catalog_vectors": 0}
+
+    confident = CountingReferences(clip_store)
+    sure = Recognizer(ENCODER, confident, parse_config({"matcher": verifying}).matcher).identify(excerpt)
+    assert_identified(sure, clip.path, clip_catalog, 4.0)
+    assert not sure.verified and confident.requests == 0  # answered on hits alone: no catalog read
+
+    # Hits alone refuse everything (threshold 1.0): the query has many windows in time, so it is
+    # unsure and verified, and its verified answer is judged by min_confidence.
+    thresholds = {"min_confidence": 0.0, "min_confidence_large": 1.0}
+    unsure = CountingReferences(clip_store)
+    engine = Recognizer(ENCODER, unsure, parse_config({"matcher": verifying | thresholds}).matcher)
+    assert engine.min_confidence() == 1.0 and engine.min_confidence(verified=True) == 0.0
+    rescued = engine.identify(excerpt)
+    assert unsure.requests == 1
+    assert rescued.verified
+    assert_identified(rescued, clip.path, clip_catalog, 4.0)
+
+    # A query with too few windows in time to be an answer is not worth a catalog read.
+    strict = thresholds | {"min_aligned_windows": 10_000}
+    few = CountingReferences(clip_store)
+    refused = Recognizer(ENCODER, few, parse_config({"matcher": verifying | strict}).matcher).identify(
+        excerpt)
+    assert not refused.matched and not refused.verified and few.requests == 0
+
+    every = CountingReferences(clip_store)
+    always = verifying | {"verify_queries": "all"}
+    checked = Recognizer(ENCODER, every, parse_config({"matcher": always}).matcher).identify(excerpt)
+    assert every.requests == 1 and checked.verified
+    assert_identified(checked, clip.path, clip_catalog, 4.0)
 
 
 def test_a_large_catalog_answers_on_hits_alone_with_its_own_threshold(
@@ -162,8 +199,10 @@ def test_a_large_catalog_answers_on_hits_alone_with_its_own_threshold(
 
     verified = recognizer(
         clip_store, **thresholds, large_catalog_vectors=0, verify_candidates=6, verify_from_vectors=0,
+        verify_queries="all",
     )
-    assert verified.min_confidence() == 1.0  # verification lifts chance scores: the usual threshold
+    assert verified.min_confidence() == 0.0  # on hits alone
+    assert verified.min_confidence(verified=True) == 1.0  # verification lifts chance: the usual threshold
     checked = verified.identify(excerpt)
     assert not checked.matched and checked.best_candidate is not None  # refused by the threshold
     assert checked.best_candidate.track_id == clip_catalog.tracks[clip.path].track_id

@@ -303,6 +303,13 @@ class MatcherConfig(_Section):
     the size threshold, ``min_confidence_large``), no hold-out false positive either way, for
     ~45 ms more per identify (docs/scaling.md, "One threshold per catalog size"). Its similarity
     floor was measured on the fingerprint's scale."""
+    verify_queries: Literal["unsure", "all"] = "unsure"
+    """Which queries verification re-scores (when ``verify_candidates`` is on): ``unsure``, only
+    those hits alone leave unanswered although their best candidate has ``min_aligned_windows``
+    windows agreeing in time: the queries an approximate index can lose, where a broader search
+    would cost every query more. A query answered on hits alone keeps that answer and costs no
+    catalog read, and chance candidates (fewer aligned windows) none either. ``all``: every
+    query (the opt-in of sessions 8-9)."""
     verify_min_similarity: float = Field(default=0.4, ge=-1, le=1)
     """A query window confirms its aligned catalog window in verification from this similarity."""
     verify_from_vectors: int = Field(default=500_000, ge=0)

@@ -54,6 +54,9 @@ class Identification:
     """Why there could be no answer at all: ``silent`` or ``too_short`` (``None`` otherwise)."""
     speed_measured: bool = False
     """``speed_ratio`` was measured from the match's drift (else it is the speed ratio tried)."""
+    verified: bool = False
+    """The answer was scored on its aligned catalog windows (``voting.verify``), not hits alone;
+    it is then judged by ``matcher.min_confidence`` whatever the catalog's size."""
 
     @property
     def matched(self) -> bool:
@@ -70,6 +73,10 @@ class _QueryWindows:
 
 _Searched = tuple[list[list[Hit]], np.ndarray, np.ndarray]
 """One query's search: each audible window's neighbours, start times (s) and vectors."""
+
+
+def _span_s(query_times_s: np.ndarray) -> float:
+    return float(query_times_s[-1] - query_times_s[0])
 
 
 class Recognizer:
@@ -117,6 +124,7 @@ class Recognizer:
         """
         best: list[Candidate | None] = [None] * len(audios)
         measured = [False] * len(audios)
+        verified = [False] * len(audios)
         audible_somewhere = [False] * len(audios)
         for ratio in self._config.speed_ratios:
             # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
@@ -126,34 +134,53 @@ class Recognizer:
                 index: vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
                 for index, (hits, times_s, _) in enumerate(per_query) if hits
             }
-            for index, ranked in self._verified(voted, per_query).items():
+            rescored = self._verified(voted, per_query)
+            for index, ranked in (voted | rescored).items():
                 hits, times_s, _ = per_query[index]
                 audible_somewhere[index] = True
-                span_s = float(times_s[-1] - times_s[0])
-                winner = decisive(ranked, span_s, self._params.catalog_hop_s)
+                winner = decisive(ranked, _span_s(times_s), self._params.catalog_hop_s)
                 current = best[index]
                 if winner is not None and (current is None or winner.confidence > current.confidence):
                     drift = measured_speed(hits, times_s, winner, self._params)
                     best[index] = replace(winner, speed_ratio=ratio * (drift or 1.0))
                     measured[index] = drift is not None
+                    verified[index] = index in rescored
         answers: list[Identification] = []
-        for audio, candidate, audible, drift in zip(audios, best, audible_somewhere, measured, strict=True):
+        for audio, candidate, audible, drift, checked in zip(
+            audios, best, audible_somewhere, measured, verified, strict=True,
+        ):
             if audio.size < self._query_spec.window_samples:
                 answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "too_short"))
             elif not audible:
                 answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "silent"))
             else:
-                answers.append(replace(self._decide(candidate), speed_measured=drift))
+                answers.append(replace(self._decide(candidate, checked), speed_measured=drift))
         return answers
+
+    def _unsure(self, ranked: Sequence[Candidate], times_s: np.ndarray) -> bool:
+        """Hits alone leave this query unanswered, yet its best candidate has enough windows in
+        time to be an answer: what an approximate index loses (a true match's neighbours crowded
+        out of the top-k), where chance candidates rarely reach ``min_aligned_windows``."""
+        winner = decisive(ranked, _span_s(times_s), self._params.catalog_hop_s)
+        return (
+            winner is not None
+            and winner.confidence < self.min_confidence()
+            and winner.aligned_windows >= self._config.min_aligned_windows
+        )
 
     def _verified(
         self, voted: dict[int, list[Candidate]], per_query: Sequence[_Searched],
     ) -> dict[int, list[Candidate]]:
-        """Each query's leading candidates scored on all their aligned catalog windows
-        (``voting.verify``), their windows read in one request for the whole batch, as the search."""
+        """The queries ``matcher.verify_queries`` selects, their leading candidates scored on all
+        their aligned catalog windows (``voting.verify``); their windows are read in one request
+        for the whole batch, as the search. Queries not selected are left out of the answer."""
         count = self._verify_count()
-        if count == 0 or not voted:
-            return voted
+        if count == 0:
+            return {}
+        if self._config.verify_queries == "unsure":
+            voted = {i: ranked for i, ranked in voted.items() if self._unsure(ranked, per_query[i][1])}
+        if not voted:
+            return {}
         spans = {
             index: [reference_span(c, per_query[index][1], self._params) for c in ranked[:count]]
             for index, ranked in voted.items()
@@ -232,32 +259,36 @@ class Recognizer:
         large = self._shape.total_vectors >= self._config.verify_from_vectors
         return self._config.verify_candidates if self._verify_ip and large else 0
 
-    def min_confidence(self) -> float:
-        """The no-match threshold for this catalog's size.
+    def min_confidence(self, verified: bool = False) -> float:
+        """The no-match threshold for this catalog's size, for an answer on hits alone or verified.
 
         On hits alone the chance margin shrinks as the catalog grows (the runner-up is closer to a
         chance winner), so a large catalog has its own, lower threshold. Verified answers keep
         ``min_confidence``: verification lifts the hold-out's chance scores back up.
         """
         large = self._shape.total_vectors >= self._config.large_catalog_vectors
-        if large and self._verify_count() == 0:
+        if large and not verified:
             return self._config.min_confidence_large
         return self._config.min_confidence
 
-    def _decide(self, best: Candidate | None) -> Identification:
+    def verifies(self) -> bool:
+        """Whether this catalog's answers can be verified (``matcher.verify_*``, catalog size)."""
+        return self._verify_count() > 0
+
+    def _decide(self, best: Candidate | None, verified: bool) -> Identification:
         if best is None:
             return Identification(None, 0.0, 0.0, 1.0, 0, 0, None)
         passes = (
-            best.confidence >= self.min_confidence()
+            best.confidence >= self.min_confidence(verified)
             and best.aligned_windows >= self._config.min_aligned_windows
         )
         track = self._track(best.track_id) if passes else None
         if track is None:
             return Identification(
                 None, 0.0, best.confidence, best.speed_ratio, best.aligned_windows,
-                best.query_windows, best,
+                best.query_windows, best, verified=verified,
             )
         return Identification(
             track, max(0.0, best.alignment_s), best.confidence, best.speed_ratio,
-            best.aligned_windows, best.query_windows, best,
+            best.aligned_windows, best.query_windows, best, verified=verified,
         )

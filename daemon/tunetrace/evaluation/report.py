@@ -26,7 +26,7 @@ CSV_COLUMNS = (
     "query_id", "set", "condition", "length_s", "source_file", "truth_track_id", "truth_offset_s",
     "answer_track_id", "answer_title", "answer_offset_s", "confidence", "aligned_windows", "speed_ratio",
     "right_track", "right_offset", "offset_error_s", "best_track_id", "best_offset_s",
-    "best_aligned_windows", "latency_s",
+    "best_aligned_windows", "latency_s", "verified",
 )
 
 
@@ -54,7 +54,20 @@ def write_csv(results: Sequence[QueryResult], path: Path) -> None:
                 r.answer_title, _fmt(r.answer_offset_s), _fmt(r.confidence, 4), r.aligned_windows,
                 f"{r.speed_ratio:g}", int(r.right_track), int(is_hit(r)), _fmt(r.offset_error_s),
                 _id(r.best_track_id), _fmt(r.best_offset_s), r.best_aligned_windows, _fmt(r.latency_s, 4),
+                int(r.verified),
             ])
+
+
+def _verification_line(run: EvalRun) -> list[str]:
+    if run.verified_min_confidence is None:
+        return []
+    m = run.matcher
+    verified = sum(1 for r in run.results if r.verified)
+    return [
+        f"- verification: {verified} of {len(run.results)} queries verified (verify_queries "
+        f"`{m.verify_queries}`, {m.verify_candidates} candidates each), their answers judged by "
+        f"min_confidence **{run.verified_min_confidence}**"
+    ]
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -213,6 +226,7 @@ def render_markdown(run: EvalRun) -> str:
         f"min_aligned_windows {m.min_aligned_windows}, top_k {m.top_k}, offset_tolerance_s "
         f"{m.offset_tolerance_s}, query_hop_s {m.query_hop_s or 'default (catalog hop / 4)'}, "
         f"speed_ratios {list(m.speed_ratios)}",
+        *_verification_line(run),
         f"- ingest: {run.ingest.added} added, {run.ingest.count('skipped')} already present, "
         f"{len(run.ingest.failures)} failed; {run.ingest.audio_s:.0f} s of audio in "
         f"{run.ingest.wall_s:.1f} s",

@@ -93,6 +93,8 @@ class QueryResult:
     best_offset_s: float | None
     best_aligned_windows: int
     latency_s: float
+    verified: bool = False
+    """Answered after verification (``matcher.verify_*``), judged by ``verified_min_confidence``."""
 
     @property
     def right_track(self) -> bool:
@@ -126,6 +128,8 @@ class EvalRun:
     machine: dict[str, str] = field(default_factory=dict)
     threshold_from_size: bool = False
     """The catalog reached ``large_catalog_vectors``: its threshold was ``min_confidence_large``."""
+    verified_min_confidence: float | None = None
+    """The threshold of verified answers; ``None`` when this catalog verifies none."""
 
 
 def _bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, show: bool) -> Any:
@@ -318,6 +322,7 @@ def _result(
         best_offset_s=max(0.0, best.alignment_s) if best else None,
         best_aligned_windows=best.aligned_windows if best else 0,
         latency_s=latency_s,
+        verified=answer.verified,
     )
 
 
@@ -395,6 +400,7 @@ def run_evaluation(
         # The report states the threshold this catalog's size gave, not only the configured one.
         threshold = recognizer.min_confidence()
         threshold_from_size = threshold != config.matcher.min_confidence
+        verified_threshold = recognizer.min_confidence(verified=True) if recognizer.verifies() else None
         matcher = config.matcher.model_copy(update={"min_confidence": threshold})
     results.sort(key=lambda r: r.query_id)
     return EvalRun(
@@ -403,5 +409,5 @@ def run_evaluation(
         catalog_tracks=sum(1 for t in tracks if t.in_catalog),
         holdout_tracks=sum(1 for t in tracks if not t.in_catalog), catalog_hours=catalog_hours,
         excluded=excluded, wall_s=time.monotonic() - started, machine=machine,
-        threshold_from_size=threshold_from_size,
+        threshold_from_size=threshold_from_size, verified_min_confidence=verified_threshold,
     )
