@@ -122,7 +122,7 @@ def test_verification_runs_only_in_a_catalog_large_enough_to_need_it(
     small = CountingReferences(clip_store)
     result = Recognizer(ENCODER, small, DEFAULTS.matcher).identify(excerpt)
     assert_identified(result, clip.path, clip_catalog, 7.3)
-    assert small.requests == 0  # off by default, and three clips are far below verify_from_vectors
+    assert small.requests == 0  # three clips are far below verify_from_vectors
     small_opted_in = CountingReferences(clip_store)
     engine = Recognizer(ENCODER, small_opted_in, parse_config({"matcher": {"verify_candidates": 6}}).matcher)
     assert_identified(engine.identify(excerpt), clip.path, clip_catalog, 7.3)

@@ -295,21 +295,23 @@ class MatcherConfig(_Section):
     """From this many vectors (~1,200 tracks) ``min_confidence_large`` applies."""
     min_aligned_windows: int = Field(default=3, ge=1)
     """A match needs at least this many query windows agreeing in time."""
-    verify_candidates: int = Field(default=0, ge=0, le=8)
+    verify_candidates: int = Field(default=3, ge=0, le=8)
     """One-shot answers: the leading candidates of the vote scored again on every catalog window
     their alignment implies (``voting.verify``), so that a true match's evidence does not shrink
-    as the catalog grows; ``0`` (the default) votes on hits alone. Opt-in: on 600 excerpts at
-    20,000 tracks 6 found 126 of 200 under interfering music against 119 on hits alone (125 with
-    the size threshold, ``min_confidence_large``), no hold-out false positive either way, for
-    ~45 ms more per identify (docs/scaling.md, "One threshold per catalog size"). Its similarity
-    floor was measured on the fingerprint's scale."""
+    as the catalog grows; ``0`` votes on hits alone. Only in a catalog of ``verify_from_vectors``
+    and only for the queries ``verify_queries`` selects. At 20,000 tracks (docs/scaling.md,
+    "Verifying only the unsure queries") 3 candidates of the unsure queries found 132 of 200
+    excerpts under interfering music against 120 on hits alone, with no hold-out false positive
+    in 1,139, for 61 / 97 ms per 5 s identify (median /
+    p95; hits alone 59 / 71 ms); 6 candidates gave the same answers at 63 / 122 ms. Its
+    similarity floor was measured on the fingerprint's scale."""
     verify_queries: Literal["unsure", "all"] = "unsure"
     """Which queries verification re-scores (when ``verify_candidates`` is on): ``unsure``, only
     those hits alone leave unanswered although their best candidate has ``min_aligned_windows``
     windows agreeing in time: the queries an approximate index can lose, where a broader search
     would cost every query more. A query answered on hits alone keeps that answer and costs no
     catalog read, and chance candidates (fewer aligned windows) none either. ``all``: every
-    query (the opt-in of sessions 8-9)."""
+    query (sessions 8-9: ~45 ms more on each identify for the same answers)."""
     verify_min_similarity: float = Field(default=0.4, ge=-1, le=1)
     """A query window confirms its aligned catalog window in verification from this similarity."""
     verify_from_vectors: int = Field(default=500_000, ge=0)
