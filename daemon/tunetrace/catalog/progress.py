@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from tunetrace.durations import hours_minutes_seconds
+
 Clock = Callable[[], float]
 
 
@@ -55,14 +57,9 @@ class IngestProgress:
         eta = self.eta_s(now_s)
         return (
             f"{self.files_done}/{self.total_files} files{failed}, {self.audio_s / 3600:.2f} h of audio, "
-            f"{self.audio_s / elapsed:.0f} s of audio/s, elapsed {_clock_time(elapsed)}, "
-            f"ETA {_clock_time(eta) if eta is not None else '?'}"
+            f"{self.audio_s / elapsed:.0f} s of audio/s, elapsed {hours_minutes_seconds(elapsed)}, "
+            f"ETA {hours_minutes_seconds(eta) if eta is not None else '?'}"
         )
-
-
-def _clock_time(seconds: float) -> str:
-    whole = round(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 class ProgressPrinter:

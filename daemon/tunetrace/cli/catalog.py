@@ -19,6 +19,7 @@ from tunetrace.cli.common import (
     load,
 )
 from tunetrace.config import Config, data_dir_problem, load_config
+from tunetrace.durations import minutes_seconds
 from tunetrace.errors import ConfigError, DecodeError
 from tunetrace.redact import redact_url
 
@@ -480,8 +481,8 @@ def _print_overlaps(store: CatalogStore, catalog_hop_s: float, args: argparse.Na
         print(f"{o.track.title or o.track.track_id} ({_minutes(o.track.duration_s)}) shares "
               f"{_minutes(o.shared_s)} ({o.share_of_track:.0%} of it) with "
               f"{o.other.title or o.other.track_id} "
-              f"({_minutes(o.other.duration_s)}): between {_clock(o.track_start_s)} and "
-              f"{_clock(o.track_end_s)} of it, from {_clock(o.other_start_s)} there "
+              f"({_minutes(o.other.duration_s)}): between {minutes_seconds(o.track_start_s)} and "
+              f"{minutes_seconds(o.track_end_s)} of it, from {minutes_seconds(o.other_start_s)} there "
               f"(ids {o.track.track_id}, {o.other.track_id})")
     if found:
         print(f"{len(found)} pair(s) of tracks share audio: while it plays either is a right answer "
@@ -494,11 +495,6 @@ def _print_overlaps(store: CatalogStore, catalog_hop_s: float, args: argparse.Na
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
-
-
-def _clock(seconds: float) -> str:
-    whole = round(seconds)
-    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

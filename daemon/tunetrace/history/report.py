@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from tunetrace.durations import hours_minutes_seconds
 from tunetrace.events import Play
 from tunetrace.history.base import StationInterval
 
@@ -205,11 +206,6 @@ def to_json(report: Report) -> dict[str, Any]:
     return {"from": _iso(report.start), "to": _iso(report.end), "by": report.by, "stations": stations}
 
 
-def _airtime(seconds: float) -> str:
-    whole = round(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
 def to_table(report: Report) -> str:
     """Readable on a terminal: a block per station and period, tracks by airtime."""
     lines = [f"tunetrace report {_iso(report.start)} .. {_iso(report.end)} (by {report.by}, UTC)"]
@@ -226,7 +222,7 @@ def to_table(report: Report) -> str:
                       "conf")]
             table.extend((
                 str(r.track_id), r.isrc or "-", _clip(r.title), _clip(r.artist), str(r.plays),
-                _airtime(r.airtime_s),
+                hours_minutes_seconds(r.airtime_s),
                 _iso(r.first_aired)[:19].replace("T", " "), _iso(r.last_aired)[:19].replace("T", " "),
                 f"{r.mean_confidence:.2f}",
             ) for r in rows)
