@@ -361,17 +361,21 @@ def test_eval_writes_a_report_with_plausible_numbers(tmp_path: Path) -> None:
     verifying = tmp_path / "verifying.yaml"
     verifying.write_text(
         config.read_text(encoding="utf-8")
-        + "matcher: {large_catalog_vectors: 0, verify_candidates: 6, verify_from_vectors: 0}\n",
+        + "matcher: {large_catalog_vectors: 0, min_confidence_large: 1.0, verify_candidates: 6, "
+        "verify_from_vectors: 0}\n",
         encoding="utf-8",
     )
     checked = tmp_path / "checked"
     assert main([*args[:2], str(verifying), *args[3:-3], "--out", str(checked), "--quiet"]) == 0
     with (checked / "results.csv").open(newline="", encoding="utf-8") as handle:
         verified = sum(int(r["verified"]) for r in csv.DictReader(handle))
+    assert verified > 0  # hits alone refuse everything (1.0): every query with windows in time is verified
     line = (f"- verification: {verified} of {len(rows)} queries verified (verify_queries `unsure`, "
             f"6 candidates each), their answers judged by min_confidence "
             f"**{parse_config(None).matcher.min_confidence}**")
-    assert line in (checked / "report.md").read_text(encoding="utf-8")
+    report = (checked / "report.md").read_text(encoding="utf-8")
+    assert line in report
+    assert "read the sweep as a rough guide only" in report  # two thresholds: the sweep says so
 
 
 # -- report arithmetic ------------------------------------------------------------------------------

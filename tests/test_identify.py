@@ -154,9 +154,16 @@ def test_only_queries_hits_alone_leave_unsure_are_verified(
     sure = Recognizer(ENCODER, confident, parse_config({"matcher": verifying}).matcher).identify(excerpt)
     assert_identified(sure, clip.path, clip_catalog, 4.0)
     assert not sure.verified and confident.requests == 0  # answered on hits alone: no catalog read
+    # Nor when another speed ratio tried leaves the same query unsure: the best ratio decides.
+    two_speeds = CountingReferences(clip_store)
+    matcher = parse_config({"matcher": verifying | {"speed_ratios": [1.0, 1.03]}}).matcher
+    either = Recognizer(ENCODER, two_speeds, matcher).identify(excerpt)
+    assert_identified(either, clip.path, clip_catalog, 4.0)
+    assert not either.verified and two_speeds.requests == 0
 
     # Hits alone refuse everything (threshold 1.0): the query has many windows in time, so it is
-    # unsure and verified, and its verified answer is judged by min_confidence.
+    # unsure and verified, and its verified answer is judged by min_confidence (routing only: in
+    # three clips nothing crowds a true match out; tests/test_verify.py covers the re-scoring).
     thresholds = {"min_confidence": 0.0, "min_confidence_large": 1.0}
     unsure = CountingReferences(clip_store)
     engine = Recognizer(ENCODER, unsure, parse_config({"matcher": verifying | thresholds}).matcher)

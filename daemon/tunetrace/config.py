@@ -250,9 +250,20 @@ streams (4 h: clean, 10 dB noise and 0 dB talk-over) one decision gave the same 
 more 4 s play of a catalog duplicate (``menu`` inside ``menu_enhanced``) on one noisy stream
 (docs/models.md, "Live start latency")."""
 
+CALIBRATED_VERIFY_CANDIDATES: dict[str, float] = {
+    "spectral": 0,
+    "fingerprint": 3,
+    "vggish": 0,
+}
+"""``matcher.verify_candidates`` when the config does not set it. Verification's similarity floor
+(``verify_min_similarity``) and the verified threshold were measured on the fingerprint's scale
+only (docs/scaling.md, "Verifying only the unsure queries"); the other encoders answer on hits
+alone until they are measured at size."""
+
 CALIBRATED_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
     ("matcher", "min_confidence"): CALIBRATED_MIN_CONFIDENCE,
     ("matcher", "min_confidence_large"): CALIBRATED_MIN_CONFIDENCE_LARGE,
+    ("matcher", "verify_candidates"): CALIBRATED_VERIFY_CANDIDATES,
     ("tracker", "start_confidence"): CALIBRATED_START_CONFIDENCE,
     ("tracker", "window_hop_s"): CALIBRATED_WINDOW_HOP_S,
     ("tracker", "decision_interval_s"): CALIBRATED_DECISION_INTERVAL_S,
@@ -299,19 +310,20 @@ class MatcherConfig(_Section):
     """One-shot answers: the leading candidates of the vote scored again on every catalog window
     their alignment implies (``voting.verify``), so that a true match's evidence does not shrink
     as the catalog grows; ``0`` votes on hits alone. Only in a catalog of ``verify_from_vectors``
-    and only for the queries ``verify_queries`` selects. At 20,000 tracks (docs/scaling.md,
-    "Verifying only the unsure queries") 3 candidates of the unsure queries found 132 of 200
-    excerpts under interfering music against 120 on hits alone, with no hold-out false positive
-    in 1,139, for 61 / 97 ms per 5 s identify (median /
-    p95; hits alone 59 / 71 ms); 6 candidates gave the same answers at 63 / 122 ms. Its
-    similarity floor was measured on the fingerprint's scale."""
+    and only for the queries ``verify_queries`` selects; unset, calibrated per encoder
+    (``CALIBRATED_VERIFY_CANDIDATES``: 3 for the fingerprint, 0 for the others). At 20,000 tracks
+    (docs/scaling.md, "Verifying only the unsure queries") 3 candidates of the unsure queries
+    found 132 of 200 excerpts under interfering music against 120 on hits alone, with no hold-out
+    false positive in 1,139, for 61 / 97 ms per 5 s identify (median / p95; hits alone 59 / 71
+    ms); 6 candidates found one excerpt fewer on each 600-excerpt plan at 63 / 122 ms."""
     verify_queries: Literal["unsure", "all"] = "unsure"
     """Which queries verification re-scores (when ``verify_candidates`` is on): ``unsure``, only
     those hits alone leave unanswered although their best candidate has ``min_aligned_windows``
     windows agreeing in time: the queries an approximate index can lose, where a broader search
     would cost every query more. A query answered on hits alone keeps that answer and costs no
     catalog read, and chance candidates (fewer aligned windows) none either. ``all``: every
-    query (sessions 8-9: ~45 ms more on each identify for the same answers)."""
+    query, every answer then judged by ``min_confidence`` (sessions 8-9: ~45 ms more on each
+    identify, and the answers on hits alone between the two thresholds are refused)."""
     verify_min_similarity: float = Field(default=0.4, ge=-1, le=1)
     """A query window confirms its aligned catalog window in verification from this similarity."""
     verify_from_vectors: int = Field(default=500_000, ge=0)

@@ -75,6 +75,16 @@ _Searched = tuple[list[list[Hit]], np.ndarray, np.ndarray]
 """One query's search: each audible window's neighbours, start times (s) and vectors."""
 
 
+@dataclass(frozen=True)
+class _Voted:
+    """One query's vote at one speed ratio: its search, ranked candidates and winner on hits alone."""
+
+    ratio: float
+    searched: _Searched
+    ranked: list[Candidate]
+    winner: Candidate
+
+
 def _span_s(query_times_s: np.ndarray) -> float:
     return float(query_times_s[-1] - query_times_s[0])
 
@@ -117,84 +127,96 @@ class Recognizer:
 
     def identify_many(self, audios: Sequence[np.ndarray]) -> list[Identification]:
         """Answer several queries at once: their windows are embedded together and sent to the
-        catalog in one search request per speed ratio, then voted on per query.
+        catalog in one search request per speed ratio, then voted on per query; the queries that
+        ``matcher.verify_queries`` selects are then verified at their best ratio, their catalog
+        windows read in one request for the whole batch.
 
         One request per batch instead of one per ``batch_size`` windows per query: a search
         request costs a round trip to Milvus (Lite's runs in another process) whatever it carries.
         """
-        best: list[Candidate | None] = [None] * len(audios)
-        measured = [False] * len(audios)
-        verified = [False] * len(audios)
-        audible_somewhere = [False] * len(audios)
+        best: list[_Voted | None] = [None] * len(audios)
+        audible = [False] * len(audios)
         for ratio in self._config.speed_ratios:
             # Audio played ``ratio`` times fast is slowed back down by resampling with 1/ratio.
             queries = [self._windows(speed_change(audio, 1.0 / ratio)) for audio in audios]
-            per_query = self._search_all(queries)
-            voted = {
-                index: vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
-                for index, (hits, times_s, _) in enumerate(per_query) if hits
-            }
-            rescored = self._verified(voted, per_query)
-            for index, ranked in (voted | rescored).items():
-                hits, times_s, _ = per_query[index]
-                audible_somewhere[index] = True
+            for index, searched in enumerate(self._search_all(queries)):
+                hits, times_s, _ = searched
+                if not hits:
+                    continue
+                audible[index] = True
+                ranked = vote(hits, times_s, self._params, self._shape, max_candidates=_CONTRAST_CANDIDATES)
                 winner = decisive(ranked, _span_s(times_s), self._params.catalog_hop_s)
+                if winner is None:
+                    continue
                 current = best[index]
-                if winner is not None and (current is None or winner.confidence > current.confidence):
-                    drift = measured_speed(hits, times_s, winner, self._params)
-                    best[index] = replace(winner, speed_ratio=ratio * (drift or 1.0))
-                    measured[index] = drift is not None
-                    verified[index] = index in rescored
+                if current is None or self._rank(winner) > self._rank(current.winner):
+                    best[index] = _Voted(ratio, searched, ranked, winner)
+        rescored = self._verified(best)
         answers: list[Identification] = []
-        for audio, candidate, audible, drift, checked in zip(
-            audios, best, audible_somewhere, measured, verified, strict=True,
-        ):
+        for index, (audio, voted) in enumerate(zip(audios, best, strict=True)):
             if audio.size < self._query_spec.window_samples:
                 answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "too_short"))
-            elif not audible:
+            elif not audible[index]:
                 answers.append(Identification(None, 0.0, 0.0, 1.0, 0, 0, None, "silent"))
+            elif voted is None:
+                answers.append(self._decide(None, verified=False))
             else:
-                answers.append(replace(self._decide(candidate, checked), speed_measured=drift))
+                winner = rescored.get(index, voted.winner)
+                hits, times_s, _ = voted.searched
+                drift = measured_speed(hits, times_s, winner, self._params)
+                candidate = replace(winner, speed_ratio=voted.ratio * (drift or 1.0))
+                answer = self._decide(candidate, verified=index in rescored)
+                answers.append(replace(answer, speed_measured=drift is not None))
         return answers
 
-    def _unsure(self, ranked: Sequence[Candidate], times_s: np.ndarray) -> bool:
-        """Hits alone leave this query unanswered, yet its best candidate has enough windows in
-        time to be an answer: what an approximate index loses (a true match's neighbours crowded
-        out of the top-k), where chance candidates rarely reach ``min_aligned_windows``."""
-        winner = decisive(ranked, _span_s(times_s), self._params.catalog_hop_s)
+    def _passes_on_hits(self, winner: Candidate) -> bool:
         return (
-            winner is not None
-            and winner.confidence < self.min_confidence()
+            winner.confidence >= self.min_confidence()
             and winner.aligned_windows >= self._config.min_aligned_windows
         )
 
-    def _verified(
-        self, voted: dict[int, list[Candidate]], per_query: Sequence[_Searched],
-    ) -> dict[int, list[Candidate]]:
-        """The queries ``matcher.verify_queries`` selects, their leading candidates scored on all
-        their aligned catalog windows (``voting.verify``); their windows are read in one request
-        for the whole batch, as the search. Queries not selected are left out of the answer."""
+    def _rank(self, winner: Candidate) -> tuple[bool, float]:
+        """Across speed ratios: an answer before a refusal, then the higher confidence."""
+        return self._passes_on_hits(winner), winner.confidence
+
+    def _unsure(self, winner: Candidate) -> bool:
+        """Hits alone leave this query unanswered, yet its best candidate has enough windows in
+        time to be an answer: what an approximate index loses (a true match's neighbours crowded
+        out of the top-k), where chance candidates rarely reach ``min_aligned_windows``."""
+        return (
+            not self._passes_on_hits(winner)
+            and winner.aligned_windows >= self._config.min_aligned_windows
+        )
+
+    def _verified(self, best: Sequence[_Voted | None]) -> dict[int, Candidate]:
+        """The winners of the queries ``matcher.verify_queries`` selects, after their leading
+        candidates were scored on all their aligned catalog windows (``voting.verify``); their
+        windows are read in one request for the whole batch, as the search."""
         count = self._verify_count()
         if count == 0:
             return {}
-        if self._config.verify_queries == "unsure":
-            voted = {i: ranked for i, ranked in voted.items() if self._unsure(ranked, per_query[i][1])}
-        if not voted:
+        chosen = {
+            index: voted for index, voted in enumerate(best)
+            if voted is not None and (self._config.verify_queries == "all" or self._unsure(voted.winner))
+        }
+        if not chosen:
             return {}
         spans = {
-            index: [reference_span(c, per_query[index][1], self._params) for c in ranked[:count]]
-            for index, ranked in voted.items()
+            index: [reference_span(c, voted.searched[1], self._params) for c in voted.ranked[:count]]
+            for index, voted in chosen.items()
         }
         references = self._store.references([span for query_spans in spans.values() for span in query_spans])
         floor = self._config.verify_min_similarity
-        checked: dict[int, list[Candidate]] = {}
+        winners: dict[int, Candidate] = {}
         first = 0
-        for index, ranked in voted.items():
-            _, times_s, vectors = per_query[index]
+        for index, voted in chosen.items():
+            _, times_s, vectors = voted.searched
             mine = references[first : first + len(spans[index])]
             first += len(spans[index])
-            checked[index] = verify_all(ranked, mine, vectors, times_s, self._params, floor)
-        return checked
+            ranked = verify_all(voted.ranked, mine, vectors, times_s, self._params, floor)
+            winner = decisive(ranked, _span_s(times_s), self._params.catalog_hop_s)
+            winners[index] = winner if winner is not None else voted.winner
+        return winners
 
     def _windows(self, audio: np.ndarray) -> _QueryWindows:
         """The audible windows of one query (views into ``audio``, nothing copied yet)."""
@@ -275,7 +297,7 @@ class Recognizer:
         """Whether this catalog's answers can be verified (``matcher.verify_*``, catalog size)."""
         return self._verify_count() > 0
 
-    def _decide(self, best: Candidate | None, verified: bool) -> Identification:
+    def _decide(self, best: Candidate | None, *, verified: bool) -> Identification:
         if best is None:
             return Identification(None, 0.0, 0.0, 1.0, 0, 0, None)
         passes = (

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the 
 RATE = 16000
 RESULT_KEYS = {
     "file", "match", "track_id", "title", "artist", "album", "isrc", "offset_s", "confidence",
-    "speed_ratio", "speed_measured", "aligned_windows", "latency_s", "note", "query_s", "error",
+    "speed_ratio", "speed_measured", "aligned_windows", "verified", "latency_s", "note", "query_s", "error",
 }
 
 

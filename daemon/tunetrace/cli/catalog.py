@@ -245,7 +245,7 @@ def _path_problem(path: Path) -> str | None:
 
 _RESULT_KEYS = (
     "file", "match", "track_id", "title", "artist", "album", "isrc", "offset_s", "confidence",
-    "speed_ratio", "speed_measured", "aligned_windows", "latency_s", "note", "query_s", "error",
+    "speed_ratio", "speed_measured", "aligned_windows", "verified", "latency_s", "note", "query_s", "error",
 )
 """Every ``identify --json`` line has all of these, result or error, so consumers need no special case."""
 
@@ -275,6 +275,7 @@ def _identification_record(
         "speed_ratio": round(result.speed_ratio, 4) if track else None,
         "speed_measured": result.speed_measured if track else None,
         "aligned_windows": result.aligned_windows,
+        "verified": result.verified,
         "latency_s": round(elapsed_s, 4),
         "note": note,
         "query_s": round(query_s, 3),

@@ -256,7 +256,12 @@ def render_markdown(run: EvalRun) -> str:
     lines += [
         "## Threshold trade-off (for information)", "",
         "Recomputed from each query's strongest candidate as if `min_confidence` had been each value; "
-        "all conditions and lengths pooled. The headline above uses the configured value.", "",
+        "all conditions and lengths pooled. The headline above uses the configured value.",
+        *([] if run.verified_min_confidence is None else [
+            "Verified and unverified answers are swept alike here, although the headline judged them "
+            "by different thresholds, and which queries are verified depends on the threshold itself: "
+            "read the sweep as a rough guide only."]),
+        "",
     ]
     lines += _table(
         ["min_confidence", "hit", "right track", "wrong track", "hold-out FP"],

@@ -398,7 +398,8 @@ def run_evaluation(
         bar.close()
         catalog_hours = sum(t.duration_s for t in store.tracks()) / 3600
         # The report states the threshold this catalog's size gave, not only the configured one.
-        threshold = recognizer.min_confidence()
+        verifies_all = recognizer.verifies() and config.matcher.verify_queries == "all"
+        threshold = recognizer.min_confidence(verified=verifies_all)
         threshold_from_size = threshold != config.matcher.min_confidence
         verified_threshold = recognizer.min_confidence(verified=True) if recognizer.verifies() else None
         matcher = config.matcher.model_copy(update={"min_confidence": threshold})
