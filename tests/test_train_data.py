@@ -217,13 +217,17 @@ def test_candidate_recipes_extend_the_base_and_change_only_their_point() -> None
     base = load_train_config(REPO / "config" / "train.yaml")
     assert base.data.speech_sources and len(base.data.train_sources) == 16
     candidates = {p.stem: load_train_config(p) for p in (REPO / "config" / "train-candidates").glob("*.yaml")}
-    assert candidates.keys() == {"deep", "wide-deep", "triplet", "window-2s"}
+    assert candidates.keys() == {"deep", "wide-deep", "triplet", "window-2s", "music-mix"}
     assert candidates["deep"].model.blocks_per_stage == candidates["wide-deep"].model.blocks_per_stage == 2
     assert candidates["deep"].model.channels == base.model.channels != candidates["wide-deep"].model.channels
     assert candidates["triplet"].optim.loss == "triplet"
     assert candidates["window-2s"].model.window_s == 2.0
+    mix = candidates["music-mix"]  # the base run fine-tuned with more music in the interference
+    assert mix.augment == base.augment.model_copy(update={"noise_kinds": ("music", "music", "white", "pink")})
+    assert mix.model == base.model and mix.optim.steps > base.optim.steps
     for config in candidates.values():
-        assert config.data == base.data and config.augment == base.augment
+        assert config.data == base.data
+        assert config.augment == base.augment or config is mix
         assert config.run_dir != base.run_dir
 
 
