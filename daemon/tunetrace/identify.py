@@ -169,22 +169,24 @@ class Recognizer:
                 answers.append(replace(answer, speed_measured=drift is not None))
         return answers
 
-    def _passes_on_hits(self, winner: Candidate) -> bool:
+    def _passes(self, candidate: Candidate, *, verified: bool) -> bool:
+        """Whether ``candidate`` is an answer: confident enough (on hits alone or verified) and
+        with enough windows in time."""
         return (
-            winner.confidence >= self.min_confidence()
-            and winner.aligned_windows >= self._config.min_aligned_windows
+            candidate.confidence >= self.min_confidence(verified)
+            and candidate.aligned_windows >= self._config.min_aligned_windows
         )
 
     def _rank(self, winner: Candidate) -> tuple[bool, float]:
         """Across speed ratios: an answer before a refusal, then the higher confidence."""
-        return self._passes_on_hits(winner), winner.confidence
+        return self._passes(winner, verified=False), winner.confidence
 
     def _unsure(self, winner: Candidate) -> bool:
         """Hits alone leave this query unanswered, yet its best candidate has enough windows in
         time to be an answer: what an approximate index loses (a true match's neighbours crowded
         out of the top-k), where chance candidates rarely reach ``min_aligned_windows``."""
         return (
-            not self._passes_on_hits(winner)
+            winner.confidence < self.min_confidence()
             and winner.aligned_windows >= self._config.min_aligned_windows
         )
 
@@ -300,11 +302,7 @@ class Recognizer:
     def _decide(self, best: Candidate | None, *, verified: bool) -> Identification:
         if best is None:
             return Identification(None, 0.0, 0.0, 1.0, 0, 0, None)
-        passes = (
-            best.confidence >= self.min_confidence(verified)
-            and best.aligned_windows >= self._config.min_aligned_windows
-        )
-        track = self._track(best.track_id) if passes else None
+        track = self._track(best.track_id) if self._passes(best, verified=verified) else None
         if track is None:
             return Identification(
                 None, 0.0, best.confidence, best.speed_ratio, best.aligned_windows,
