@@ -198,3 +198,39 @@ def test_a_false_play_of_a_track_sharing_audio_with_the_one_on_air_is_counted_as
     assert plain["false_plays_of_shared_audio"] == 0
     with pytest.raises(ValueError, match="no station"):
         score_stations(schedule, [], 150.0)
+
+
+def test_a_remaster_holding_the_original_gives_one_play_of_whichever_recording_aired(
+    real_clips: list[Clip], tmp_path: Path,
+) -> None:
+    """A catalog with an original and a remaster that holds its first 25 s: both match the shared
+    audio, so either may name the play first; once the recordings part, the play is re-identified
+    as the one still matching. Each stream gets one play of what aired, under one play id."""
+    from tests.fixtures.milvus import build_catalog
+
+    original = decode_file(real_clips[0].path, RATE)[: 40 * RATE]
+    other = decode_file(real_clips[1].path, RATE)[: 40 * RATE]
+    remaster = np.concatenate([original[: 25 * RATE], other])
+    catalog = build_catalog(tmp_path / "catalog", [
+        write_wav(tmp_path / "original.wav", original, RATE),
+        write_wav(tmp_path / "remaster.wav", remaster, RATE),
+    ])
+    ids = {path.stem: track.track_id for path, track in catalog.tracks.items()}
+    silence = np.zeros(2 * RATE, np.float32)
+    renamed = 0
+    for aired in ("original", "remaster"):
+        audio = original if aired == "original" else remaster
+        wav = write_wav(tmp_path / f"{aired}-stream.wav", np.concatenate([silence, audio, silence * 5]), RATE)
+        private = private_catalog_copy(catalog, tmp_path / f"{aired}-data")
+        config = catalog.config.model_copy(update={"data_dir": private})
+        sinks, _ = asyncio.run(run_stream(config, wav))
+
+        events = [event for _, event in sinks[0].events]
+        plays = plays_from_events(sinks[0].events)
+        assert [p.track_id for p in plays] == [ids[aired]], (aired, [(e.kind, e.play.track_id) for e in events])
+        assert plays[0].start_s == pytest.approx(2.0, abs=1.0)
+        assert plays[0].end_s == pytest.approx(2.0 + len(audio) / RATE, abs=2.0)
+        assert {e.play.play_id for e in events} == {events[0].play.play_id}, "one play id throughout"
+        assert events[-1].kind == "play_ended" and events[-1].play.track_id == ids[aired]
+        renamed += len(plays[0].reidentified_from)
+    assert renamed >= 1, "the tie on the shared audio named at least one play after the other recording"

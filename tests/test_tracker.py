@@ -10,9 +10,11 @@ import pytest
 
 from tunetrace.config import TrackerConfig
 from tunetrace.tracker import (
+    TWIN_MIN_SHARED_S,
     Evidence,
     Observation,
     PlayEnded,
+    PlayReidentified,
     PlayStarted,
     PlayTracker,
     TrackerEvent,
@@ -45,7 +47,8 @@ def run(
 
 
 def kinds(events: list[tuple[float, TrackerEvent]]) -> list[str]:
-    return [f"{'start' if isinstance(e, PlayStarted) else 'end'}:{e.play.track_id}" for _, e in events]
+    names = {PlayStarted: "start", PlayEnded: "end", PlayReidentified: "now"}
+    return [f"{names[type(e)]}:{e.play.track_id}" for _, e in events]
 
 
 def test_a_confirmed_track_starts_once_back_dated_to_its_first_window() -> None:
@@ -177,6 +180,96 @@ def test_without_a_switch_margin_duplicates_flap() -> None:
         return sorted(both, key=lambda e: -e.confidence)
 
     assert len(run(tracker, 1.5, 20.0, evidence)) > 4
+
+
+def shared_then_only(
+    first: int, second: int, *, shared_until_s: float, second_until_s: float,
+) -> Callable[[float], list[Evidence]]:
+    """Two catalog tracks holding the same audio from stream 0 (a remaster containing the
+    original, alignment 40 s into it): both match, ``first`` a little better, until
+    ``shared_until_s``; then only ``second`` does, until ``second_until_s``."""
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        if 1.5 <= t < shared_until_s + 0.5:
+            heard.append(playing(first, min(t, shared_until_s), 40.0, since_s=0.0, confidence=0.85))
+        if 1.5 <= t < second_until_s + 0.5:
+            heard.append(playing(second, min(t, second_until_s), 0.0, since_s=0.0, confidence=0.8))
+        return heard
+
+    return evidence
+
+
+def test_a_play_named_after_a_twin_is_reidentified_once_only_the_other_recording_matches() -> None:
+    """The remaster (A) wins the start on the audio it shares with the original (B); when the
+    shared stretch ends and only B goes on, the play becomes B's: one play, from the start, no
+    false play of A and no split."""
+    tracker = PlayTracker(PARAMS)
+
+    events = run(tracker, 0.0, 120.0, shared_then_only(A, B, shared_until_s=60.0, second_until_s=100.0))
+
+    assert kinds(events) == [f"start:{A}", f"now:{B}", f"end:{B}"]
+    (_, started), (decided_s, now_b), (_, ended) = events
+    assert isinstance(now_b, PlayReidentified) and now_b.previous_track_id == A
+    assert now_b.play.started_s == started.play.started_s == pytest.approx(0.0)
+    assert now_b.position_start_s == pytest.approx(0.0), "B's own position at the play's start"
+    assert 60.0 < decided_s < 60.0 + PARAMS.end_after_s
+    assert isinstance(ended, PlayEnded) and ended.reason == "evidence_lost"
+    assert ended.ended_s == pytest.approx(100.0 - HOP_S, abs=0.5)
+
+
+def test_a_twin_heard_for_less_than_the_minimum_is_a_track_change() -> None:
+    """Shared audio shorter than ``TWIN_MIN_SHARED_S`` (a common intro, a crossfade) does not show
+    that the first name was wrong: the play ends and the other track's starts, as before."""
+    tracker = PlayTracker(PARAMS)
+
+    events = run(tracker, 0.0, 80.0, shared_then_only(A, B, shared_until_s=TWIN_MIN_SHARED_S - 5.0,
+                                                      second_until_s=50.0))
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{B}", f"end:{B}"]
+
+
+def test_a_track_blended_in_after_the_play_began_still_takes_over_as_its_own_play() -> None:
+    """A DJ blend: B is mixed in 40 s into A's play and heard alongside it for 30 s before A fades
+    out. B was not heard from A's start, so it is a new play, not a twin."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        if 1.5 <= t < 70.5:
+            heard.append(playing(A, min(t, 70.0), 0.0, since_s=0.0, confidence=0.85))
+        if 41.5 <= t < 120.5:
+            heard.append(playing(B, min(t, 120.0), -40.0, since_s=40.0, confidence=0.8))
+        return heard
+
+    events = run(tracker, 0.0, 140.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{B}", f"end:{B}"]
+    (_, ended_a), (_, started_b) = events[1:3]
+    assert isinstance(ended_a, PlayEnded) and ended_a.reason == "track_changed"
+    assert started_b.play.started_s >= ended_a.ended_s
+
+
+def test_a_reidentified_play_returns_to_its_first_name_when_that_one_alone_matches_again() -> None:
+    """Looped or repeated shared audio can favour either twin in turn: each turn renames the one
+    play, it never ends it."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        if 1.5 <= t < 150.5:
+            b_only = 60.0 <= t < 90.0
+            heard.append(playing(B, min(t, 150.0), 0.0, since_s=0.0, confidence=0.8))
+            if not b_only:
+                heard.append(playing(A, min(t, 150.0), 40.0, since_s=90.0 if t >= 90.0 else 0.0,
+                                     confidence=0.85))
+        return sorted(heard, key=lambda e: -e.confidence)
+
+    events = run(tracker, 0.0, 170.0, evidence)
+
+    assert kinds(events)[:2] == [f"start:{A}", f"now:{B}"]
+    assert kinds(events)[-1].startswith("end:")
+    assert not any(isinstance(e, PlayStarted) for _, e in events[1:]), "one play throughout"
 
 
 def test_a_looping_track_matching_at_its_repeats_stays_one_play() -> None:

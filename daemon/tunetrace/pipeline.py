@@ -50,6 +50,7 @@ from tunetrace.store.resident import ResidentCatalog
 from tunetrace.tracker import (
     Observation,
     PlayEnded,
+    PlayReidentified,
     PlayStarted,
     PlayTracker,
     TrackerEvent,
@@ -443,6 +444,8 @@ class Station:
         for event in events:
             if isinstance(event, PlayEnded):
                 await self._ended(event)
+            elif isinstance(event, PlayReidentified):
+                await self._reidentified(event)
             else:
                 await self._started(event)
         if events and self._open is None:
@@ -477,6 +480,27 @@ class Station:
         if self.evidence is not None:
             self.evidence.play_started(play.play_id, play.started_at, event.play.started_s)
         self._metrics.play_started()
+        self._metrics.confidence(play.confidence)
+        await self._sink.publish_event(PlayEvent("play_started", play))
+        await self._sink.publish_now_playing(self.name, play)
+
+    async def _reidentified(self, event: PlayReidentified) -> None:
+        """The open play is another catalog track (shared audio, ``tracker``): its ``play_started``
+        is published again with the same ``play_id`` and start, naming the new track, so every
+        consumer that keys plays by id (history, play log, MQTT) corrects the record in place."""
+        if self._open is None:
+            return
+        track = await self._track(event.play.track_id)
+        play = replace(
+            self._open, track_id=event.play.track_id,
+            title=track.title if track else "", artist=track.artist if track else "",
+            album=track.album if track else "", isrc=track.isrc if track else "",
+            position_start_s=event.position_start_s, confidence=event.play.confidence,
+            speed_ratio=event.play.speed_ratio,
+        )
+        log.info("re-identified as %r: it shares its audio with track %d, and only it still matches",
+                 play.title, event.previous_track_id)
+        self._open = play
         self._metrics.confidence(play.confidence)
         await self._sink.publish_event(PlayEvent("play_started", play))
         await self._sink.publish_now_playing(self.name, play)

@@ -16,6 +16,14 @@ Rules, each there to prevent a specific failure:
   has evidence, another track must beat it by ``switch_margin``: a duplicate recording in the
   catalog (an album and a single version, a remaster) matches as well as the playing one, and
   without the margin noise alone would make the play flap between the two.
+* **Re-identify** instead of changing when the winner is the play's *twin*: another track heard
+  alongside it at one alignment from the play's start for ``TWIN_MIN_SHARED_S`` and still heard
+  when it wins.  Both recordings hold the audio aired so far (a remaster containing the original,
+  the same recording ingested twice), and the first one to confirm may be the wrong one; once only
+  the twin matches, the audio has shown which recording is on air.  The play keeps its start and
+  identity and changes its track (``PlayReidentified``): one play of the right recording instead
+  of a false play and a split one.  A track mixed in later (a crossfade, a DJ blend) was not heard
+  from the start, so it still ends the play and starts its own.
 * **Same track, other position**: a new play (a new airing) only after a break in the evidence.
   Music repeats itself (loops, choruses, ambient pieces that match at many offsets), so a
   same-track alignment whose evidence follows the play's without a break, or that was heard
@@ -54,6 +62,16 @@ HEARD_ON_RETURN_S = 2.0
 was playing when the audio came back: the interrupted play continues at that alignment.  Music that
 repeats itself matches at several alignments, and which repeat the clock predicts is ambiguous; a
 station cannot have restarted a recording during an outage it was already playing it in."""
+
+
+TWIN_MIN_SHARED_S = 15.0
+"""Another track heard alongside a play for at least this long shares its audio: a crossfade or
+a chance match at one alignment lasts seconds, a duplicated recording minutes."""
+TWIN_FROM_START_S = 4.0
+"""A twin must have been heard from within this of the play's start (the voting horizon): it is
+then as good an answer for everything the play has aired."""
+_MAX_TWINS = 4
+"""Other tracks remembered per play (a catalog rarely holds one recording more than twice)."""
 
 
 SPEED_MIN_SPAN_S = 20.0
@@ -156,6 +174,21 @@ class TrackerParams:
 
 
 @dataclass(frozen=True)
+class Twin:
+    """Another track heard at one alignment in the decisions that supported a play, without a break
+    longer than ``end_after_s`` from ``first_heard_s`` to ``last_heard_s`` (stream times)."""
+
+    track_id: int
+    alignment_s: float
+    first_heard_s: float
+    last_heard_s: float
+
+    @property
+    def heard_s(self) -> float:
+        return self.last_heard_s - self.first_heard_s
+
+
+@dataclass(frozen=True)
 class OpenPlay:
     track_id: int
     alignment_s: float
@@ -166,6 +199,8 @@ class OpenPlay:
     speed_ratio: float
     aliases: tuple[float, ...] = ()
     """Other alignments of the same track heard alongside this one (repeats within the track)."""
+    twins: tuple[Twin, ...] = ()
+    """Other tracks heard alongside this one (shared audio, or only a crossfade: see ``Twin``)."""
     drift: DriftFit | None = field(default=None, compare=False)
     """The fit of this play's alignment over time (its speed), once evidence has been added."""
 
@@ -205,7 +240,20 @@ class PlayEnded:
         return self.play.position_at(self.ended_s)
 
 
-TrackerEvent = PlayStarted | PlayEnded
+@dataclass(frozen=True)
+class PlayReidentified:
+    """The open play is another track than the one it started as (its twin; see the module's rules):
+    same start, new track and alignment."""
+
+    play: OpenPlay
+    previous_track_id: int
+
+    @property
+    def position_start_s(self) -> float:
+        return self.play.position_at(self.play.started_s)
+
+
+TrackerEvent = PlayStarted | PlayEnded | PlayReidentified
 
 
 @dataclass(frozen=True)
@@ -249,6 +297,9 @@ class PlayTracker:
         if self._pending is not None and self._pending.confirmations >= self._params.start_confirmations:
             start = self._pending.evidence
             self._pending = None
+            if self._current is not None and self._twin_of(self._current, start) is not None:
+                events.append(self._reidentify(self._current, start))
+                return events
             if self._current is not None:
                 ended_s = min(self._current.last_support_s, max(start.first_aligned_s, self._boundary_s))
                 events.append(self._end(max(ended_s, self._current.started_s), "track_changed"))
@@ -314,10 +365,64 @@ class PlayTracker:
                     last_support_s=max(current.last_support_s, evidence.last_aligned_s),
                     confidence=max(current.confidence, evidence.confidence),
                     aliases=aliases[-_MAX_ALIASES:],
+                    twins=self._heard_alongside(current, candidates),
                     drift=_fit(current.drift, current.started_s, evidence),
                 )
                 return evidence.confidence
         return None
+
+    def _heard_alongside(self, play: OpenPlay, candidates: tuple[Evidence, ...]) -> tuple[Twin, ...]:
+        """``play``'s twins updated with the other tracks this decision supports well enough to keep
+        a play; a twin heard again after a break longer than ``end_after_s`` starts over."""
+        twins = list(play.twins)
+        for evidence in candidates:
+            if (evidence.track_id == play.track_id or evidence.confidence < self._params.keep_confidence
+                    or evidence.aligned_windows < self._params.min_aligned_windows):
+                continue
+            known = next((i for i, twin in enumerate(twins) if twin.track_id == evidence.track_id
+                          and self._near(twin.alignment_s, evidence.alignment_s)), None)
+            if known is None:
+                twins.append(Twin(evidence.track_id, evidence.alignment_s, evidence.first_aligned_s,
+                                  evidence.last_aligned_s))
+                continue
+            twin = twins[known]
+            unbroken = evidence.first_aligned_s - twin.last_heard_s <= self._params.end_after_s
+            twins[known] = Twin(
+                evidence.track_id, evidence.alignment_s,
+                twin.first_heard_s if unbroken else evidence.first_aligned_s,
+                max(twin.last_heard_s, evidence.last_aligned_s),
+            )
+        twins.sort(key=lambda twin: twin.last_heard_s)
+        return tuple(twins[-_MAX_TWINS:])
+
+    def _twin_of(self, play: OpenPlay, evidence: Evidence) -> Twin | None:
+        """The twin of ``play`` that ``evidence`` continues, if it shares the play's audio from its
+        start (``None``: ``evidence`` is another recording taking over)."""
+        for twin in play.twins:
+            if (twin.track_id == evidence.track_id and self._near(twin.alignment_s, evidence.alignment_s)
+                    and twin.first_heard_s <= play.started_s + TWIN_FROM_START_S
+                    and twin.heard_s >= TWIN_MIN_SHARED_S
+                    and evidence.first_aligned_s - twin.last_heard_s <= self._params.end_after_s):
+                return twin
+        return None
+
+    def _reidentify(self, play: OpenPlay, evidence: Evidence) -> PlayReidentified:
+        """``play`` goes on as ``evidence``'s track; the track it was becomes a twin (heard from the
+        start until its last support), so the play can return to it the same way."""
+        was = Twin(play.track_id, play.alignment_at(play.last_support_s), play.started_s, play.last_support_s)
+        twins = (*(twin for twin in play.twins if twin.track_id != evidence.track_id), was)
+        self._current = replace(
+            play,
+            track_id=evidence.track_id,
+            alignment_s=evidence.alignment_s,
+            confidence=evidence.confidence,
+            last_support_s=max(play.last_support_s, evidence.last_aligned_s),
+            speed_ratio=evidence.speed_ratio,
+            aliases=(),
+            twins=twins[-_MAX_TWINS:],
+            drift=_fit(None, play.started_s, evidence),
+        )
+        return PlayReidentified(self._current, play.track_id)
 
     def _near(self, a_s: float, b_s: float) -> bool:
         return abs(a_s - b_s) <= self._params.position_jump_s

@@ -199,7 +199,10 @@ class PlayRecord:
     start_s: float
     end_s: float
     decided_s: float
+    """When the play was first published (a re-identified play: under its first name)."""
     position_start_s: float
+    reidentified_from: tuple[int, ...] = ()
+    """Tracks the play was named before ``track_id`` (the tracker re-identified it: shared audio)."""
 
 
 def plays_from_events(
@@ -214,15 +217,22 @@ def plays_from_events(
         return mapped if mapped is not None else (wall - EPOCH).total_seconds()
 
     decided: dict[str, float] = {}
+    named: dict[str, list[int]] = {}
+    """Per open play: the tracks it has been published as, in order."""
     plays = []
     for stream_s, event in events:
+        play_id = event.play.play_id
         if event.kind == "play_started":
-            decided[event.play.play_id] = stream_s
+            if play_id in named:  # the same open play again: re-identified
+                named[play_id].append(event.play.track_id)
+            else:
+                decided[play_id] = stream_s
+                named[play_id] = [event.play.track_id]
         elif event.play.ended_at is not None:
+            earlier = [track for track in named.pop(play_id, []) if track != event.play.track_id]
             plays.append(PlayRecord(
                 event.play.track_id, on_stream(event.play.started_at), on_stream(event.play.ended_at),
-                decided[event.play.play_id],
-                event.play.position_start_s,
+                decided[play_id], event.play.position_start_s, tuple(dict.fromkeys(earlier)),
             ))
     return sorted(plays, key=lambda p: p.start_s)
 
@@ -278,6 +288,7 @@ def score(
         "false_plays_of_shared_audio": len(of_shared_audio),
         "false_play_details": [asdict(p) for p in false_plays],
         "flapping": flapping,
+        "reidentified_plays": sum(1 for play in plays if play.reidentified_from),
         "latency_median_s": round(statistics.median(latencies), 2) if latencies else None,
         "latency_p95_s": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
         "latency_max_s": round(max(latencies), 2) if latencies else None,
