@@ -218,6 +218,28 @@ def test_a_play_named_after_a_twin_is_reidentified_once_only_the_other_recording
     assert ended.ended_s == pytest.approx(100.0 - HOP_S, abs=0.5)
 
 
+def test_a_twin_matching_at_several_alignments_is_still_one_twin_and_chance_matches_are_none() -> None:
+    """Music that repeats itself makes the twin match at more than one alignment in a decision;
+    it is one twin (at its best alignment). Another track matching far below the play (chance)
+    is never a twin: it takes over as a new play, never by renaming this one."""
+    tracker = PlayTracker(PARAMS)
+    C = 303
+    shared = shared_then_only(A, B, shared_until_s=60.0, second_until_s=100.0)
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = shared(t)
+        if 1.5 <= t < 60.5:
+            heard.append(playing(B, min(t, 60.0), 4.5, since_s=0.0, confidence=0.4))  # a repeat
+            heard.append(playing(C, t, -30.0, since_s=0.0, confidence=0.3))  # chance, all along
+        if 100.0 <= t < 130.0:
+            heard.append(playing(C, t, -30.0, since_s=0.0, confidence=0.8))  # C really airs next
+        return sorted(heard, key=lambda e: -e.confidence)
+
+    events = run(tracker, 0.0, 150.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"now:{B}", f"end:{B}", f"start:{C}", f"end:{C}"]
+
+
 def test_a_twin_heard_for_less_than_the_minimum_is_a_track_change() -> None:
     """Shared audio shorter than ``TWIN_MIN_SHARED_S`` (a common intro, a crossfade) does not show
     that the first name was wrong: the play ends and the other track's starts, as before."""

@@ -175,8 +175,10 @@ class TrackerParams:
 
 @dataclass(frozen=True)
 class Twin:
-    """Another track heard at one alignment in the decisions that supported a play, without a break
-    longer than ``end_after_s`` from ``first_heard_s`` to ``last_heard_s`` (stream times)."""
+    """Another track heard in the decisions that supported a play, without a break longer than
+    ``end_after_s`` from ``first_heard_s`` to ``last_heard_s`` (stream times); ``alignment_s`` is
+    where its best candidate was last heard (music that repeats itself matches at several
+    alignments at once, and under noise the best of them changes from decision to decision)."""
 
     track_id: int
     alignment_s: float
@@ -365,22 +367,29 @@ class PlayTracker:
                     last_support_s=max(current.last_support_s, evidence.last_aligned_s),
                     confidence=max(current.confidence, evidence.confidence),
                     aliases=aliases[-_MAX_ALIASES:],
-                    twins=self._heard_alongside(current, candidates),
+                    twins=self._heard_alongside(current, candidates, evidence.confidence),
                     drift=_fit(current.drift, current.started_s, evidence),
                 )
                 return evidence.confidence
         return None
 
-    def _heard_alongside(self, play: OpenPlay, candidates: tuple[Evidence, ...]) -> tuple[Twin, ...]:
-        """``play``'s twins updated with the other tracks this decision supports well enough to keep
-        a play; a twin heard again after a break longer than ``end_after_s`` starts over."""
+    def _heard_alongside(
+        self, play: OpenPlay, candidates: tuple[Evidence, ...], support: float,
+    ) -> tuple[Twin, ...]:
+        """``play``'s twins updated with the other tracks this decision supports about as well as
+        the play (``support``, less ``switch_margin``: as good an answer; a chance match on another
+        track scores far lower), each at its best candidate (``candidates`` come best first); a twin
+        heard again after a break longer than ``end_after_s`` starts over."""
         twins = list(play.twins)
+        seen: set[int] = set()
         for evidence in candidates:
-            if (evidence.track_id == play.track_id or evidence.confidence < self._params.keep_confidence
+            if (evidence.track_id == play.track_id or evidence.track_id in seen
+                    or evidence.confidence < max(self._params.keep_confidence,
+                                                 support - self._params.switch_margin)
                     or evidence.aligned_windows < self._params.min_aligned_windows):
                 continue
-            known = next((i for i, twin in enumerate(twins) if twin.track_id == evidence.track_id
-                          and self._near(twin.alignment_s, evidence.alignment_s)), None)
+            seen.add(evidence.track_id)
+            known = next((i for i, twin in enumerate(twins) if twin.track_id == evidence.track_id), None)
             if known is None:
                 twins.append(Twin(evidence.track_id, evidence.alignment_s, evidence.first_aligned_s,
                                   evidence.last_aligned_s))
