@@ -240,6 +240,30 @@ def test_a_twin_matching_at_several_alignments_is_still_one_twin_and_chance_matc
     assert kinds(events) == [f"start:{A}", f"now:{B}", f"end:{B}", f"start:{C}", f"end:{C}"]
 
 
+def test_a_twin_aired_right_after_the_play_is_a_new_play_not_a_renaming() -> None:
+    """The original (A) plays with its remaster (B) heard alongside at the shared alignment; then
+    the station airs B from its start. B's new airing is at another alignment, heard alongside A's
+    lingering evidence for a few seconds: it must not move the twin, so A's play ends and B's
+    starts."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        if 1.5 <= t < 63.0:
+            fading = 0.85 if t < 60.0 else 0.85 - (t - 60.0) * 0.25
+            heard.append(playing(A, min(t, 60.5), 0.0, since_s=0.0, confidence=fading))
+        if 1.5 <= t < 60.5:
+            heard.append(playing(B, t, 40.0, since_s=0.0, confidence=0.8))  # the shared audio
+        if 61.0 <= t < 120.5:
+            heard.append(playing(B, min(t, 120.0), -60.0, since_s=60.0, confidence=0.85))  # aired anew
+        return sorted(heard, key=lambda e: -e.confidence)
+
+    events = run(tracker, 0.0, 140.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{B}", f"end:{B}"]
+    assert events[2][1].position_start_s == pytest.approx(0.0, abs=1.0)
+
+
 def test_a_twin_heard_for_less_than_the_minimum_is_a_track_change() -> None:
     """Shared audio shorter than ``TWIN_MIN_SHARED_S`` (a common intro, a crossfade) does not show
     that the first name was wrong: the play ends and the other track's starts, as before."""

@@ -378,31 +378,29 @@ class PlayTracker:
     ) -> tuple[Twin, ...]:
         """``play``'s twins updated with the other tracks this decision supports about as well as
         the play (``support``, less ``switch_margin``: as good an answer; a chance match on another
-        track scores far lower), each at its best candidate (``candidates`` come best first); a twin
-        heard again after a break longer than ``end_after_s`` starts over."""
-        twins = list(play.twins)
-        seen: set[int] = set()
-        for evidence in candidates:
-            if (evidence.track_id == play.track_id or evidence.track_id in seen
-                    or evidence.confidence < max(self._params.keep_confidence,
-                                                 support - self._params.switch_margin)
-                    or evidence.aligned_windows < self._params.min_aligned_windows):
+        track scores far lower).
+
+        A twin keeps the alignment it was first heard at (following its drift): music that repeats
+        itself matches at other alignments too, and a new airing of the twin right after the play
+        (a back-to-back remaster) is heard at another alignment while the play's evidence lingers,
+        so neither may move it. A twin unheard for longer than ``end_after_s`` starts over at the
+        best alignment it is heard at next."""
+        floor = max(self._params.keep_confidence, support - self._params.switch_margin)
+        heard = [e for e in candidates if e.track_id != play.track_id and e.confidence >= floor
+                 and e.aligned_windows >= self._params.min_aligned_windows]
+        twins = {twin.track_id: twin for twin in play.twins}
+        for track_id in dict.fromkeys(e.track_id for e in heard):  # best candidate first
+            of_track = [e for e in heard if e.track_id == track_id]
+            twin = twins.get(track_id)
+            if twin is None or of_track[0].first_aligned_s - twin.last_heard_s > self._params.end_after_s:
+                best = of_track[0]
+                twins[track_id] = Twin(track_id, best.alignment_s, best.first_aligned_s, best.last_aligned_s)
                 continue
-            seen.add(evidence.track_id)
-            known = next((i for i, twin in enumerate(twins) if twin.track_id == evidence.track_id), None)
-            if known is None:
-                twins.append(Twin(evidence.track_id, evidence.alignment_s, evidence.first_aligned_s,
-                                  evidence.last_aligned_s))
-                continue
-            twin = twins[known]
-            unbroken = evidence.first_aligned_s - twin.last_heard_s <= self._params.end_after_s
-            twins[known] = Twin(
-                evidence.track_id, evidence.alignment_s,
-                twin.first_heard_s if unbroken else evidence.first_aligned_s,
-                max(twin.last_heard_s, evidence.last_aligned_s),
-            )
-        twins.sort(key=lambda twin: twin.last_heard_s)
-        return tuple(twins[-_MAX_TWINS:])
+            same = next((e for e in of_track if self._near(e.alignment_s, twin.alignment_s)), None)
+            if same is not None:
+                twins[track_id] = replace(twin, alignment_s=same.alignment_s,
+                                          last_heard_s=max(twin.last_heard_s, same.last_aligned_s))
+        return tuple(sorted(twins.values(), key=lambda twin: twin.last_heard_s)[-_MAX_TWINS:])
 
     def _twin_of(self, play: OpenPlay, evidence: Evidence) -> Twin | None:
         """The twin of ``play`` that ``evidence`` continues, if it shares the play's audio from its
