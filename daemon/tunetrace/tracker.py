@@ -176,12 +176,15 @@ class TrackerParams:
 @dataclass(frozen=True)
 class Twin:
     """Another track heard in the decisions that supported a play, without a break longer than
-    ``end_after_s`` from ``first_heard_s`` to ``last_heard_s`` (stream times); ``alignment_s`` is
-    where its best candidate was last heard (music that repeats itself matches at several
-    alignments at once, and under noise the best of them changes from decision to decision)."""
+    ``end_after_s`` from ``first_heard_s`` to ``last_heard_s`` (stream times).
+
+    Shared audio sits at a fixed offset between two recordings, so a twin is kept as its alignment
+    *relative to the play's* (``offset_s``): when the play's own alignment is corrected (a repeat
+    resolved, see the aliases), the twin's follows."""
 
     track_id: int
-    alignment_s: float
+    offset_s: float
+    """The twin's alignment minus the play's, where it was first heard (following its drift)."""
     first_heard_s: float
     last_heard_s: float
 
@@ -367,25 +370,24 @@ class PlayTracker:
                     last_support_s=max(current.last_support_s, evidence.last_aligned_s),
                     confidence=max(current.confidence, evidence.confidence),
                     aliases=aliases[-_MAX_ALIASES:],
-                    twins=self._heard_alongside(current, candidates, evidence.confidence),
+                    twins=self._heard_alongside(current, candidates, evidence),
                     drift=_fit(current.drift, current.started_s, evidence),
                 )
                 return evidence.confidence
         return None
 
     def _heard_alongside(
-        self, play: OpenPlay, candidates: tuple[Evidence, ...], support: float,
+        self, play: OpenPlay, candidates: tuple[Evidence, ...], support: Evidence,
     ) -> tuple[Twin, ...]:
         """``play``'s twins updated with the other tracks this decision supports about as well as
-        the play (``support``, less ``switch_margin``: as good an answer; a chance match on another
+        the play's ``support`` (less ``switch_margin``: as good an answer; a chance match on another
         track scores far lower).
 
-        A twin keeps the alignment it was first heard at (following its drift): music that repeats
-        itself matches at other alignments too, and a new airing of the twin right after the play
-        (a back-to-back remaster) is heard at another alignment while the play's evidence lingers,
-        so neither may move it. A twin unheard for longer than ``end_after_s`` starts over at the
-        best alignment it is heard at next."""
-        floor = max(self._params.keep_confidence, support - self._params.switch_margin)
+        A twin keeps the offset it was first heard at: music that repeats itself matches at other
+        alignments too, and a new airing of the twin right after the play (a back-to-back remaster)
+        is heard at another offset while the play's evidence lingers, so neither may move it. A twin
+        unheard for longer than ``end_after_s`` starts over at the best offset it is heard at next."""
+        floor = max(self._params.keep_confidence, support.confidence - self._params.switch_margin)
         heard = [e for e in candidates if e.track_id != play.track_id and e.confidence >= floor
                  and e.aligned_windows >= self._params.min_aligned_windows]
         twins = {twin.track_id: twin for twin in play.twins}
@@ -394,19 +396,22 @@ class PlayTracker:
             twin = twins.get(track_id)
             if twin is None or of_track[0].first_aligned_s - twin.last_heard_s > self._params.end_after_s:
                 best = of_track[0]
-                twins[track_id] = Twin(track_id, best.alignment_s, best.first_aligned_s, best.last_aligned_s)
+                twins[track_id] = Twin(track_id, best.alignment_s - support.alignment_s,
+                                       best.first_aligned_s, best.last_aligned_s)
                 continue
-            same = next((e for e in of_track if self._near(e.alignment_s, twin.alignment_s)), None)
+            same = next((e for e in of_track
+                         if self._near(e.alignment_s, support.alignment_s + twin.offset_s)), None)
             if same is not None:
-                twins[track_id] = replace(twin, alignment_s=same.alignment_s,
+                twins[track_id] = replace(twin, offset_s=same.alignment_s - support.alignment_s,
                                           last_heard_s=max(twin.last_heard_s, same.last_aligned_s))
         return tuple(sorted(twins.values(), key=lambda twin: twin.last_heard_s)[-_MAX_TWINS:])
 
     def _twin_of(self, play: OpenPlay, evidence: Evidence) -> Twin | None:
         """The twin of ``play`` that ``evidence`` continues, if it shares the play's audio from its
         start (``None``: ``evidence`` is another recording taking over)."""
+        expected_offset_s = evidence.alignment_s - play.alignment_at(play.last_support_s)
         for twin in play.twins:
-            if (twin.track_id == evidence.track_id and self._near(twin.alignment_s, evidence.alignment_s)
+            if (twin.track_id == evidence.track_id and self._near(twin.offset_s, expected_offset_s)
                     and twin.first_heard_s <= play.started_s + TWIN_FROM_START_S
                     and twin.heard_s >= TWIN_MIN_SHARED_S
                     and evidence.first_aligned_s - twin.last_heard_s <= self._params.end_after_s):
@@ -416,7 +421,8 @@ class PlayTracker:
     def _reidentify(self, play: OpenPlay, evidence: Evidence) -> PlayReidentified:
         """``play`` goes on as ``evidence``'s track; the track it was becomes a twin (heard from the
         start until its last support), so the play can return to it the same way."""
-        was = Twin(play.track_id, play.alignment_at(play.last_support_s), play.started_s, play.last_support_s)
+        was = Twin(play.track_id, play.alignment_at(play.last_support_s) - evidence.alignment_s,
+                   play.started_s, play.last_support_s)
         twins = (*(twin for twin in play.twins if twin.track_id != evidence.track_id), was)
         self._current = replace(
             play,
