@@ -264,6 +264,27 @@ def test_a_twin_aired_right_after_the_play_is_a_new_play_not_a_renaming() -> Non
     assert events[2][1].position_start_s == pytest.approx(0.0, abs=1.0)
 
 
+def test_a_twin_follows_the_play_when_the_play_resolves_a_repeat() -> None:
+    """The play starts at a repeat of its music (alignment 12 s off) with the twin heard there too;
+    once the true alignment wins, the play corrects its position, and the twin, kept at its offset
+    from the play, is still the twin when the shared stretch ends."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        repeat = t < 10.0
+        if 1.5 <= t < 60.5:
+            heard.append(playing(A, min(t, 60.0), 52.0 if repeat else 40.0, since_s=0.0, confidence=0.85))
+        if 1.5 <= t < 100.5:
+            heard.append(playing(B, min(t, 100.0), 12.0 if repeat else 0.0, since_s=0.0, confidence=0.8))
+        return heard
+
+    events = run(tracker, 0.0, 120.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"now:{B}", f"end:{B}"]
+    assert events[1][1].position_start_s == pytest.approx(0.0, abs=0.5)
+
+
 def test_a_twin_heard_for_less_than_the_minimum_is_a_track_change() -> None:
     """Shared audio shorter than ``TWIN_MIN_SHARED_S`` (a common intro, a crossfade) does not show
     that the first name was wrong: the play ends and the other track's starts, as before."""
