@@ -17,8 +17,8 @@ Rules, each there to prevent a specific failure:
   catalog (an album and a single version, a remaster) matches as well as the playing one, and
   without the margin noise alone would make the play flap between the two.
 * **Re-identify** instead of changing when the winner is the play's *twin*: another track heard
-  alongside it at one alignment from the play's start for ``TWIN_MIN_SHARED_S`` and still heard
-  when it wins.  Both recordings hold the audio aired so far (a remaster containing the original,
+  alongside it, about as well and at one offset from the play's alignment, from the play's start
+  for ``TWIN_MIN_SHARED_S`` and still heard when it wins.  Both recordings hold the audio aired so far (a remaster containing the original,
   the same recording ingested twice), and the first one to confirm may be the wrong one; once only
   the twin matches, the audio has shown which recording is on air.  The play keeps its start and
   identity and changes its track (``PlayReidentified``): one play of the right recording instead
