@@ -231,7 +231,8 @@ def test_a_remaster_holding_the_original_gives_one_play_of_whichever_recording_a
 
         events = [event for _, event in sinks[0].events]
         plays = plays_from_events(sinks[0].events)
-        assert [p.track_id for p in plays] == [ids[aired]], (aired, [(e.kind, e.play.track_id) for e in events])
+        published = [(e.kind, e.play.track_id) for e in events]
+        assert [p.track_id for p in plays] == [ids[aired]], (aired, published)
         assert plays[0].start_s == pytest.approx(2.0, abs=1.0)
         assert plays[0].end_s == pytest.approx(2.0 + len(audio) / RATE, abs=2.0)
         assert {e.play.play_id for e in events} == {events[0].play.play_id}, "one play id throughout"

@@ -23,7 +23,7 @@ from tunetrace.tracker import (
 
 HOP_S = 0.25
 PARAMS = TrackerParams.from_config(TrackerConfig())
-A, B = 101, 202
+A, B, C = 101, 202, 303
 
 
 def playing(track_id: int, stream_s: float, alignment_s: float, *, since_s: float,
@@ -211,8 +211,9 @@ def test_a_play_named_after_a_twin_is_reidentified_once_only_the_other_recording
     assert kinds(events) == [f"start:{A}", f"now:{B}", f"end:{B}"]
     (_, started), (decided_s, now_b), (_, ended) = events
     assert isinstance(now_b, PlayReidentified) and now_b.previous_track_id == A
+    assert now_b.offset_s == pytest.approx(-40.0), "a position in A plus this is the moment in B"
     assert now_b.play.started_s == started.play.started_s == pytest.approx(0.0)
-    assert now_b.position_start_s == pytest.approx(0.0), "B's own position at the play's start"
+    assert now_b.play.position_at(now_b.play.started_s) == pytest.approx(0.0), "B's own position at the start"
     assert 60.0 < decided_s < 60.0 + PARAMS.end_after_s
     assert isinstance(ended, PlayEnded) and ended.reason == "evidence_lost"
     assert ended.ended_s == pytest.approx(100.0 - HOP_S, abs=0.5)
@@ -223,7 +224,6 @@ def test_a_twin_matching_at_several_alignments_is_still_one_twin_and_chance_matc
     it is one twin (at its best alignment). Another track matching far below the play (chance)
     is never a twin: it takes over as a new play, never by renaming this one."""
     tracker = PlayTracker(PARAMS)
-    C = 303
     shared = shared_then_only(A, B, shared_until_s=60.0, second_until_s=100.0)
 
     def evidence(t: float) -> list[Evidence]:
@@ -282,7 +282,48 @@ def test_a_twin_follows_the_play_when_the_play_resolves_a_repeat() -> None:
     events = run(tracker, 0.0, 120.0, evidence)
 
     assert kinds(events) == [f"start:{A}", f"now:{B}", f"end:{B}"]
-    assert events[1][1].position_start_s == pytest.approx(0.0, abs=0.5)
+    renamed = events[1][1]
+    assert renamed.play.position_at(renamed.play.started_s) == pytest.approx(0.0, abs=0.5)
+
+
+def test_a_mix_entry_holding_two_tracks_aired_back_to_back_does_not_merge_their_plays() -> None:
+    """The catalog holds a continuous mix B of A then C. A airs, then C: B matches all along, like
+    A's twin. When A stops matching, C is already as strong: the audio moved on to another
+    recording, so A's play ends instead of being renamed B (which would make one play of two)."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        if 1.5 <= t < 64.0:  # A, fading out of the horizon after it ends at 60 s
+            heard.append(playing(A, min(t, 60.5), 40.0, since_s=0.0,
+                                 confidence=0.85 if t < 60.0 else max(0.1, 0.85 - (t - 60.0) * 0.25)))
+        if 1.5 <= t < 120.5:
+            heard.append(playing(B, min(t, 120.0), 0.0, since_s=0.0, confidence=0.8))
+        if 61.0 <= t < 120.5:  # C from 60 s, at its position 0
+            heard.append(playing(C, min(t, 120.0), -60.0, since_s=60.0,
+                                 confidence=min(0.85, 0.3 + (t - 61.0) * 0.3)))
+        return sorted(heard, key=lambda e: -e.confidence)
+
+    events = run(tracker, 0.0, 140.0, evidence)
+
+    assert kinds(events)[:2] == [f"start:{A}", f"end:{A}"]
+    assert not any(isinstance(e, PlayReidentified) for _, e in events)
+
+
+def test_a_twin_waits_while_the_plays_own_recording_still_matches() -> None:
+    """The twin scoring higher than a still-matching play neither renames nor splits it."""
+    tracker = PlayTracker(PARAMS)
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        if 1.5 <= t < 90.5:
+            heard.append(playing(A, min(t, 90.0), 40.0, since_s=0.0, confidence=0.85 if t < 30.0 else 0.5))
+            heard.append(playing(B, min(t, 90.0), 0.0, since_s=0.0, confidence=0.8))
+        return sorted(heard, key=lambda e: -e.confidence)
+
+    events = run(tracker, 0.0, 110.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}"]
 
 
 def test_a_twin_heard_for_less_than_the_minimum_is_a_track_change() -> None:
@@ -317,9 +358,9 @@ def test_a_track_blended_in_after_the_play_began_still_takes_over_as_its_own_pla
     assert started_b.play.started_s >= ended_a.ended_s
 
 
-def test_a_reidentified_play_returns_to_its_first_name_when_that_one_alone_matches_again() -> None:
-    """Looped or repeated shared audio can favour either twin in turn: each turn renames the one
-    play, it never ends it."""
+def test_a_renamed_play_is_not_split_when_its_first_name_matches_again_alongside() -> None:
+    """After the rename, the first name matching again beside the twin (repeated shared audio) does
+    not end or split the play: one play throughout."""
     tracker = PlayTracker(PARAMS)
 
     def evidence(t: float) -> list[Evidence]:

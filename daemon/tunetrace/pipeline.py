@@ -495,7 +495,8 @@ class Station:
             self._open, track_id=event.play.track_id,
             title=track.title if track else "", artist=track.artist if track else "",
             album=track.album if track else "", isrc=track.isrc if track else "",
-            position_start_s=event.position_start_s, confidence=event.play.confidence,
+            position_start_s=max(0.0, self._open.position_start_s + event.offset_s),
+            confidence=event.play.confidence,
             speed_ratio=event.play.speed_ratio,
         )
         log.info("re-identified as %r: it shares its audio with track %d, and only it still matches",

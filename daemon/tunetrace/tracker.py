@@ -18,9 +18,11 @@ Rules, each there to prevent a specific failure:
   without the margin noise alone would make the play flap between the two.
 * **Re-identify** instead of changing when the winner is the play's *twin*: another track heard
   alongside it, about as well and at one offset from the play's alignment, from the play's start
-  for ``TWIN_MIN_SHARED_S`` and still heard when it wins.  Both recordings hold the audio aired so far (a remaster containing the original,
-  the same recording ingested twice), and the first one to confirm may be the wrong one; once only
-  the twin matches, the audio has shown which recording is on air.  The play keeps its start and
+  for ``TWIN_MIN_SHARED_S`` and still heard when it wins.  Both recordings hold the audio aired so
+  far (a remaster containing the original, the same recording ingested twice), and the first one
+  to confirm may be the wrong one.  The twin waits until the play's own track no longer matches;
+  then, unless a third recording is as strong (the audio moved on), the audio has shown which
+  recording is on air.  The play keeps its start and
   identity and changes its track (``PlayReidentified``): one play of the right recording instead
   of a false play and a split one.  A track mixed in later (a crossfade, a DJ blend) was not heard
   from the start, so it still ends the play and starts its own.
@@ -252,10 +254,9 @@ class PlayReidentified:
 
     play: OpenPlay
     previous_track_id: int
-
-    @property
-    def position_start_s(self) -> float:
-        return self.play.position_at(self.play.started_s)
+    offset_s: float
+    """The new track's alignment minus the previous one's: a position in the previous track plus
+    this is the same moment in the new one (the published start keeps its time across outages)."""
 
 
 TrackerEvent = PlayStarted | PlayEnded | PlayReidentified
@@ -303,8 +304,11 @@ class PlayTracker:
             start = self._pending.evidence
             self._pending = None
             if self._current is not None and self._twin_of(self._current, start) is not None:
-                events.append(self._reidentify(self._current, start))
-                return events
+                if support is not None:
+                    return events  # the play's own recording still matches: the twin waits
+                if not self._another_recording(observation.candidates, self._current, start):
+                    events.append(self._reidentify(self._current, start))
+                    return events
             if self._current is not None:
                 ended_s = min(self._current.last_support_s, max(start.first_aligned_s, self._boundary_s))
                 events.append(self._end(max(ended_s, self._current.started_s), "track_changed"))
@@ -394,8 +398,8 @@ class PlayTracker:
         for track_id in dict.fromkeys(e.track_id for e in heard):  # best candidate first
             of_track = [e for e in heard if e.track_id == track_id]
             twin = twins.get(track_id)
-            if twin is None or of_track[0].first_aligned_s - twin.last_heard_s > self._params.end_after_s:
-                best = of_track[0]
+            best = of_track[0]
+            if twin is None or best.first_aligned_s - self._heard_until(twin) > self._params.end_after_s:
                 twins[track_id] = Twin(track_id, best.alignment_s - support.alignment_s,
                                        best.first_aligned_s, best.last_aligned_s)
                 continue
@@ -406,6 +410,11 @@ class PlayTracker:
                                           last_heard_s=max(twin.last_heard_s, same.last_aligned_s))
         return tuple(sorted(twins.values(), key=lambda twin: twin.last_heard_s)[-_MAX_TWINS:])
 
+    def _heard_until(self, twin: Twin) -> float:
+        """When the twin was last heard, an outage since then not counting as a gap (as for the
+        play's own evidence, see ``_lost``)."""
+        return max(twin.last_heard_s, self._up_since_s)
+
     def _twin_of(self, play: OpenPlay, evidence: Evidence) -> Twin | None:
         """The twin of ``play`` that ``evidence`` continues, if it shares the play's audio from its
         start (``None``: ``evidence`` is another recording taking over)."""
@@ -414,9 +423,15 @@ class PlayTracker:
             if (twin.track_id == evidence.track_id and self._near(twin.offset_s, expected_offset_s)
                     and twin.first_heard_s <= play.started_s + TWIN_FROM_START_S
                     and twin.heard_s >= TWIN_MIN_SHARED_S
-                    and evidence.first_aligned_s - twin.last_heard_s <= self._params.end_after_s):
+                    and evidence.first_aligned_s - self._heard_until(twin) <= self._params.end_after_s):
                 return twin
         return None
+
+    def _another_recording(self, candidates: tuple[Evidence, ...], play: OpenPlay, twin: Evidence) -> bool:
+        """Whether a third track, neither the play's nor its twin's, is strong enough to start a play:
+        the audio has moved on to another recording (a catalog mix holding A then C matches like
+        A's twin while A and then C air back to back), so the play ends instead of being renamed."""
+        return any(e.track_id not in (play.track_id, twin.track_id) and self._strong(e) for e in candidates)
 
     def _reidentify(self, play: OpenPlay, evidence: Evidence) -> PlayReidentified:
         """``play`` goes on as ``evidence``'s track; the track it was becomes a twin (heard from the
@@ -435,7 +450,7 @@ class PlayTracker:
             twins=twins[-_MAX_TWINS:],
             drift=_fit(None, play.started_s, evidence),
         )
-        return PlayReidentified(self._current, play.track_id)
+        return PlayReidentified(self._current, play.track_id, -was.offset_s)
 
     def _near(self, a_s: float, b_s: float) -> bool:
         return abs(a_s - b_s) <= self._params.position_jump_s
