@@ -20,12 +20,12 @@ Rules, each there to prevent a specific failure:
   alongside it, about as well and at one offset from the play's alignment, from the play's start
   for ``TWIN_MIN_SHARED_S`` and still heard when it wins.  Both recordings hold the audio aired so
   far (a remaster containing the original, the same recording ingested twice), and the first one
-  to confirm may be the wrong one.  The twin waits until the play's own track no longer matches;
-  then, unless a third recording is as strong (the audio moved on), the audio has shown which
-  recording is on air.  The play keeps its start and
-  identity and changes its track (``PlayReidentified``): one play of the right recording instead
-  of a false play and a split one.  A track mixed in later (a crossfade, a DJ blend) was not heard
-  from the start, so it still ends the play and starts its own.
+  to confirm may be the wrong one.  Once the twin has won (beaten the play by ``switch_margin``,
+  or matched where the play no longer does) for ``TWIN_LEAD_S``, and unless a third recording is
+  as strong by then (the audio moved on), the audio has shown which recording is on air.  The
+  play keeps its start and identity and changes its track (``PlayReidentified``): one play of the
+  right recording instead of a false play and a split one.  A track mixed in later (a crossfade,
+  a DJ blend) was not heard from the start, so it still ends the play and starts its own.
 * **Same track, other position**: a new play (a new airing) only after a break in the evidence.
   Music repeats itself (loops, choruses, ambient pieces that match at many offsets), so a
   same-track alignment whose evidence follows the play's without a break, or that was heard
@@ -72,6 +72,10 @@ a chance match at one alignment lasts seconds, a duplicated recording minutes.""
 TWIN_FROM_START_S = 4.0
 """A twin must have been heard from within this of the play's start (the voting horizon): it is
 then as good an answer for everything the play has aired."""
+TWIN_LEAD_S = 3.0
+"""A twin renames the play only after winning this long: time for a third recording to show (a
+catalog mix entry holding A then C wins like A's twin the moment A ends, while C needs a few
+seconds of evidence to be as strong)."""
 _MAX_TWINS = 4
 """Other tracks remembered per play (a catalog rarely holds one recording more than twice)."""
 
@@ -279,6 +283,8 @@ class PlayTracker:
         self._down_since_s: float | None = None
         """Stream time the source went down (``None``: it is up)."""
         self._up_since_s = stream_start_s
+        self._twin_lead_since_s: float | None = None
+        """Stream time the play's twin began to win (``None``: it does not)."""
         """Stream time the source last came back: lost evidence is counted from here at the earliest."""
 
     @property
@@ -300,12 +306,16 @@ class PlayTracker:
         support = self._refresh_support(observation.candidates, now) if self._current is not None else None
         challenger = self._challenger(observation.candidates, now, current_support=support)
         self._pending = self._confirm(observation.candidates, challenger)
+        if self._pending is None:
+            self._twin_lead_since_s = None
         if self._pending is not None and self._pending.confirmations >= self._params.start_confirmations:
             start = self._pending.evidence
             self._pending = None
             if self._current is not None and self._twin_of(self._current, start) is not None:
-                if support is not None:
-                    return events  # the play's own recording still matches: the twin waits
+                if self._twin_lead_since_s is None:
+                    self._twin_lead_since_s = now
+                if now - self._twin_lead_since_s < TWIN_LEAD_S:
+                    return events  # the twin must keep winning before the play is renamed
                 if not self._another_recording(observation.candidates, self._current, start):
                     events.append(self._reidentify(self._current, start))
                     return events
@@ -436,6 +446,7 @@ class PlayTracker:
     def _reidentify(self, play: OpenPlay, evidence: Evidence) -> PlayReidentified:
         """``play`` goes on as ``evidence``'s track; the track it was becomes a twin (heard from the
         start until its last support), so the play can return to it the same way."""
+        self._twin_lead_since_s = None
         was = Twin(play.track_id, play.alignment_at(play.last_support_s) - evidence.alignment_s,
                    play.started_s, play.last_support_s)
         twins = (*(twin for twin in play.twins if twin.track_id != evidence.track_id), was)
@@ -529,12 +540,14 @@ class PlayTracker:
             drift=_fit(None, started_s, evidence),
         )
         self._current = play
+        self._twin_lead_since_s = None
         return PlayStarted(play)
 
     def _end(self, ended_s: float, reason: EndReason) -> PlayEnded:
         play = self._current
         assert play is not None
         self._current = None
+        self._twin_lead_since_s = None
         ended_s = max(ended_s, play.started_s)
         self._boundary_s = ended_s
         return PlayEnded(replace(play, speed_ratio=play.measured_speed_ratio), ended_s, reason)
