@@ -330,6 +330,31 @@ def test_a_twin_winning_for_less_than_twin_lead_s_neither_renames_nor_splits_the
     assert kinds(events) == [f"start:{A}", f"end:{A}"]
 
 
+def test_an_outage_inside_continue_within_s_does_not_break_a_twin() -> None:
+    """The stream drops for 20 s (less than ``continue_within_s``) while the shared audio plays;
+    when it returns only the twin matches. The outage is not a gap in the twin's evidence (as for
+    the play's own), so the play is renamed, not split."""
+    assert PARAMS.continue_within_s > 20.0
+    tracker = PlayTracker(PARAMS)
+    events: list[tuple[float, TrackerEvent]] = []
+    for step in range(round(100.0 / HOP_S)):
+        t = step * HOP_S
+        if 30.0 <= t < 50.0:
+            observation = Observation(t, (), source_up=False)
+        elif t < 30.0:
+            observation = Observation(t, tuple(sorted(
+                [playing(A, t, 40.0, since_s=0.0, confidence=0.85),
+                 playing(B, t, 0.0, since_s=0.0, confidence=0.8)], key=lambda e: -e.confidence))
+                if t >= 1.5 else ())
+        else:
+            observation = Observation(t, (playing(B, min(t, 90.0), 0.0, since_s=50.0, confidence=0.85),)
+                                      if t < 90.5 else ())
+        events.extend((t, event) for event in tracker.observe(observation))
+
+    assert kinds(events)[:2] == [f"start:{A}", f"now:{B}"]
+    assert not any(isinstance(e, PlayStarted) for _, e in events[1:]), "one play across the outage"
+
+
 def test_a_twin_heard_for_less_than_the_minimum_is_a_track_change() -> None:
     """Shared audio shorter than ``TWIN_MIN_SHARED_S`` (a common intro, a crossfade) does not show
     that the first name was wrong: the play ends and the other track's starts, as before."""
