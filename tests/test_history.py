@@ -4,6 +4,7 @@ tracker's end reasons and outage rule, continuity, the report and the ``report``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sqlite3
@@ -63,6 +64,21 @@ def test_a_play_is_recorded_at_its_start_and_updated_at_its_end(store: HistorySt
     assert store.last_play("radio-one") == ended
     assert store.plays(at(1), at(10)) == [], "a play belongs to the range it started in"
     assert store.plays(at(-1), at(1), ["other"]) == []
+
+
+def test_a_reidentified_play_is_one_row_naming_the_recording_it_was_renamed_to(store: HistoryStore) -> None:
+    """The tracker renames a play whose catalog recording is held twice (a remaster): the pipeline
+    publishes it again with the same id and the other track; the history keeps one play, renamed."""
+    first_name = make_play(track_id=7)
+    store.record_play(first_name)
+    renamed = dataclasses.replace(first_name, track_id=8, title="Track 8", position_start_s=40.5)
+    store.record_play(renamed)
+    store.record_play(renamed.ended(at(200), 200.5, "evidence_lost"))
+
+    (play,) = store.plays(at(-1), at(1))
+    assert (play.play_id, play.track_id, play.title, play.position_start_s) == (
+        first_name.play_id, 8, "Track 8", 40.5)
+    assert play.started_at == first_name.started_at and play.end_reason == "evidence_lost"
 
 
 def test_checkpoints_make_up_and_down_intervals(store: HistoryStore) -> None:
