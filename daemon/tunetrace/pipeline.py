@@ -499,7 +499,7 @@ class Station:
             confidence=event.play.confidence,
             speed_ratio=event.play.speed_ratio,
         )
-        log.info("re-identified as %r: it shares its audio with track %d, and only it still matches",
+        log.info("re-identified as %r: it shares its audio with track %d and now matches better",
                  play.title, event.previous_track_id)
         self._open = play
         self._metrics.confidence(play.confidence)
