@@ -13,9 +13,11 @@ from tests.fixtures.audio import Clip, write_wav
 from tests.fixtures.milvus import build_catalog
 from tunetrace.audio.decode import decode_file
 from tunetrace.catalog.overlaps import Overlap, OverlapParams, overlaps_of, pairs
+from tunetrace.catalog.shared import CACHE_NAME, SharedAudioRecord
 from tunetrace.cli import main
 from tunetrace.evaluation.degrade import rms
 from tunetrace.store.base import Hit, Track
+from tunetrace.store.milvus import CatalogStore
 
 RATE = 16000
 HOP_S = 0.5
@@ -132,3 +134,78 @@ def test_each_pair_is_reported_in_the_direction_where_it_is_the_larger_share() -
     (chosen,) = pairs([album_in_edit, edit_in_album])
 
     assert chosen is edit_in_album and chosen.share_of_track == 1.0
+
+
+class _CountingSearches:
+    """The real catalog, counting the searches made through it (how many tracks were probed)."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
+        self.searches = 0
+
+    def tracks(self) -> list[Track]:
+        return self.store.tracks()
+
+    def track_vectors(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.store.track_vectors(track_id)
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
+        self.searches += 1
+        return self.store.search(vectors, top_k)
+
+
+def test_the_daemons_record_of_shared_audio_searches_each_track_once_and_follows_the_catalog(
+    real_clips: list[Clip], holdout_clips: list[Clip], tmp_path: Path,
+) -> None:
+    """What ``serve`` keeps (``tracker.shared_audio``): a restart searches nothing again, a track
+    ingested later is searched alone, a removed track takes its stretches with it, and a cache
+    another encoder wrote is not trusted."""
+    inside = _remastered(decode_file(real_clips[0].path, RATE), seed=5)
+    lead_in = decode_file(holdout_clips[0].path, RATE)
+    medley = write_wav(tmp_path / "medley.wav", np.concatenate([lead_in, inside]), RATE)
+    catalog = build_catalog(tmp_path / "data", [real_clips[0].path, real_clips[1].path])
+    config = catalog.config
+    cache = tmp_path / "data" / CACHE_NAME
+    params = OverlapParams(HOP_S)
+    clip_id = catalog.tracks[real_clips[0].path].track_id
+
+    with catalog.open() as store:
+        counting = _CountingSearches(store)
+        assert SharedAudioRecord(cache, "encoder-a", params).update(counting) == {}
+        assert counting.searches == 2
+    assert main(["ingest", "-q", "-c", str(catalog.config_path), str(medley)]) == 0
+    with catalog.open() as store:
+        counting = _CountingSearches(store)
+        restarted = SharedAudioRecord(cache, "encoder-a", params)
+        spans = restarted.update(counting)
+        assert counting.searches == 1, "only the medley is new"
+        medley_id = next(t.track_id for t in store.tracks() if t.source_path == str(medley))
+        (clip_span,) = spans[clip_id]
+        (medley_span,) = spans[medley_id]
+        assert (clip_span.other_id, medley_span.other_id) == (medley_id, clip_id)
+        # The clip sits 10 s into the medley, seen from either side.
+        assert clip_span.other_start_s - clip_span.start_s == pytest.approx(10.0, abs=HOP_S)
+        assert medley_span.other_start_s - medley_span.start_s == pytest.approx(-10.0, abs=HOP_S)
+
+        counting.searches = 0
+        assert SharedAudioRecord(cache, "encoder-a", params).update(counting) == spans
+        assert counting.searches == 0, "a restart reads the cache"
+        assert SharedAudioRecord(cache, "encoder-b", params).update(counting) == spans
+        assert counting.searches == 3, "another encoder's cache is searched again"
+    assert config.data_dir == tmp_path / "data"
+    assert main(["catalog", "remove", "-c", str(catalog.config_path), str(medley_id)]) == 0
+    with catalog.open() as store:
+        assert SharedAudioRecord(cache, "encoder-b", params).update(store) == {}
+
+
+def test_an_unreadable_shared_audio_cache_is_searched_again(real_clips: list[Clip], tmp_path: Path) -> None:
+    catalog = build_catalog(tmp_path / "data", [real_clips[0].path])
+    cache = tmp_path / "data" / CACHE_NAME
+    cache.write_text("{not json", encoding="utf-8")
+
+    with catalog.open() as store:
+        counting = _CountingSearches(store)
+        assert SharedAudioRecord(cache, "encoder-a", OverlapParams(HOP_S)).update(counting) == {}
+
+    assert counting.searches == 1
+    assert json.loads(cache.read_text(encoding="utf-8"))["encoder_id"] == "encoder-a"

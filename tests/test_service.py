@@ -132,6 +132,13 @@ def test_sigterm_ends_the_open_play_and_stops_in_order_within_5_s(
         started = wait_for_event(play_log, "play_started", 60, process)
         notify_socket.wait_for("WATCHDOG=1", 5)
         assert started["play"]["station"] == "test-fm"  # type: ignore[index]
+        # In the background, the daemon searched every track for shared audio and cached it.
+        shared_cache = tmp_path / "data" / "shared-audio.json"
+        deadline = time.monotonic() + 30
+        while not shared_cache.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        probed = json.loads(shared_cache.read_text(encoding="utf-8"))["probed"]
+        assert set(probed) == {str(track.track_id) for track in clip_catalog.tracks.values()}
         assert started["play"]["track_id"] == clip_catalog.tracks[real_clips[0].path].track_id  # type: ignore[index]
 
         sent_at = time.monotonic()

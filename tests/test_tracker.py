@@ -18,6 +18,7 @@ from tunetrace.tracker import (
     PlayReidentified,
     PlayStarted,
     PlayTracker,
+    SharedSpan,
     TrackerEvent,
     TrackerParams,
 )
@@ -407,6 +408,80 @@ def test_a_renamed_play_is_not_split_when_its_first_name_matches_again_alongside
     assert kinds(events)[:2] == [f"start:{A}", f"now:{B}"]
     assert kinds(events)[-1].startswith("end:")
     assert not any(isinstance(e, PlayStarted) for _, e in events[1:]), "one play throughout"
+
+
+def remaster_known_to_the_catalog(original: int, remaster: int) -> dict[int, tuple[SharedSpan, ...]]:
+    """``catalog overlaps`` found ``original``'s first 120 s at the start of ``remaster``."""
+    return {original: (SharedSpan(remaster, 0.0, 120.0, 0.0),),
+            remaster: (SharedSpan(original, 0.0, 120.0, 0.0),)}
+
+
+def noisy_loop_heard_as_both_copies(t: float) -> list[Evidence]:
+    """The original (A) airs from stream 0 at alignment 0 under noise: a looping piece, so twice
+    for ten seconds only the remaster (B) is recognised, and at a repeat 20 s off, not where the
+    two copies line up."""
+    if 40.0 <= t < 50.0 or 70.0 <= t < 80.0:
+        since_s = 40.0 if t < 50.0 else 70.0
+        return [playing(B, t, -20.0, since_s=since_s, confidence=0.8)]
+    if 1.5 <= t < 110.5:
+        since_s = 0.0 if t < 40.0 else (50.0 if t < 70.0 else 80.0)
+        return [playing(A, min(t, 110.0), 0.0, since_s=since_s, confidence=0.8)]
+    return []
+
+
+def test_shared_audio_the_catalog_knows_keeps_one_play_while_either_copy_is_heard() -> None:
+    """Without the catalog's record the play splits into plays of both names (a false play of
+    the remaster and a flap); with it, the remaster's evidence inside the shared stretch is
+    evidence of the play, at whatever offset it matches."""
+    unaware = run(PlayTracker(PARAMS), 0.0, 130.0, noisy_loop_heard_as_both_copies)
+    aware = run(PlayTracker(PARAMS, shared_audio=remaster_known_to_the_catalog(A, B)), 0.0, 130.0,
+                noisy_loop_heard_as_both_copies)
+
+    assert f"start:{B}" in kinds(unaware)
+    assert kinds(aware) == [f"start:{A}", f"end:{A}"]
+    ended = aware[-1][1]
+    assert isinstance(ended, PlayEnded) and ended.ended_s == pytest.approx(110.0 - 0.5, abs=0.5)
+
+
+def test_shared_audio_learned_after_the_start_applies_to_the_open_play() -> None:
+    """The daemon finds the shared audio after it starts; the open play uses it from then on."""
+    tracker = PlayTracker(PARAMS)
+    events = run(tracker, 0.0, 30.0, noisy_loop_heard_as_both_copies)
+    tracker.know_shared_audio(remaster_known_to_the_catalog(A, B))
+    events += run(tracker, 30.0, 130.0, noisy_loop_heard_as_both_copies)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}"]
+
+
+def test_past_the_shared_stretch_the_other_copy_takes_the_play_over() -> None:
+    """The remaster goes on where the original ends: inside the shared stretch its evidence keeps
+    the play; past it, it is a recording of its own, and (heard alongside from the start) renames
+    the play rather than splitting it."""
+    a_in_b = {A: (SharedSpan(B, 40.0, 100.0, 0.0),), B: (SharedSpan(A, 0.0, 60.0, 40.0),)}
+    tracker = PlayTracker(PARAMS, shared_audio=a_in_b)
+
+    events = run(tracker, 0.0, 120.0, shared_then_only(A, B, shared_until_s=60.0, second_until_s=100.0))
+
+    assert kinds(events) == [f"start:{A}", f"now:{B}", f"end:{B}"]
+    decided_s = events[1][0]
+    assert 60.0 + PARAMS.position_jump_s <= decided_s < 60.0 + PARAMS.position_jump_s + PARAMS.end_after_s
+
+
+def test_a_copy_heard_while_the_play_is_outside_the_shared_stretch_is_another_recording() -> None:
+    """The catalog's record only covers the stretch the two share: the original airing past it,
+    then the remaster, is a track change as always."""
+    tracker = PlayTracker(PARAMS, shared_audio=remaster_known_to_the_catalog(A, B))
+
+    def evidence(t: float) -> list[Evidence]:
+        if 1.5 <= t < 60.5:
+            return [playing(A, min(t, 60.0), 150.0, since_s=0.0)]  # A at 150-210 s: not shared
+        if 61.5 <= t < 100.5:
+            return [playing(B, min(t, 100.0), -60.0, since_s=60.0)]  # B from its start
+        return []
+
+    events = run(tracker, 0.0, 120.0, evidence)
+
+    assert kinds(events) == [f"start:{A}", f"end:{A}", f"start:{B}", f"end:{B}"]
 
 
 def test_a_looping_track_matching_at_its_repeats_stays_one_play() -> None:

@@ -476,6 +476,11 @@ class TrackerConfig(_Section):
     """An outage (source down, daemon restart or crash) up to this long does not split a play: the
     same recording heard again at the position the clock predicts continues it (same ``play_id``).
     ``0`` ends a play at every outage."""
+    shared_audio: bool = True
+    """Find the catalog's recordings that share audio (``tunetrace catalog overlaps``: remasters,
+    edits, one recording ingested twice) in the background, and keep a play through its shared
+    stretch whichever of the copies matches (``tracker.SharedSpan``). Cached in ``data_dir``: a
+    restart only searches tracks added since."""
     search_interval_s: float = Field(default=0.5, ge=0)
     """A live station searches the catalog once per this much new audio (all its new windows in
     one request). A Milvus Lite search costs tens of ms of CPU whatever its size, so this is what

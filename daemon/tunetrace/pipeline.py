@@ -53,6 +53,7 @@ from tunetrace.tracker import (
     PlayReidentified,
     PlayStarted,
     PlayTracker,
+    SharedAudio,
     TrackerEvent,
     TrackerParams,
 )
@@ -404,6 +405,11 @@ class Station:
         for track_id in changed:
             self._tracks.pop(track_id, None)
 
+    def know_shared_audio(self, shared_audio: SharedAudio) -> None:
+        """The catalog's shared audio, found (or found again) after the start: the tracker keeps a
+        play through it whichever copy matches (on the event loop)."""
+        self._tracker.know_shared_audio(shared_audio)
+
     async def finish(self) -> None:
         """End the open play (shutdown): publishes its ``play_ended`` and clears now-playing; writes
         the evidence still waiting for audio with what arrived."""
@@ -560,9 +566,12 @@ def build_station(
     monotonic: Callable[[], float] = time.monotonic,
     progress: ProgressSink | None = None, resume: Play | None = None,
     metrics: PipelineMetrics | None = None, source: AudioSource | None = None,
-    batcher: RecognitionBatcher | None = None,
+    batcher: RecognitionBatcher | None = None, shared_audio: SharedAudio | None = None,
 ) -> Station:
     """One station's pipeline: its own source runner, ring, voter and tracker around the shared model.
+
+    ``shared_audio``: the catalog's shared audio when already known (the daemon finds it after
+    the start and hands it over through ``Station.know_shared_audio``).
 
     ``batcher`` (``shared_batcher``) embeds and searches every station's windows together; without
     one the station's voter embeds and searches its own, one executor call per batch.
@@ -604,7 +613,7 @@ def build_station(
             model.encoder, config.matcher, tracker_config, station.source.silence_threshold_dbfs,
         ),
     )
-    tracker = PlayTracker(TrackerParams.from_config(tracker_config))
+    tracker = PlayTracker(TrackerParams.from_config(tracker_config), shared_audio=shared_audio)
     evidence = None
     if station.evidence is not None:
         evidence = EvidenceRecorder(

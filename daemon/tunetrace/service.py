@@ -40,6 +40,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tunetrace.catalog.control import ControlServer, socket_path
 from tunetrace.catalog.live import CatalogChange, LiveCatalog
+from tunetrace.catalog.overlaps import OverlapParams
+from tunetrace.catalog.shared import CACHE_NAME as SHARED_AUDIO_CACHE
+from tunetrace.catalog.shared import SharedAudioRecord
 from tunetrace.config import Config
 from tunetrace.errors import CatalogError
 from tunetrace.events import PlayEvent
@@ -109,6 +112,10 @@ class Service:
         self._board = StatusBoard(config.http.recent_plays) if config.http else None
         self._metrics: PipelineMetrics = NullMetrics()
         self._http: HttpServer | None = None
+        self._store: CatalogStore | None = None
+        self._shared_audio: SharedAudioRecord | None = None
+        self._catalog_changed = asyncio.Event()
+        """Set on every catalog change: the shared-audio record searches the new tracks."""
 
     def station_statuses(self) -> list[StationStatus]:
         """The live view the HTTP API and ``/healthz`` read (``StatusSource``)."""
@@ -150,11 +157,16 @@ class Service:
         store: CatalogStore | None = None
         if self._model is None:
             model, opened = await asyncio.to_thread(partial(open_model, config, resident=True))
-            closer = store = opened
+            closer = store = self._store = opened
             self.live = LiveCatalog(
                 opened, model.encoder, config.ingest, config.encoder.batch_size, self._apply_change,
                 model.tracks, model.catalog if isinstance(model.catalog, ResidentCatalog) else None,
             )
+            if config.tracker.shared_audio:
+                self._shared_audio = SharedAudioRecord(
+                    config.data_dir / SHARED_AUDIO_CACHE, model.encoder.info.encoder_id,
+                    OverlapParams(model.encoder.info.hop_s),
+                )
         else:
             model, closer = self._model, _NothingToClose()
         history = self._history
@@ -216,6 +228,26 @@ class Service:
         self._metrics.catalog_size(len(change.shape.track_vectors), change.shape.total_vectors)
         for station in self.stations:
             station.catalog_changed(change.shape, change.changed)
+        self._catalog_changed.set()
+
+    async def _follow_shared_audio(self) -> None:
+        """Find the catalog's shared audio after the start (tracks not in the cache only) and after
+        every catalog change, and hand it to the stations; a failed search is retried after
+        ``service.catalog_refresh_s`` (the catalog may be restarting)."""
+        record, store = self._shared_audio, self._store
+        if record is None or store is None:
+            return
+        while True:
+            self._catalog_changed.clear()
+            try:
+                spans = await asyncio.to_thread(record.update, store)
+            except CatalogError as exc:
+                log.warning("cannot search the catalog for shared audio (will retry): %s", exc)
+                await asyncio.sleep(self._config.service.catalog_refresh_s)
+                continue
+            for station in self.stations:
+                station.know_shared_audio(spans)
+            await self._catalog_changed.wait()
 
     async def _serve(self) -> None:
         """Run until a stop is requested; a station crashing (a bug) stops the service with an error."""
@@ -223,6 +255,7 @@ class Service:
             runs = [group.create_task(s.run(), name=f"station-{s.name}") for s in self.stations]
             watchdog = group.create_task(self._watchdog(), name="watchdog")
             refresh = group.create_task(self._refresh_catalog(), name="catalog-refresh")
+            shared = group.create_task(self._follow_shared_audio(), name="shared-audio")
             watched = self._config.ingest.watch_folder
             watch = (group.create_task(self.live.watch(watched, self._config.ingest.watch_interval_s),
                                        name="catalog-watch")
@@ -234,6 +267,7 @@ class Service:
             log.info("stopping capture")
             watchdog.cancel()
             refresh.cancel()
+            shared.cancel()
             if watch is not None:
                 watch.cancel()
             for task in runs:

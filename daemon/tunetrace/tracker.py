@@ -26,6 +26,13 @@ Rules, each there to prevent a specific failure:
   play keeps its start and identity and changes its track (``PlayReidentified``): one play of the
   right recording instead of a false play and a split one.  A track mixed in later (a crossfade,
   a DJ blend) was not heard from the start, so it still ends the play and starts its own.
+* **Shared audio the catalog knows of** (``SharedSpan``, from ``catalog overlaps``): while the play
+  is inside a stretch of its recording that another catalog track also holds, evidence of that
+  track inside its copy of the stretch is evidence of the play, at any alignment (shared audio
+  that repeats itself matches either copy at several offsets, most of all under noise), so the
+  play neither splits nor flaps between the two names.  Only where the two copies line up (the
+  offset the catalog found) may the other track challenge, and winning there renames the play as
+  a twin does; once the audio leaves the shared stretch it challenges as any other track does.
 * **Same track, other position**: a new play (a new airing) only after a break in the evidence.
   Music repeats itself (loops, choruses, ambient pieces that match at many offsets), so a
   same-track alignment whose evidence follows the play's without a break, or that was heard
@@ -48,6 +55,7 @@ Rules, each there to prevent a specific failure:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from tunetrace.config import TrackerConfig
@@ -200,6 +208,25 @@ class Twin:
 
 
 @dataclass(frozen=True)
+class SharedSpan:
+    """A track's audio from ``start_s`` to ``end_s`` (positions in it) is also in ``other_id``,
+    from ``other_start_s`` on: a remaster, an edit, the same recording ingested twice."""
+
+    other_id: int
+    start_s: float
+    end_s: float
+    other_start_s: float
+
+    @property
+    def other_end_s(self) -> float:
+        return self.other_start_s + (self.end_s - self.start_s)
+
+
+SharedAudio = Mapping[int, tuple[SharedSpan, ...]]
+"""Per track id, the stretches of it that other catalog tracks hold too (both directions listed)."""
+
+
+@dataclass(frozen=True)
 class OpenPlay:
     track_id: int
     alignment_s: float
@@ -273,8 +300,11 @@ class _Pending:
 
 
 class PlayTracker:
-    def __init__(self, params: TrackerParams, stream_start_s: float = 0.0) -> None:
+    def __init__(
+        self, params: TrackerParams, stream_start_s: float = 0.0, shared_audio: SharedAudio | None = None,
+    ) -> None:
         self._params = params
+        self._shared_audio: SharedAudio = shared_audio or {}
         self._current: OpenPlay | None = None
         self._pending: _Pending | None = None
         self._boundary_s = stream_start_s
@@ -290,6 +320,11 @@ class PlayTracker:
     @property
     def current(self) -> OpenPlay | None:
         return self._current
+
+    def know_shared_audio(self, shared_audio: SharedAudio) -> None:
+        """From now on, use this record of the catalog's shared audio (found after the start, and
+        again after each catalog change)."""
+        self._shared_audio = shared_audio
 
     def observe(self, observation: Observation) -> list[TrackerEvent]:
         """Feed one decision; returns the plays it ended and started, in that order."""
@@ -311,7 +346,8 @@ class PlayTracker:
         if self._pending is not None and self._pending.confirmations >= self._params.start_confirmations:
             start = self._pending.evidence
             self._pending = None
-            if self._current is not None and self._twin_of(self._current, start) is not None:
+            if self._current is not None and (self._twin_of(self._current, start) is not None
+                                              or self._lined_up(self._current, start, now)):
                 if self._twin_lead_since_s is None:
                     self._twin_lead_since_s = now
                 if now - self._twin_lead_since_s < TWIN_LEAD_S:
@@ -364,7 +400,9 @@ class PlayTracker:
         that candidate's confidence (``None``: the current play has no evidence in this decision).
 
         Other alignments of the track heard in the same decision become the play's aliases; the
-        supporting alignment is added to the play's drift fit (its speed).
+        supporting alignment is added to the play's drift fit (its speed). Without such a candidate,
+        one of another track in audio the catalog knows is shared (``_in_shared_audio``) keeps the
+        play alive, and nothing more: it says nothing of the play's own alignment or speed.
         """
         current = self._current
         assert current is not None
@@ -388,7 +426,38 @@ class PlayTracker:
                     drift=_fit(current.drift, current.started_s, evidence),
                 )
                 return evidence.confidence
-        return None
+        shared = next((e for e in candidates if e.confidence >= self._params.keep_confidence
+                       and self._in_shared_audio(current, e, now)), None)
+        if shared is None:
+            return None
+        self._current = replace(current, last_support_s=max(current.last_support_s, shared.last_aligned_s))
+        return shared.confidence
+
+    def _shared_span(self, play: OpenPlay, evidence: Evidence, now: float) -> SharedSpan | None:
+        """The stretch the catalog knows is shared if ``evidence`` is of another track holding the
+        audio the play is airing now: the play's position inside the stretch, and the evidence's
+        inside that stretch's copy (each within ``position_jump_s``; at any offset: see the rules)."""
+        if evidence.track_id == play.track_id:
+            return None
+        slack_s = self._params.position_jump_s
+        position_s = play.position_at(now)
+        evidence_position_s = now + evidence.alignment_s
+        return next((
+            span for span in self._shared_audio.get(play.track_id, ())
+            if span.other_id == evidence.track_id
+            and span.start_s - slack_s <= position_s <= span.end_s + slack_s
+            and span.other_start_s - slack_s <= evidence_position_s <= span.other_end_s + slack_s
+        ), None)
+
+    def _in_shared_audio(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
+        return self._shared_span(play, evidence, now) is not None
+
+    def _lined_up(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
+        """Whether ``evidence`` is the other copy of shared audio at the very moment the play is at
+        (where the catalog found the two copies line up): the same recording, as a twin is."""
+        span = self._shared_span(play, evidence, now)
+        return span is not None and self._near(
+            evidence.alignment_s - play.alignment_at(now), span.other_start_s - span.start_s)
 
     def _heard_alongside(
         self, play: OpenPlay, candidates: tuple[Evidence, ...], support: Evidence,
@@ -485,7 +554,11 @@ class PlayTracker:
             return None
         current = self._current
         if current is not None and best.track_id != current.track_id:
-            if current_support is not None and best.confidence < current_support + self._params.switch_margin:
+            # The same audio under the other name supports the play instead (``_in_shared_audio``).
+            margin = self._params.switch_margin
+            outscored = current_support is not None and best.confidence < current_support + margin
+            shared = self._in_shared_audio(current, best, now)
+            if outscored or (shared and not self._lined_up(current, best, now)):
                 return None
         elif current is not None:
             if current_support is not None or self._near(best.alignment_s, current.alignment_at(now)):

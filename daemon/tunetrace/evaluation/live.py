@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,13 +43,15 @@ import numpy as np
 from scipy.io import wavfile
 
 from tunetrace.audio.decode import _tool, decode_file
-from tunetrace.catalog.overlaps import OverlapCatalog, OverlapParams, find_overlaps
+from tunetrace.catalog.overlaps import Overlap, OverlapCatalog, OverlapParams, find_overlaps
 from tunetrace.catalog.scan import scan_paths
+from tunetrace.catalog.shared import SharedStretch, shared_audio
 from tunetrace.config import Config, SourceConfig, StationConfig, load_config
 from tunetrace.evaluation.degrade import mix_at_snr
 from tunetrace.evaluation.run import SpeechPool
 from tunetrace.events import Play, PlayEvent, StationHealth
 from tunetrace.pipeline import Station
+from tunetrace.tracker import SharedAudio as TrackerSharedAudio
 
 if TYPE_CHECKING:
     from tunetrace.pipeline import SharedModel
@@ -237,12 +239,12 @@ def plays_from_events(
     return sorted(plays, key=lambda p: p.start_s)
 
 
-SharedAudio = frozenset[frozenset[int]]
+SharedPairs = frozenset[frozenset[int]]
 """Pairs of track ids whose recordings share audio (``catalog.overlaps``)."""
 
 
 def score(
-    segments: list[Segment], plays: list[PlayRecord], duration_s: float, shared: SharedAudio = frozenset(),
+    segments: list[Segment], plays: list[PlayRecord], duration_s: float, shared: SharedPairs = frozenset(),
 ) -> dict[str, Any]:
     """``shared``: a false play of a track that shares audio with a track on air during it is
     counted as a false play and also as ``false_plays_of_shared_audio`` (most likely a catalog
@@ -304,7 +306,7 @@ STATION_SUMMARY_KEYS = ("reported_segments", "missed_segments", "false_plays", "
 
 
 def score_stations(segments: list[Segment], station_plays: list[list[PlayRecord]],
-                   duration_s: float, shared: SharedAudio = frozenset()) -> dict[str, Any]:
+                   duration_s: float, shared: SharedPairs = frozenset()) -> dict[str, Any]:
     """Every station heard the same stream, so every station is scored, not only the first: the
     first's score is the headline, and stations that decided differently (shared search batches,
     contention) are counted and listed by their summary."""
@@ -320,16 +322,24 @@ def score_stations(segments: list[Segment], station_plays: list[list[PlayRecord]
     }
 
 
-def shared_audio(catalog: OverlapCatalog, catalog_hop_s: float, segments: list[Segment]) -> SharedAudio:
-    """The pairs of tracks that share audio, of the schedule's tracks with any catalog track, so
-    that the score can tell a catalog duplicate's play from a confusion. It searches every
-    scheduled track's windows (~100 per track against the whole catalog): opt-in, as that work
-    would land inside a Milvus server's CPU readings around the run."""
-    scheduled = [s.track_id for s in segments if s.track_id is not None]
-    return frozenset(
-        frozenset((o.track.track_id, o.other.track_id))
-        for o in find_overlaps(catalog, OverlapParams(catalog_hop_s), track_ids=scheduled)
-    )
+def shared_pairs(overlaps: Sequence[Overlap]) -> SharedPairs:
+    """The pairs of tracks that share audio, so that the score can tell a catalog duplicate's
+    play from a confusion."""
+    return frozenset(frozenset((o.track.track_id, o.other.track_id)) for o in overlaps)
+
+
+def catalog_shared_audio(
+    catalog: OverlapCatalog, catalog_hop_s: float, *, for_tracker: bool, for_score: bool,
+) -> tuple[SharedPairs | None, TrackerSharedAudio | None]:
+    """The catalog's shared audio for the stations' trackers (as the daemon's, from its cache,
+    with ``tracker.shared_audio``) and the pairs for the score (``--shared-audio``). One search of
+    every track's windows (~100 per track against the whole catalog), made before the stream
+    runs and its CPU is sampled."""
+    if not (for_tracker or for_score):
+        return None, None
+    overlaps = find_overlaps(catalog, OverlapParams(catalog_hop_s))
+    return (shared_pairs(overlaps) if for_score else None,
+            shared_audio([SharedStretch.of(o) for o in overlaps]) if for_tracker else None)
 
 
 @dataclass(frozen=True)
@@ -416,7 +426,7 @@ async def run_stream(
     config: Config, wav: Path, stations: int = 1, model: SharedModel | None = None,
     *, realtime: bool = False, rss_samples: list[float] | None = None, rss_every_s: float = 300.0,
     cpu_at_end: list[CpuSample] | None = None, feed: str = "http", server_cpu_s: list[float] | None = None,
-    encoded: Path | None = None,
+    encoded: Path | None = None, shared_audio: TrackerSharedAudio | None = None,
 ) -> tuple[list[CollectingSink], float]:
     """Run ``stations`` copies of the stream through the pipeline; each station's sink (its events,
     and the station for its clock), wall seconds.
@@ -430,6 +440,7 @@ async def run_stream(
     ``server_cpu_s``: receives the CPU seconds the paced server's own code took (the radio's part).
     ``encoded``: with the ``http`` feed, the stream in a radio codec (``encode_stream``) to send
     instead of the 8 kHz WAV, which each station's ffmpeg then decodes and resamples.
+    ``shared_audio``: the catalog's shared audio, for every station's tracker from the start.
     """
     from tunetrace.pipeline import build_station, open_model, shared_batcher
 
@@ -460,7 +471,7 @@ async def run_stream(
         )
         station = build_station(
             station_config, config, opened, sink, executor, until_eof=True, wall_clock=clock,
-            batcher=batcher,
+            batcher=batcher, shared_audio=shared_audio,
         )
         sink.station = station
         sinks.append(sink)
@@ -615,9 +626,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--snr-db", type=float, default=None, help="add white noise at this SNR (dB)")
     parser.add_argument("--stations", type=int, default=1, help="run this many copies at once (CPU scaling)")
     parser.add_argument("--shared-audio", action="store_true",
-                        help="first find the scheduled tracks' catalog duplicates (catalog overlaps) and "
-                             "count false plays of them apart; searches ~100 windows per track, so leave it "
-                             "off when measuring a Milvus server's CPU around the run")
+                        help="count false plays of the catalog's duplicates (catalog overlaps) apart; "
+                             "the search (~100 windows per track) runs before the stream, also without "
+                             "this flag while tracker.shared_audio is on (the daemon's default)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep-wav", type=Path, default=None, help="also save the rendered stream here")
@@ -670,7 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     duration_s = args.minutes * 60
     segments = make_schedule(catalog, list(args.unknown), duration_s, rng)
-    shared = shared_audio(store, encoder.info.hop_s, segments) if args.shared_audio else None
+    shared, tracker_shared = catalog_shared_audio(
+        store, encoder.info.hop_s, for_tracker=config.tracker.shared_audio, for_score=args.shared_audio,
+    )
     sources = {p.name: p for _, p, _ in catalog} | {p.name: p for p in args.unknown}
     rate = encoder.info.sample_rate
     with tempfile.TemporaryDirectory(prefix="tunetrace-bench-") as folder:
@@ -695,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         station_sinks, wall_s = asyncio.run(run_stream(
             config, wav, args.stations, model, realtime=args.realtime, rss_samples=rss_samples,
             cpu_at_end=after, feed=args.feed, server_cpu_s=radio, rss_every_s=args.rss_every_s,
-            encoded=encoded,
+            encoded=encoded, shared_audio=tracker_shared,
         ))
         cpu = cpu_breakdown(before, after[0])
         cpu["stream_server_s"] = round(sum(radio), 2)
