@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from tunetrace.audio.windows import WindowSpec
@@ -474,9 +474,7 @@ class Station:
             log.info("%r continues after an interruption (%s)", play.title, interrupted.end_reason)
         else:
             play = Play(
-                play_id=uuid4().hex, station=self.name, track_id=event.play.track_id,
-                title=track.title if track else "", artist=track.artist if track else "",
-                album=track.album if track else "", isrc=track.isrc if track else "",
+                play_id=uuid4().hex, station=self.name, **_naming(event.play.track_id, track),
                 started_at=started_at,
                 position_start_s=event.position_start_s, confidence=event.play.confidence,
                 speed_ratio=event.play.speed_ratio,
@@ -498,9 +496,7 @@ class Station:
             return
         track = await self._track(event.play.track_id)
         play = replace(
-            self._open, track_id=event.play.track_id,
-            title=track.title if track else "", artist=track.artist if track else "",
-            album=track.album if track else "", isrc=track.isrc if track else "",
+            self._open, **_naming(event.play.track_id, track),
             position_start_s=max(0.0, self._open.position_start_s + event.offset_s),
             confidence=event.play.confidence,
             speed_ratio=event.play.speed_ratio,
@@ -542,6 +538,14 @@ class Station:
             if track_id in found:
                 self._tracks[track_id] = found[track_id]
         return self._tracks.get(track_id)
+
+
+def _naming(track_id: int, track: Track | None) -> dict[str, Any]:
+    """The fields of a ``Play`` that name its recording (blank where the catalog no longer has it)."""
+    if track is None:
+        return {"track_id": track_id, "title": "", "artist": "", "album": "", "isrc": ""}
+    return {"track_id": track_id, "title": track.title, "artist": track.artist, "album": track.album,
+            "isrc": track.isrc}
 
 
 BATCH_WINDOWS_MAX = 64
