@@ -23,6 +23,9 @@ from tunetrace.tracker import SharedAudio, SharedSpan
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "shared-audio.json"
+SAVE_EVERY_TRACKS = 500
+"""The cache is written after each this many searched tracks: a large catalog's first search
+takes a while (one search per track), and a restart meanwhile keeps what was done."""
 _CACHE_VERSION = 1
 
 
@@ -102,14 +105,16 @@ class SharedAudioRecord:
             for track_id in gone:
                 del self._probed[track_id]
         new = [track_id for track_id in current if track_id not in self._probed]
-        if new:
-            found = find_overlaps(catalog, self._params, track_ids=new)
-            self._stretches += [SharedStretch.of(overlap) for overlap in found]
-            self._probed.update((track_id, current[track_id]) for track_id in new)
-            log.info("shared audio: searched %d new track(s); %d stretch(es) shared between catalog tracks",
-                     len(new), len(self._stretches))
-        if gone or new:
+        if gone and not new:
             self._save()
+        for done in range(0, len(new), SAVE_EVERY_TRACKS):
+            chunk = new[done : done + SAVE_EVERY_TRACKS]
+            found = find_overlaps(catalog, self._params, track_ids=chunk)
+            self._stretches += [SharedStretch.of(overlap) for overlap in found]
+            self._probed.update((track_id, current[track_id]) for track_id in chunk)
+            self._save()
+            log.info("shared audio: searched %d of %d new track(s); %d stretch(es) shared between catalog "
+                     "tracks", done + len(chunk), len(new), len(self._stretches))
         return shared_audio(self._stretches)
 
     def _load(self) -> None:
