@@ -467,6 +467,27 @@ def test_past_the_shared_stretch_the_other_copy_takes_the_play_over() -> None:
     assert 60.0 + PARAMS.position_jump_s <= decided_s < 60.0 + PARAMS.position_jump_s + PARAMS.end_after_s
 
 
+def test_where_the_copies_line_up_the_better_one_renames_the_play_even_if_heard_late() -> None:
+    """The play started as the remaster (B) while noise hid the original (A); A, heard only from
+    30 s on (not a twin: not heard from the start), then matches clearly better where the two
+    copies line up. The catalog says it is the same audio: the play is renamed, not split."""
+
+    def evidence(t: float) -> list[Evidence]:
+        heard = []
+        if 1.5 <= t < 90.5:
+            heard.append(playing(B, min(t, 90.0), 10.0, since_s=0.0, confidence=0.6 if t >= 30.0 else 0.8))
+        if 30.0 <= t < 90.5:
+            heard.append(playing(A, min(t, 90.0), 10.0, since_s=30.0, confidence=0.9))
+        return sorted(heard, key=lambda e: -e.confidence)
+
+    unaware = run(PlayTracker(PARAMS), 0.0, 110.0, evidence)
+    aware = run(PlayTracker(PARAMS, shared_audio=remaster_known_to_the_catalog(A, B)), 0.0, 110.0, evidence)
+
+    assert kinds(unaware) == [f"start:{B}", f"end:{B}", f"start:{A}", f"end:{A}"]
+    assert kinds(aware) == [f"start:{B}", f"now:{A}", f"end:{A}"]
+    assert aware[1][0] >= 30.0 + TWIN_LEAD_S
+
+
 def test_a_copy_heard_while_the_play_is_outside_the_shared_stretch_is_another_recording() -> None:
     """The catalog's record only covers the stretch the two share: the original airing past it,
     then the remaster, is a track change as always."""
