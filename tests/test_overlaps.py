@@ -19,6 +19,8 @@ from tunetrace.evaluation.degrade import rms
 from tunetrace.store.base import Hit, Track
 from tunetrace.store.milvus import CatalogStore
 
+pytestmark = pytest.mark.usefixtures("restore_logging")  # these tests call the CLI in-process
+
 RATE = 16000
 HOP_S = 0.5
 
