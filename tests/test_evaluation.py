@@ -26,6 +26,7 @@ from tunetrace.evaluation.excerpts import (
 )
 from tunetrace.evaluation.report import CSV_COLUMNS, calibrated_threshold, is_hit, sweep
 from tunetrace.evaluation.run import QueryResult
+from tunetrace.evaluation.threshold_check import hit_rates_by_condition
 
 SAMPLE_RATE = 8000
 
@@ -436,3 +437,29 @@ def test_a_package_name_that_is_not_debian_s_is_refused_before_anything_runs(tmp
         with pytest.raises(TunetraceError, match="is not a Debian package name"):
             unpack(name, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _row(set_: str, condition: str, confidence: float, *, right: bool = True, offset_error_s: float = 0.0,
+         length_s: str = "5") -> dict[str, str]:
+    truth = "7" if set_ == "catalog" else ""
+    return {"set": set_, "condition": condition, "length_s": length_s, "confidence": str(confidence),
+            "best_track_id": "7" if right else "8", "best_aligned_windows": "5", "truth_track_id": truth,
+            "best_offset_s": str(10.0 + offset_error_s), "truth_offset_s": "10.0" if truth else ""}
+
+
+def test_models_are_compared_each_at_the_threshold_its_calibration_run_allows() -> None:
+    """The threshold comes from the calibration run's hold-out (<= 0.5 % answered), never from the
+    reported run; a hit needs the right track within 0.5 s, at or above that threshold."""
+    calibration = [_row("holdout", "clean", 0.3), _row("holdout", "clean", 0.25)]
+    calibration += [_row("holdout", "clean", 0.1)] * 198
+    reported = [
+        _row("catalog", "clean", 0.5), _row("catalog", "clean", 0.2),  # answered right / below threshold
+        _row("catalog", "noise", 0.9, right=False), _row("catalog", "noise", 0.9, offset_error_s=1.0),
+        _row("holdout", "clean", 0.35), _row("holdout", "clean", 0.25),
+    ]
+
+    threshold, rates, false_positives, holdout = hit_rates_by_condition(calibration, reported)
+
+    assert threshold == pytest.approx(0.26), "1 of 200 hold-out answers is allowed (0.5 %): above the 2nd"
+    assert rates == {("clean", "5"): 0.5, ("noise", "5"): 0.0}
+    assert (false_positives, holdout) == (1, 2)

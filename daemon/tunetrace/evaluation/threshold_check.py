@@ -3,6 +3,8 @@
 Used for docs/evaluation.md: calibrate ``min_confidence`` on the calibration run (seed 2, nexuiz
 hold-out) and check it out of sample on the reported run (seed 1, wesnoth hold-out).  Run from the
 repository root:  python -m tunetrace.evaluation.threshold_check [RUN_DIR]   (default docs/eval/spectral)
+Models compared each at its own calibrated threshold, per condition (docs/models.md):
+python -m tunetrace.evaluation.threshold_check --by-condition RUN_DIR...
 """
 
 from __future__ import annotations
@@ -49,6 +51,48 @@ def calibrate(rows: list[dict[str, str]], min_windows: int, length: str | None =
     return 0.0 if len(scores) <= allowed else math.floor(scores[allowed] * 100) / 100 + 0.01
 
 
+def hit_rates_by_condition(
+    calibration: list[dict[str, str]], reported: list[dict[str, str]], min_windows: int = 3,
+) -> tuple[float, dict[tuple[str, str], float], int, int]:
+    """The threshold calibrated on ``calibration`` and, at it, the reported run's hit rate per
+    (condition, length) and hold-out false positives (count, queries): how two models are compared
+    each at its own threshold (docs/models.md)."""
+    threshold = calibrate(calibration, min_windows)
+    cells: dict[tuple[str, str], list[int]] = {}
+    for row in reported:
+        if row["set"] != "catalog":
+            continue
+        cell = cells.setdefault((row["condition"], row["length_s"]), [0, 0])
+        cell[1] += 1
+        right = answered(row, threshold, min_windows) and row["best_track_id"] == row["truth_track_id"]
+        cell[0] += right and abs(float(row["best_offset_s"]) - float(row["truth_offset_s"])) <= 0.5
+    holdout = [r for r in reported if r["set"] == "holdout"]
+    false_positives = sum(answered(r, threshold, min_windows) for r in holdout)
+    return threshold, {key: hits / n for key, (hits, n) in cells.items()}, false_positives, len(holdout)
+
+
+def print_by_condition(run_dirs: list[Path]) -> None:
+    """A markdown table: each run dir (``calibration/results.csv`` and ``report/results.csv``) at
+    its own calibrated threshold, every condition at 3 / 5 / 10 s, and the means."""
+    runs = [
+        hit_rates_by_condition(load(d / "calibration" / "results.csv"), load(d / "report" / "results.csv"))
+        for d in run_dirs
+    ]
+    conditions = list(dict.fromkeys(condition for _, rates_, _, _ in runs for condition, _ in rates_))
+    print("| condition | " + " | ".join(f"{d.name} ({t:.2f}) 3 / 5 / 10 s" for d, (t, *_) in zip(
+        run_dirs, runs, strict=True)) + " |")
+    print("|---|" + "---|" * len(runs))
+    for condition in conditions:
+        print(f"| {condition} | " + " | ".join(
+            " / ".join(f"{100 * rates_[(condition, length)]:.0f}" for length in LENGTHS)
+            for _, rates_, _, _ in runs) + " |")
+    print("| **mean** | " + " | ".join(
+        " / ".join(f"{100 * sum(rates_[(c, length)] for c in conditions) / len(conditions):.1f}"
+                   for length in LENGTHS) for _, rates_, _, _ in runs) + " |")
+    print("| hold-out false positives | " + " | ".join(
+        f"{fp} of {n} ({100 * fp / n:.2f} %)" for _, _, fp, n in runs) + " |")
+
+
 def main(run_dir: Path = DEFAULT_RUN_DIR) -> None:
     calibration = load(run_dir / "calibration" / "results.csv")
     reported = load(run_dir / "results.csv")
@@ -68,4 +112,7 @@ def main(run_dir: Path = DEFAULT_RUN_DIR) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_RUN_DIR)
+    if sys.argv[1:2] == ["--by-condition"]:
+        print_by_condition([Path(arg) for arg in sys.argv[2:]])
+    else:
+        main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_RUN_DIR)
