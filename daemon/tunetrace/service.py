@@ -53,6 +53,7 @@ from tunetrace.pipeline import SharedModel, Station, build_station, open_model, 
 from tunetrace.publish.base import EventSink, FanoutSink, LogSink
 from tunetrace.sdnotify import SdNotifier
 from tunetrace.store.resident import ResidentCatalog
+from tunetrace.tracker import SharedAudio
 
 if TYPE_CHECKING:
     from tunetrace.observe.http import HttpServer
@@ -232,22 +233,37 @@ class Service:
 
     async def _follow_shared_audio(self) -> None:
         """Find the catalog's shared audio after the start (tracks not in the cache only) and after
-        every catalog change, and hand it to the stations; a failed search is retried after
-        ``service.catalog_refresh_s`` (the catalog may be restarting)."""
+        every catalog change, and hand it to the stations as it is found. An optional feature: any
+        failure is logged and retried after ``service.catalog_refresh_s`` (the catalog may be
+        restarting), never allowed to stop the daemon. Cancelled, it stops the search thread
+        after the track it is on and waits for it, so the catalog is not closed under it."""
         record, store = self._shared_audio, self._store
         if record is None or store is None:
             return
+        loop = asyncio.get_running_loop()
+
+        def publish(spans: SharedAudio) -> None:  # from the search thread
+            loop.call_soon_threadsafe(self._hand_shared_audio, spans)
+
         while True:
             self._catalog_changed.clear()
+            search = asyncio.ensure_future(asyncio.to_thread(record.update, store, publish))
             try:
-                spans = await asyncio.to_thread(record.update, store)
-            except CatalogError as exc:
-                log.warning("cannot search the catalog for shared audio (will retry): %s", exc)
+                spans = await asyncio.shield(search)
+            except asyncio.CancelledError:
+                record.stop()
+                await asyncio.gather(search, return_exceptions=True)
+                raise
+            except Exception:  # optional: logged and retried, never fatal
+                log.warning("cannot search the catalog for shared audio (will retry)", exc_info=True)
                 await asyncio.sleep(self._config.service.catalog_refresh_s)
                 continue
-            for station in self.stations:
-                station.know_shared_audio(spans)
+            self._hand_shared_audio(spans)
             await self._catalog_changed.wait()
+
+    def _hand_shared_audio(self, spans: SharedAudio) -> None:
+        for station in self.stations:
+            station.know_shared_audio(spans)
 
     async def _serve(self) -> None:
         """Run until a stop is requested; a station crashing (a bug) stops the service with an error."""

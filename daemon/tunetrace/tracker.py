@@ -28,11 +28,13 @@ Rules, each there to prevent a specific failure:
   a DJ blend) was not heard from the start, so it still ends the play and starts its own.
 * **Shared audio the catalog knows of** (``SharedSpan``, from ``catalog overlaps``): while the play
   is inside a stretch of its recording that another catalog track also holds, evidence of that
-  track inside its copy of the stretch is evidence of the play, at any alignment (shared audio
-  that repeats itself matches either copy at several offsets, most of all under noise), so the
-  play neither splits nor flaps between the two names.  Only where the two copies line up (the
-  offset the catalog found) may the other track challenge, and winning there renames the play as
-  a twin does; once the audio leaves the shared stretch it challenges as any other track does.
+  track where the two copies line up (the offset the catalog found) is the play's own evidence,
+  and winning there renames the play as a twin does.  At another offset inside its copy (shared
+  audio that repeats itself matches either copy at several offsets, most of all under noise) it
+  keeps the play alive and cannot challenge it for up to ``end_after_s`` after the play's own
+  evidence, so a noisy passage neither splits the play nor flaps it between the two names; a
+  longer gap is another airing, and the other track challenges as any track does.  Ends are
+  back-dated to the play's own evidence, never to the bridge.
 * **Same track, other position**: a new play (a new airing) only after a break in the evidence.
   Music repeats itself (loops, choruses, ambient pieces that match at many offsets), so a
   same-track alignment whose evidence follows the play's without a break, or that was heard
@@ -239,6 +241,9 @@ class OpenPlay:
     """Other alignments of the same track heard alongside this one (repeats within the track)."""
     twins: tuple[Twin, ...] = ()
     """Other tracks heard alongside this one (shared audio, or only a crossfade: see ``Twin``)."""
+    shared_until_s: float = float("-inf")
+    """Where the latest evidence of the other copy of shared audio, at another offset, ends: it
+    bridges a gap in the play's own evidence (``last_support_s``) of up to ``end_after_s``."""
     drift: DriftFit | None = field(default=None, compare=False)
     """The fit of this play's alignment over time (its speed), once evidence has been added."""
 
@@ -379,12 +384,13 @@ class PlayTracker:
         source is back, ``end_after_s`` counts from its return, so the resumed audio can show that
         the same recording is still playing where the clock predicts.
         """
-        quiet_s = now - play.last_support_s
+        heard_s = max(play.last_support_s, play.shared_until_s)
+        quiet_s = now - heard_s
         if self._down_since_s is not None:
             outage_s = now - self._down_since_s
             held = outage_s < self._params.continue_within_s or quiet_s < self._params.end_after_s
             return None if held else "source_down"
-        if now - max(play.last_support_s, self._up_since_s) < self._params.end_after_s:
+        if now - max(heard_s, self._up_since_s) < self._params.end_after_s:
             return None
         return "source_down" if self._up_since_s > play.last_support_s else "evidence_lost"
 
@@ -401,8 +407,8 @@ class PlayTracker:
 
         Other alignments of the track heard in the same decision become the play's aliases; the
         supporting alignment is added to the play's drift fit (its speed). Without such a candidate,
-        one of another track in audio the catalog knows is shared (``_in_shared_audio``) keeps the
-        play alive, and nothing more: it says nothing of the play's own alignment or speed.
+        the other copy of audio the catalog knows is shared may keep the play alive (``_bridge``);
+        it is never returned as the play's support, so it can still challenge where it lines up.
         """
         current = self._current
         assert current is not None
@@ -426,12 +432,30 @@ class PlayTracker:
                     drift=_fit(current.drift, current.started_s, evidence),
                 )
                 return evidence.confidence
-        shared = next((e for e in candidates if e.confidence >= self._params.keep_confidence
-                       and self._in_shared_audio(current, e, now)), None)
-        if shared is None:
-            return None
-        self._current = replace(current, last_support_s=max(current.last_support_s, shared.last_aligned_s))
-        return shared.confidence
+        self._bridge(current, candidates, now)
+        return None
+
+    def _bridge(self, play: OpenPlay, candidates: tuple[Evidence, ...], now: float) -> None:
+        """Keep ``play`` alive on the other copy of shared audio when its own track is not heard.
+
+        The copy where the two line up is the same audio at the same moment: it is the play's
+        evidence (and may challenge it: ``_challenger``). At another offset (a repeat, most of
+        all under noise) it only bridges a gap of up to ``end_after_s`` since the play's own
+        evidence: longer, and the play's own recording is no longer what airs.
+        """
+        for evidence in candidates:
+            if (evidence.confidence < self._params.keep_confidence
+                    or evidence.aligned_windows < self._params.min_aligned_windows
+                    or not self._in_shared_audio(play, evidence, now)):
+                continue
+            if self._lined_up(play, evidence, now):
+                heard_s = max(play.last_support_s, evidence.last_aligned_s)
+                self._current = replace(play, last_support_s=heard_s)
+                return
+            if self._bridging(play, evidence, now):
+                bridged_s = max(play.shared_until_s, evidence.last_aligned_s)
+                self._current = replace(play, shared_until_s=bridged_s)
+                return
 
     def _shared_span(self, play: OpenPlay, evidence: Evidence, now: float) -> SharedSpan | None:
         """The stretch the catalog knows is shared if ``evidence`` is of another track holding the
@@ -451,6 +475,12 @@ class PlayTracker:
 
     def _in_shared_audio(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
         return self._shared_span(play, evidence, now) is not None
+
+    def _bridging(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
+        """Whether ``evidence`` is the other copy at another offset, close enough after the play's
+        own evidence to bridge it (see ``_bridge``)."""
+        return (now - play.last_support_s <= self._params.end_after_s
+                and self._in_shared_audio(play, evidence, now) and not self._lined_up(play, evidence, now))
 
     def _lined_up(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
         """Whether ``evidence`` is the other copy of shared audio at the very moment the play is at
@@ -557,8 +587,7 @@ class PlayTracker:
             # The same audio under the other name supports the play instead (``_in_shared_audio``).
             margin = self._params.switch_margin
             outscored = current_support is not None and best.confidence < current_support + margin
-            shared = self._in_shared_audio(current, best, now)
-            if outscored or (shared and not self._lined_up(current, best, now)):
+            if outscored or self._bridging(current, best, now):
                 return None
         elif current is not None:
             if current_support is not None or self._near(best.alignment_s, current.alignment_at(now)):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,15 @@ from tunetrace.tracker import SharedAudio, SharedSpan
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "shared-audio.json"
+Publish = Callable[[SharedAudio], None]
 SAVE_EVERY_TRACKS = 500
 """The cache is written after each this many searched tracks: a large catalog's first search
 takes a while (one search per track), and a restart meanwhile keeps what was done."""
 _CACHE_VERSION = 1
+
+
+class _StopRequestedError(Exception):
+    """Raised between two searched tracks once ``SharedAudioRecord.stop`` was called."""
 
 
 @dataclass(frozen=True)
@@ -87,40 +93,59 @@ class SharedAudioRecord:
         self._probed: dict[int, str] = {}
         """Track id -> content hash of every track whose windows were searched."""
         self._stretches: list[SharedStretch] = []
+        self._stopping = threading.Event()
         self._load()
 
     @property
     def stretches(self) -> tuple[SharedStretch, ...]:
         return tuple(self._stretches)
 
-    def update(self, catalog: OverlapCatalog) -> SharedAudio:
-        """Forget removed or re-ingested tracks, search the tracks not searched yet, save; returns
-        the tracker's view. A catalog error propagates (the caller retries); a cache that cannot be
-        written is logged and the record kept in memory."""
+    def stop(self) -> None:
+        """Ask a running ``update`` (in another thread) to return after the track it is searching."""
+        self._stopping.set()
+
+    def update(self, catalog: OverlapCatalog, publish: Publish | None = None) -> SharedAudio:
+        """Forget removed tracks, search the tracks not searched yet, save; returns the tracker's
+        view, also handed to ``publish`` after each saved chunk (a large catalog's first search is
+        long, and what is found is useful at once). A catalog error propagates (the caller
+        retries); a cache that cannot be written is logged and the record kept in memory;
+        ``stop`` returns early with what was found."""
         current = {track.track_id: track.content_hash for track in catalog.tracks()}
         gone = {track_id for track_id, digest in self._probed.items() if current.get(track_id) != digest}
-        if gone:
-            self._stretches = [stretch for stretch in self._stretches
-                               if stretch.track_id not in gone and stretch.other_id not in gone]
-            for track_id in gone:
-                del self._probed[track_id]
+        for track_id in gone:
+            del self._probed[track_id]
+        kept = [stretch for stretch in self._stretches
+                if stretch.track_id in current and stretch.other_id in current
+                and stretch.track_id not in gone and stretch.other_id not in gone]
+        changed = len(kept) != len(self._stretches) or bool(gone)
+        self._stretches = kept
         new = [track_id for track_id in current if track_id not in self._probed]
-        if gone and not new:
+        if changed and not new:
             self._save()
         for done in range(0, len(new), SAVE_EVERY_TRACKS):
             chunk = new[done : done + SAVE_EVERY_TRACKS]
-            found = find_overlaps(catalog, self._params, track_ids=chunk)
+            try:
+                found = find_overlaps(catalog, self._params, self._check_stop, track_ids=chunk)
+            except _StopRequestedError:
+                break
             self._stretches += [SharedStretch.of(overlap) for overlap in found]
             self._probed.update((track_id, current[track_id]) for track_id in chunk)
             self._save()
             log.info("shared audio: searched %d of %d new track(s); %d stretch(es) shared between catalog "
                      "tracks", done + len(chunk), len(new), len(self._stretches))
+            if publish is not None:
+                publish(shared_audio(self._stretches))
         return shared_audio(self._stretches)
+
+    def _check_stop(self, done: int, total: int) -> None:
+        if self._stopping.is_set():
+            raise _StopRequestedError
 
     def _load(self) -> None:
         try:
             cached = json.loads(self._path.read_text(encoding="utf-8"))
-            if cached.get("version") != _CACHE_VERSION or cached.get("encoder_id") != self._encoder_id:
+            if (cached.get("version") != _CACHE_VERSION or cached.get("encoder_id") != self._encoder_id
+                    or cached.get("params") != asdict(self._params)):
                 return
             probed = {int(track_id): str(digest) for track_id, digest in cached["probed"].items()}
             stretches = [SharedStretch(**fields) for fields in cached["stretches"]]
@@ -136,6 +161,7 @@ class SharedAudioRecord:
         content: dict[str, Any] = {
             "version": _CACHE_VERSION,
             "encoder_id": self._encoder_id,
+            "params": asdict(self._params),
             "probed": {str(track_id): digest for track_id, digest in self._probed.items()},
             "stretches": [asdict(stretch) for stretch in self._stretches],
         }
