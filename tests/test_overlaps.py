@@ -211,3 +211,26 @@ def test_an_unreadable_shared_audio_cache_is_searched_again(real_clips: list[Cli
 
     assert counting.searches == 1
     assert json.loads(cache.read_text(encoding="utf-8"))["encoder_id"] == "encoder-a"
+
+
+def test_the_shared_audio_search_hands_over_each_chunk_and_stops_when_asked(
+    real_clips: list[Clip], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large catalog's first search is long: what it found is handed over chunk by chunk, and a
+    daemon stopping ends it after the track it is on (nothing half-searched is recorded)."""
+    monkeypatch.setattr("tunetrace.catalog.shared.SAVE_EVERY_TRACKS", 1)
+    catalog = build_catalog(tmp_path / "data", [c.path for c in real_clips])
+    published: list[object] = []
+
+    with catalog.open() as store:
+        stopped = _CountingSearches(store)
+        record = SharedAudioRecord(tmp_path / "stopped.json", "encoder-a", OverlapParams(HOP_S))
+        record.stop()
+        assert record.update(stopped, published.append) == {}
+        assert stopped.searches == 1 and published == []
+        assert not (tmp_path / "stopped.json").exists()
+
+        chunked = SharedAudioRecord(tmp_path / "chunked.json", "encoder-a", OverlapParams(HOP_S))
+        chunked.update(store, published.append)
+
+    assert published == [{}] * len(real_clips)
