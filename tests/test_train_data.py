@@ -231,6 +231,15 @@ def test_candidate_recipes_extend_the_base_and_change_only_their_point() -> None
         assert config.run_dir != base.run_dir
 
 
+def test_the_matched_window_comparison_differs_only_in_the_window_length() -> None:
+    """Session 14's 1 s against 2 s comparison (docs/models.md): same data, seed and steps."""
+    folder = REPO / "config" / "train-candidates" / "matched"
+    one, two = load_train_config(folder / "window-1s.yaml"), load_train_config(folder / "window-2s.yaml")
+    assert (one.model.window_s, two.model.window_s) == (1.0, 2.0)
+    assert two.model_copy(update={"model": one.model, "run_dir": one.run_dir}) == one
+    assert one.run_dir != two.run_dir
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
