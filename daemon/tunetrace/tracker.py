@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from tunetrace.config import TrackerConfig
 from tunetrace.events import EndReason
@@ -224,6 +225,9 @@ class SharedSpan:
         return self.other_start_s + (self.end_s - self.start_s)
 
 
+SharedCopy = Literal["lined_up", "elsewhere"]
+"""Where another track's evidence sits in the copy of shared audio (``PlayTracker._shared_copy``)."""
+
 SharedAudio = Mapping[int, tuple[SharedSpan, ...]]
 """Per track id, the stretches of it that other catalog tracks hold too (both directions listed)."""
 
@@ -352,7 +356,7 @@ class PlayTracker:
             start = self._pending.evidence
             self._pending = None
             if self._current is not None and (self._twin_of(self._current, start) is not None
-                                              or self._lined_up(self._current, start, now)):
+                                              or self._shared_copy(self._current, start, now) == "lined_up"):
                 if self._twin_lead_since_s is None:
                     self._twin_lead_since_s = now
                 if now - self._twin_lead_since_s < TWIN_LEAD_S:
@@ -445,49 +449,42 @@ class PlayTracker:
         """
         for evidence in candidates:
             if (evidence.confidence < self._params.keep_confidence
-                    or evidence.aligned_windows < self._params.min_aligned_windows
-                    or not self._in_shared_audio(play, evidence, now)):
+                    or evidence.aligned_windows < self._params.min_aligned_windows):
                 continue
-            if self._lined_up(play, evidence, now):
+            copy = self._shared_copy(play, evidence, now)
+            if copy == "lined_up":
                 heard_s = max(play.last_support_s, evidence.last_aligned_s)
                 self._current = replace(play, last_support_s=heard_s)
                 return
-            if self._bridging(play, evidence, now):
+            if copy == "elsewhere" and self._within_bridge(play, now):
                 bridged_s = max(play.shared_until_s, evidence.last_aligned_s)
                 self._current = replace(play, shared_until_s=bridged_s)
                 return
 
-    def _shared_span(self, play: OpenPlay, evidence: Evidence, now: float) -> SharedSpan | None:
-        """The stretch the catalog knows is shared if ``evidence`` is of another track holding the
-        audio the play is airing now: the play's position inside the stretch, and the evidence's
-        inside that stretch's copy (each within ``position_jump_s``; at any offset: see the rules)."""
+    def _shared_copy(self, play: OpenPlay, evidence: Evidence, now: float) -> SharedCopy | None:
+        """Whether ``evidence`` is of another track holding the audio the play is airing now, the
+        catalog says (the play's position inside a shared stretch, the evidence's inside that
+        stretch's copy, each within ``position_jump_s``), and if so, whether it is where the two
+        copies line up (the same moment: as a twin is) or ``elsewhere`` in the copy (a repeat)."""
         if evidence.track_id == play.track_id:
             return None
         slack_s = self._params.position_jump_s
         position_s = play.position_at(now)
         evidence_position_s = now + evidence.alignment_s
-        return next((
+        span = next((
             span for span in self._shared_audio.get(play.track_id, ())
             if span.other_id == evidence.track_id
             and span.start_s - slack_s <= position_s <= span.end_s + slack_s
             and span.other_start_s - slack_s <= evidence_position_s <= span.other_end_s + slack_s
         ), None)
+        if span is None:
+            return None
+        offset_s = evidence.alignment_s - play.alignment_at(now)
+        return "lined_up" if self._near(offset_s, span.other_start_s - span.start_s) else "elsewhere"
 
-    def _in_shared_audio(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
-        return self._shared_span(play, evidence, now) is not None
-
-    def _bridging(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
-        """Whether ``evidence`` is the other copy at another offset, close enough after the play's
-        own evidence to bridge it (see ``_bridge``)."""
-        return (now - play.last_support_s <= self._params.end_after_s
-                and self._in_shared_audio(play, evidence, now) and not self._lined_up(play, evidence, now))
-
-    def _lined_up(self, play: OpenPlay, evidence: Evidence, now: float) -> bool:
-        """Whether ``evidence`` is the other copy of shared audio at the very moment the play is at
-        (where the catalog found the two copies line up): the same recording, as a twin is."""
-        span = self._shared_span(play, evidence, now)
-        return span is not None and self._near(
-            evidence.alignment_s - play.alignment_at(now), span.other_start_s - span.start_s)
+    def _within_bridge(self, play: OpenPlay, now: float) -> bool:
+        """Whether the other copy elsewhere may still stand in for the play's own evidence."""
+        return now - play.last_support_s <= self._params.end_after_s
 
     def _heard_alongside(
         self, play: OpenPlay, candidates: tuple[Evidence, ...], support: Evidence,
@@ -584,10 +581,12 @@ class PlayTracker:
             return None
         current = self._current
         if current is not None and best.track_id != current.track_id:
-            # The same audio under the other name supports the play instead (``_in_shared_audio``).
+            # The other copy elsewhere in shared audio keeps the play alive instead (``_bridge``).
             margin = self._params.switch_margin
             outscored = current_support is not None and best.confidence < current_support + margin
-            if outscored or self._bridging(current, best, now):
+            elsewhere = self._shared_copy(current, best, now) == "elsewhere"
+            bridging = elsewhere and self._within_bridge(current, now)
+            if outscored or bridging:
                 return None
         elif current is not None:
             if current_support is not None or self._near(best.alignment_s, current.alignment_at(now)):
