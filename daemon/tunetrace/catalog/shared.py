@@ -4,7 +4,7 @@
 windows against the whole catalog; the tracker (``tracker.SharedSpan``) then keeps a play through
 the shared stretch whichever copy the votes favour. That search costs one catalog search per
 track, so it runs in the background after the start, and its result is cached: a restart, or a
-catalog change, only searches the tracks added (or re-ingested) since. The cache is derived data:
+catalog change, only searches the tracks added since. The cache is derived data:
 a missing, unreadable or foreign one (another encoder's catalog) is rebuilt, never trusted.
 """
 
@@ -28,7 +28,7 @@ Publish = Callable[[SharedAudio], None]
 SAVE_EVERY_TRACKS = 500
 """The cache is written after each this many searched tracks: a large catalog's first search
 takes a while (one search per track), and a restart meanwhile keeps what was done."""
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 class _StopRequestedError(Exception):
@@ -90,15 +90,12 @@ class SharedAudioRecord:
         self._path = path
         self._encoder_id = encoder_id
         self._params = params
-        self._probed: dict[int, str] = {}
-        """Track id -> content hash of every track whose windows were searched."""
+        self._probed: set[int] = set()
+        """Every track whose windows were searched. A track id is derived from the audio's content
+        hash (``store.track_id_for``), so an id still in the catalog is still the same audio."""
         self._stretches: list[SharedStretch] = []
         self._stopping = threading.Event()
         self._load()
-
-    @property
-    def stretches(self) -> tuple[SharedStretch, ...]:
-        return tuple(self._stretches)
 
     def stop(self) -> None:
         """Ask a running ``update`` (in another thread) to return after the track it is searching."""
@@ -110,18 +107,15 @@ class SharedAudioRecord:
         long, and what is found is useful at once). A catalog error propagates (the caller
         retries); a cache that cannot be written is logged and the record kept in memory;
         ``stop`` returns early with what was found."""
-        current = {track.track_id: track.content_hash for track in catalog.tracks()}
-        gone = {track_id for track_id, digest in self._probed.items() if current.get(track_id) != digest}
-        for track_id in gone:
-            del self._probed[track_id]
-        kept = [stretch for stretch in self._stretches
-                if stretch.track_id in current and stretch.other_id in current
-                and stretch.track_id not in gone and stretch.other_id not in gone]
-        changed = len(kept) != len(self._stretches) or bool(gone)
+        current = {track.track_id for track in catalog.tracks()}
+        kept = [s for s in self._stretches if s.track_id in current and s.other_id in current]
+        changed = len(kept) != len(self._stretches) or not self._probed <= current
+        self._probed &= current
         self._stretches = kept
         new = [track_id for track_id in current if track_id not in self._probed]
         if changed and not new:
             self._save()
+        view = shared_audio(self._stretches)
         for done in range(0, len(new), SAVE_EVERY_TRACKS):
             chunk = new[done : done + SAVE_EVERY_TRACKS]
             try:
@@ -129,13 +123,14 @@ class SharedAudioRecord:
             except _StopRequestedError:
                 break
             self._stretches += [SharedStretch.of(overlap) for overlap in found]
-            self._probed.update((track_id, current[track_id]) for track_id in chunk)
+            self._probed.update(chunk)
             self._save()
             log.info("shared audio: searched %d of %d new track(s); %d stretch(es) shared between catalog "
                      "tracks", done + len(chunk), len(new), len(self._stretches))
+            view = shared_audio(self._stretches)
             if publish is not None:
-                publish(shared_audio(self._stretches))
-        return shared_audio(self._stretches)
+                publish(view)
+        return view
 
     def _check_stop(self, done: int, total: int) -> None:
         if self._stopping.is_set():
@@ -147,7 +142,7 @@ class SharedAudioRecord:
             if (cached.get("version") != _CACHE_VERSION or cached.get("encoder_id") != self._encoder_id
                     or cached.get("params") != asdict(self._params)):
                 return
-            probed = {int(track_id): str(digest) for track_id, digest in cached["probed"].items()}
+            probed = {int(track_id) for track_id in cached["probed"]}
             stretches = [SharedStretch(**fields) for fields in cached["stretches"]]
         except FileNotFoundError:
             return
@@ -162,7 +157,7 @@ class SharedAudioRecord:
             "version": _CACHE_VERSION,
             "encoder_id": self._encoder_id,
             "params": asdict(self._params),
-            "probed": {str(track_id): digest for track_id, digest in self._probed.items()},
+            "probed": sorted(str(track_id) for track_id in self._probed),
             "stretches": [asdict(stretch) for stretch in self._stretches],
         }
         temporary = self._path.with_name(self._path.name + ".tmp")
