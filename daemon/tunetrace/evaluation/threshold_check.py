@@ -30,13 +30,21 @@ def answered(row: dict[str, str], threshold: float, min_windows: int) -> bool:
     ) >= min_windows
 
 
+def right_track(row: dict[str, str], threshold: float, min_windows: int) -> bool:
+    return answered(row, threshold, min_windows) and row["best_track_id"] == row["truth_track_id"]
+
+
+def hit(row: dict[str, str], threshold: float, min_windows: int) -> bool:
+    """The right track at an offset within 0.5 s of the truth (the report's hit)."""
+    return right_track(row, threshold, min_windows) and abs(
+        float(row["best_offset_s"]) - float(row["truth_offset_s"])) <= 0.5
+
+
 def rates(rows: list[dict[str, str]], threshold: float, min_windows: int, length: str | None = None) -> str:
     cat = [r for r in rows if r["set"] == "catalog" and length in (None, r["length_s"])]
     hold = [r for r in rows if r["set"] == "holdout" and length in (None, r["length_s"])]
-    right = [
-        r for r in cat if answered(r, threshold, min_windows) and r["best_track_id"] == r["truth_track_id"]
-    ]
-    hits = [r for r in right if abs(float(r["best_offset_s"]) - float(r["truth_offset_s"])) <= 0.5]
+    right = [r for r in cat if right_track(r, threshold, min_windows)]
+    hits = [r for r in right if hit(r, threshold, min_windows)]
     wrong = sum(1 for r in cat if answered(r, threshold, min_windows)) - len(right)
     fps = sum(1 for r in hold if answered(r, threshold, min_windows))
     return (f"hit {100 * len(hits) / len(cat):.1f}%, right track {100 * len(right) / len(cat):.1f}%, "
@@ -64,8 +72,7 @@ def hit_rates_by_condition(
             continue
         cell = cells.setdefault((row["condition"], row["length_s"]), [0, 0])
         cell[1] += 1
-        right = answered(row, threshold, min_windows) and row["best_track_id"] == row["truth_track_id"]
-        cell[0] += right and abs(float(row["best_offset_s"]) - float(row["truth_offset_s"])) <= 0.5
+        cell[0] += hit(row, threshold, min_windows)
     holdout = [r for r in reported if r["set"] == "holdout"]
     false_positives = sum(answered(r, threshold, min_windows) for r in holdout)
     return threshold, {key: hits / n for key, (hits, n) in cells.items()}, false_positives, len(holdout)
