@@ -425,11 +425,13 @@ class MqttPublisher:
                 if self._flush_abandoned():
                     return
                 await client.publish(message.topic, message.payload, qos=1)  # returns after PUBACK
-                self._delivered += 1
                 try:
                     await asyncio.to_thread(outbox.ack, message.seq)
                 except (sqlite3.Error, OSError):
                     self._unacked.add(message.seq)  # delivered: deleted later, never resent
+                # Counted once the outbox says so too: stats never show an event both delivered
+                # and still pending.
+                self._delivered += 1
             await self._publish_retained(client)
         async with self._append_lock:
             await self._save_unsaved()
