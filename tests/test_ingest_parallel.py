@@ -8,7 +8,9 @@ weight-free) and decode with ffmpeg; the catalog is a real Milvus Lite database.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 from tests.fixtures.audio import synthetic_music, write_wav
 from tunetrace.audio.decode import decode_file
-from tunetrace.catalog.ingest import IngestSummary, ingest, worker_count
+from tunetrace.catalog.ingest import PARENT_POLL_S, IngestSummary, ingest, worker_count, worker_pool
 from tunetrace.catalog.progress import IngestProgress, ProgressPrinter
 from tunetrace.config import IngestConfig, MilvusConfig
 from tunetrace.encoders.spectral import SpectralEncoder
@@ -68,6 +70,32 @@ def test_a_second_run_with_workers_skips_everything(synthetic_wavs: list[Path], 
     again = run_workers(synthetic_wavs, store)
     assert [o.status for o in again.outcomes] == ["skipped"] * 3
     assert store.vector_count() == count
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in {"Z", "X"}
+
+
+def test_a_worker_outlives_the_pipeline_thread_that_started_it() -> None:
+    """The pool starts a worker from whichever thread submits first (a pipeline node's); when that
+    thread ends, the worker must go on serving, and the pool must still shut down. (A worker tied
+    to its starting thread was killed holding the job queue's lock: the next run's shutdown hung.)"""
+    pool = worker_pool(2, ENCODER, SpectralEncoder)
+    try:
+        first: list[int] = []
+        node = threading.Thread(target=lambda: first.append(pool.submit(os.getpid).result(timeout=60)))
+        node.start()
+        node.join()
+        time.sleep(4 * PARENT_POLL_S)
+        later = [pool.submit(os.getpid).result(timeout=60) for _ in range(4)]  # a broken pool raises
+        assert first and first[0] != os.getpid() and os.getpid() not in later
+        assert _running(first[0]), "the worker the ended thread started is still there"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

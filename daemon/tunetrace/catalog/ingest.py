@@ -11,12 +11,9 @@ tracks, which the next run skips by the hash of their audio.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import threading
 import time
 import warnings
@@ -286,15 +283,22 @@ def _die_with(parent_pid: int) -> None:
 
     A worker waits for jobs on a pipe whose writing end it inherited itself, so it would never see
     the end of it: killed ingests would leave their workers waiting forever, each holding a model.
+    A daemon thread watches the parent instead. Not ``PR_SET_PDEATHSIG``: the kernel sends that when
+    the *thread* that started the worker ends, and the pool starts workers from whichever pipeline
+    thread submits; a worker killed so while it held the job queue's lock left its sibling waiting
+    for that lock, and the run's shutdown waiting for the sibling, forever.
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above: nobody to work for
-        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # reparented: the ingest is gone, nobody to work for
+
+    threading.Thread(target=watch, name="tunetrace-parent-watch", daemon=True).start()
 
 
-_PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.5
+"""How often a worker checks that the ingesting process is still there."""
 
 
 def _worker_encoder() -> Encoder:
@@ -323,7 +327,10 @@ def worker_count(configured: int) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _executor(workers: int, encoder: Encoder, factory: EncoderFactory | None) -> Executor:
+def worker_pool(workers: int, encoder: Encoder, factory: EncoderFactory | None) -> Executor:
+    """Where an ingest's heavy steps run: ``workers`` processes that each build the encoder with
+    ``factory``, started as jobs arrive from any thread; or, with one worker or no factory, the
+    calling thread itself."""
     if workers <= 1 or factory is None:
         return _InlineExecutor()
     # spawn, not fork: the caller may hold threads (gRPC, the daemon's loop) a fork would copy mid-step.
@@ -596,7 +603,7 @@ def ingest(
             on_file(outcome)
 
     found = scan_paths(paths, config.extensions, problems, follow_symlinks_out=config.follow_symlinks_out)
-    pool = _executor(workers, encoder, encoder_factory)
+    pool = worker_pool(workers, encoder, encoder_factory)
     run = _Run(
         pool, store, inline_encoder=encoder if isinstance(pool, _InlineExecutor) else None,
         settings=EmbedSettings(batch_size, config.min_duration_s, config.silence_threshold_dbfs),
