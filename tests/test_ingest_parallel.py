@@ -7,7 +7,9 @@ weight-free) and decode with ffmpeg; the catalog is a real Milvus Lite database.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import os
 import shutil
 import threading
@@ -20,7 +22,14 @@ import pytest
 
 from tests.fixtures.audio import synthetic_music, write_wav
 from tunetrace.audio.decode import decode_file
-from tunetrace.catalog.ingest import PARENT_POLL_S, IngestSummary, ingest, worker_count, worker_pool
+from tunetrace.catalog.ingest import (
+    MAX_ATTEMPTS,
+    PARENT_POLL_S,
+    IngestSummary,
+    ingest,
+    worker_count,
+    worker_pool,
+)
 from tunetrace.catalog.progress import IngestProgress, ProgressPrinter
 from tunetrace.config import IngestConfig, MilvusConfig
 from tunetrace.encoders.spectral import SpectralEncoder
@@ -140,6 +149,60 @@ def test_a_worker_that_cannot_build_the_encoder_fails_each_file_with_a_reason(
     summary = ingest(synthetic_wavs, ENCODER, store, IngestConfig(workers=2), encoder_factory=_other_encoder)
     assert [o.status for o in summary.outcomes] == ["failed"] * 3
     assert all("the ingest worker failed" in o.reason for o in summary.outcomes)
+    assert store.tracks() == []
+
+
+class _DiesOnce(SpectralEncoder):
+    """Ends its worker process in the middle of a file, as the OOM killer would, once in the run
+    (the first worker to embed claims ``marker``)."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self._marker = marker
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        try:
+            os.close(os.open(self._marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return super().embed(windows)
+        os._exit(70)
+
+
+class _DiesOnLoudAudio(SpectralEncoder):
+    """Ends its worker on every file louder than the fixtures' (peak 0.5): a file that kills
+    whichever worker reads it."""
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        if float(np.max(np.abs(windows))) > 0.7:
+            os._exit(70)
+        return super().embed(windows)
+
+
+def test_a_worker_killed_in_the_middle_of_a_file_costs_a_retry_not_the_rest_of_the_run(
+    synthetic_wavs: list[Path], tmp_path: Path, store: CatalogStore, caplog: pytest.LogCaptureFixture,
+) -> None:
+    marker = tmp_path / "a worker died"
+    with caplog.at_level(logging.WARNING, logger="tunetrace"):
+        summary = ingest(synthetic_wavs, ENCODER, store, IngestConfig(workers=2),
+                         encoder_factory=functools.partial(_DiesOnce, marker))
+    assert marker.exists(), "a worker was killed"
+    assert [o.status for o in summary.outcomes] == ["added"] * 3
+    assert len(store.tracks()) == 3 and store.vector_count() == summary.vectors
+    assert [r.getMessage() for r in caplog.records if "an ingest worker died" in r.getMessage()]
+
+
+def test_a_file_that_kills_every_worker_fails_after_its_retries_with_the_reason(
+    tmp_path: Path, store: CatalogStore, caplog: pytest.LogCaptureFixture,
+) -> None:
+    loud = write_wav(tmp_path / "loud.wav", synthetic_music(12.0, 16000, seed=7) * 1.96, 16000)
+    with caplog.at_level(logging.WARNING, logger="tunetrace"):
+        summary = ingest([loud], ENCODER, store, IngestConfig(workers=2), encoder_factory=_DiesOnLoudAudio)
+    [outcome] = summary.outcomes
+    assert outcome.status == "failed"
+    assert "loud.wav: the ingest worker failed" in outcome.reason
+    assert "run the same command again" in outcome.reason
+    restarts = [r for r in caplog.records if "an ingest worker died" in r.getMessage()]
+    assert len(restarts) == MAX_ATTEMPTS, "one new pool per attempt, then the file fails alone"
     assert store.tracks() == []
 
 

@@ -361,22 +361,23 @@ _STOPPED = "stopped"
 """What a node passes on for a file it did not start or finish because the run was stopped."""
 
 
+MAX_POOL_RESTARTS = 5
+"""New worker pools one run may start after workers died (the OOM killer, a crash in a decoder)."""
+MAX_ATTEMPTS = 3
+"""Pools a file's step may run in: a file in progress each time a pool broke is likely what
+breaks it, and fails with its reason instead of taking the run's remaining restarts."""
+
+
 @dataclass(frozen=True)
 class _Job:
-    """A step of one file running in a worker."""
+    """A step of one file running in a worker: what ran, so that it can run again in a new pool."""
 
     path: Path
     future: Future[Any]
-
-
-def _result(pending: Any) -> Any:
-    """What a node received, with a worker's step waited for (its failure is the file's outcome)."""
-    if not isinstance(pending, _Job):
-        return pending
-    try:
-        return pending.future.result()
-    except Exception as exc:  # a worker died or a step raised: that one file fails
-        return FileOutcome(pending.path, "failed", _worker_failure(pending.path, exc))
+    step: Callable[..., Any]
+    args: tuple[Any, ...]
+    pool_generation: int
+    attempt: int = 1
 
 
 def _each(items: Iterable[Path | ScanProblem]) -> Iterable[Path | ScanProblem]:
@@ -409,11 +410,14 @@ class _Run:
     """
 
     def __init__(
-        self, pool: Executor, store: CatalogStore, *, inline_encoder: Encoder | None,
+        self, pool: Executor, store: CatalogStore, *, new_pool: Callable[[], Executor],
+        inline_encoder: Encoder | None,
         settings: EmbedSettings, insert_batch: int, sidecar: dict[Path, SidecarEntry], replace: bool,
         record: Callable[[FileOutcome], None], stop: threading.Event | None, in_flight: int,
     ) -> None:
         self._pool, self._store, self._inline_encoder = pool, store, inline_encoder
+        self._new_pool, self._pool_generation, self._pool_lock = new_pool, 0, threading.Lock()
+        self._restarts_left = MAX_POOL_RESTARTS
         self._settings, self._insert_batch = settings, insert_batch
         self._sidecar, self._replace = sidecar, replace
         self._record, self._stop = record, stop
@@ -457,7 +461,7 @@ class _Run:
     def decide(self, pending: _Job | FileOutcome | str) -> _Job | FileOutcome | _Copy | str:
         """Skip, re-tag, or embed: by the hash of the audio against the catalog as it is now."""
         try:
-            return self._decide(_result(pending))
+            return self._decide(self._result(pending))
         except Exception as exc:  # a fault of the run, not of one file: stop it, say why
             self._fail(exc)
             return _STOPPED
@@ -484,7 +488,7 @@ class _Run:
         try:
             if self.interrupted.is_set():
                 return _STOPPED
-            outcome = self._finish(_result(pending))
+            outcome = self._finish(self._result(pending))
             if isinstance(outcome, FileOutcome):
                 self._record(outcome)
             return outcome
@@ -537,11 +541,60 @@ class _Run:
         except (OSError, RuntimeError):  # a link loop: identify_file reports it
             return None
 
+    @property
+    def pool(self) -> Executor:
+        """The workers now (a new pool replaces one whose worker died)."""
+        return self._pool
+
     def _submit(self, path: Path, step: Callable[..., Any], *args: Any) -> _Job | FileOutcome:
+        with self._pool_lock:
+            pool, generation = self._pool, self._pool_generation
         try:
-            return _Job(path, self._pool.submit(step, *args))
-        except BrokenProcessPool as exc:
-            return FileOutcome(path, "failed", _worker_failure(path, exc))
+            return _Job(path, pool.submit(step, *args), step, args, generation)
+        except BrokenProcessPool as exc:  # broken since a result said so: treat it as a first attempt
+            return self._again(_Job(path, Future(), step, args, generation), exc)
+
+    def _result(self, pending: Any) -> Any:
+        """What a node received, with a worker's step waited for (its failure is the file's outcome).
+
+        A worker that died (killed, or crashed in native code) breaks its whole pool, failing every
+        step in it: those steps run again in a new pool, so one death costs the files in progress a
+        retry, not the rest of the run.
+        """
+        while isinstance(pending, _Job):
+            try:
+                return pending.future.result()
+            except BrokenProcessPool as exc:
+                pending = self._again(pending, exc)
+            except Exception as exc:  # a step raised: that one file fails
+                return FileOutcome(pending.path, "failed", _worker_failure(pending.path, exc))
+        return pending
+
+    def _again(self, job: _Job, exc: BrokenProcessPool) -> _Job | FileOutcome:
+        """``job`` submitted again to a working pool (started here if ``job``'s is still the current
+        one), or its failure once it, or the run, has used up its retries."""
+        with self._pool_lock:
+            if job.pool_generation == self._pool_generation:
+                if not self._restarts_left:
+                    return FileOutcome(job.path, "failed", _worker_failure(job.path, exc))
+                self._replace_pool(exc)
+            if job.attempt >= MAX_ATTEMPTS:
+                return FileOutcome(job.path, "failed", _worker_failure(job.path, exc))
+            pool, generation = self._pool, self._pool_generation
+        try:
+            return replace(job, future=pool.submit(job.step, *job.args), pool_generation=generation,
+                           attempt=job.attempt + 1)
+        except BrokenProcessPool as again:  # that pool broke too, already: count it as an attempt
+            return self._again(replace(job, pool_generation=generation, attempt=job.attempt + 1), again)
+
+    def _replace_pool(self, exc: BrokenProcessPool) -> None:
+        """Called with ``_pool_lock`` held."""
+        self._pool.shutdown(wait=False, cancel_futures=True)  # its workers are gone or being ended
+        self._restarts_left -= 1
+        log.warning("an ingest worker died (%s); starting new workers, and the files in progress run "
+                    "again (%d more restarts in this run)", exc, self._restarts_left)
+        self._pool = self._new_pool()
+        self._pool_generation += 1
 
     def _write(self, item: EmbeddedTrack) -> FileOutcome:
         """Store the track; only then is its audio no longer "being embedded" (``decide``, in its
@@ -603,9 +656,13 @@ def ingest(
             on_file(outcome)
 
     found = scan_paths(paths, config.extensions, problems, follow_symlinks_out=config.follow_symlinks_out)
-    pool = worker_pool(workers, encoder, encoder_factory)
+    def new_pool() -> Executor:
+        return worker_pool(workers, encoder, encoder_factory)
+
+    pool = new_pool()
     run = _Run(
-        pool, store, inline_encoder=encoder if isinstance(pool, _InlineExecutor) else None,
+        pool, store, new_pool=new_pool,
+        inline_encoder=encoder if isinstance(pool, _InlineExecutor) else None,
         settings=EmbedSettings(batch_size, config.min_duration_s, config.silence_threshold_dbfs),
         insert_batch=config.insert_batch, sidecar=sidecar, replace=replace, record=record, stop=stop,
         in_flight=1 if isinstance(pool, _InlineExecutor) else IN_FLIGHT_PER_WORKER * workers,
@@ -616,7 +673,7 @@ def ingest(
         run.interrupted.set()  # Ctrl-C: the nodes pass what is left on unstarted, and end
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        run.pool.shutdown(wait=True, cancel_futures=True)
     if run.error is not None:
         raise run.error
     summary.wall_s = time.monotonic() - started
