@@ -143,13 +143,18 @@ def _other_encoder() -> SpectralEncoder:
     raise ModelError("this factory builds no encoder")
 
 
-def test_a_worker_that_cannot_build_the_encoder_fails_each_file_with_a_reason(
-    synthetic_wavs: list[Path], store: CatalogStore,
+def test_a_worker_that_cannot_build_the_encoder_fails_each_file_with_its_reason(
+    synthetic_wavs: list[Path], store: CatalogStore, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    summary = ingest(synthetic_wavs, ENCODER, store, IngestConfig(workers=2), encoder_factory=_other_encoder)
+    with caplog.at_level(logging.WARNING, logger="tunetrace"):
+        summary = ingest(synthetic_wavs, ENCODER, store, IngestConfig(workers=2),
+                         encoder_factory=_other_encoder)
     assert [o.status for o in summary.outcomes] == ["failed"] * 3
-    assert all("the ingest worker failed" in o.reason for o in summary.outcomes)
+    reason = "the ingest worker failed (this factory builds no encoder)"
+    assert all(reason in o.reason for o in summary.outcomes)
     assert store.tracks() == []
+    restarts = [r for r in caplog.records if "an ingest worker died" in r.getMessage()]
+    assert not restarts, "the workers stay up: new ones would fail the same way"
 
 
 class _DiesOnce(SpectralEncoder):
@@ -188,7 +193,8 @@ def test_a_worker_killed_in_the_middle_of_a_file_costs_a_retry_not_the_rest_of_t
     assert marker.exists(), "a worker was killed"
     assert [o.status for o in summary.outcomes] == ["added"] * 3
     assert len(store.tracks()) == 3 and store.vector_count() == summary.vectors
-    assert [r.getMessage() for r in caplog.records if "an ingest worker died" in r.getMessage()]
+    restarts = [r.getMessage() for r in caplog.records if "an ingest worker died" in r.getMessage()]
+    assert len(restarts) == 1, restarts
 
 
 def test_a_file_that_kills_every_worker_fails_after_its_retries_with_the_reason(
@@ -202,7 +208,7 @@ def test_a_file_that_kills_every_worker_fails_after_its_retries_with_the_reason(
     assert "loud.wav: the ingest worker failed" in outcome.reason
     assert "run the same command again" in outcome.reason
     restarts = [r for r in caplog.records if "an ingest worker died" in r.getMessage()]
-    assert len(restarts) == MAX_ATTEMPTS, "one new pool per attempt, then the file fails alone"
+    assert len(restarts) == MAX_ATTEMPTS - 1, "a new pool for each retry, none after the last try"
     assert store.tracks() == []
 
 

@@ -113,6 +113,62 @@ def test_an_ingest_killed_in_the_middle_resumes_without_duplicates(tmp_path: Pat
     assert largest == int((DURATION_S - 1.0) / 0.5) + 1  # every track complete
 
 
+def _running_in_group(group: int) -> dict[int, str]:
+    """Processes of process group ``group`` still running (not exited), with their command lines."""
+    running = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] not in {"Z", "X"}:
+                running[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):  # not a process, or it ended meanwhile
+            continue
+    return running
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_ingest_with_its_workers_and_a_rerun_finishes(tmp_path: Path, library: Path) -> None:
+    """Ctrl-C on a terminal signals the whole foreground process group: the ingest, its workers and
+    their ffmpeg. The ingest must end and leave nothing running. (It hung for ever when a worker's
+    own KeyboardInterrupt came back as a step's result and ended a pipeline node.)"""
+    config = write_config(tmp_path / "state")
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write("ingest:\n  workers: 2\n")
+    proc = subprocess.Popen(
+        _ingest_command(config, library, "--progress-every", "0.1"), env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    progress = re.compile(rf"^progress: (\d+)/{FILES} files")
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, f"ingest ended before Ctrl-C: {proc.communicate()}"
+        if (match := progress.match(line)) and int(match.group(1)) >= 2:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # hung: leave nothing behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "\ninterrupted\n" in err, err  # (Milvus Lite's server got the signal too: restarted, said so)
+    assert "an ingest worker died" not in err, "an interrupted run starts no new workers"
+    time.sleep(1.0)  # the workers' parent watch needs at most PARENT_POLL_S
+    assert _running_in_group(proc.pid) == {}
+
+    rerun = subprocess.run(
+        _ingest_command(config, library, "-q"), env=_env(), capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    tracks, vectors, accounted, _ = _catalog_state(config)
+    assert tracks == FILES
+    assert vectors == accounted
+
+
 @pytest.mark.slow
 def test_on_a_terminal_the_ingest_redraws_one_progress_line(tmp_path: Path, library: Path) -> None:
     config = write_config(tmp_path / "state")

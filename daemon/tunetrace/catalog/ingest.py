@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import warnings
@@ -263,18 +264,27 @@ def _not_a_file(path: Path) -> FileOutcome | None:
 
 # -- worker processes ---------------------------------------------------------------------------
 
-_worker: Encoder | None = None
-"""This worker process's encoder, built once by ``_start_worker``."""
+_worker: Encoder | ModelError | None = None
+"""This worker process's encoder, built once by ``_start_worker``, or why it could not be built."""
 
 
 def _start_worker(factory: EncoderFactory, encoder_id: str, parent_pid: int) -> None:
+    """Build this worker's encoder. A failure is kept and raised by each job that needs the encoder:
+    raised here it would end the worker and break the pool, and new workers would fail the same way.
+    Ctrl-C is the ingesting process's to handle (it lets the files in progress finish)."""
     global _worker  # noqa: PLW0603 - one encoder per worker process, built before its first job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(parent_pid)
-    encoder = factory()
+    try:
+        encoder = factory()
+    except Exception as exc:  # missing weights, a broken model file: each file says so
+        _worker = exc if isinstance(exc, ModelError) else ModelError(f"cannot build the encoder: {exc}")
+        return
     if encoder.info.encoder_id != encoder_id:
-        raise ModelError(
+        _worker = ModelError(
             f"an ingest worker built encoder {encoder.info.encoder_id}, not the catalog's {encoder_id}"
         )
+        return
     _worker = encoder
 
 
@@ -304,6 +314,8 @@ PARENT_POLL_S = 0.5
 def _worker_encoder() -> Encoder:
     if _worker is None:
         raise RuntimeError("embed_file without an encoder outside an ingest worker")
+    if isinstance(_worker, ModelError):
+        raise _worker
     return _worker
 
 
@@ -365,7 +377,12 @@ MAX_POOL_RESTARTS = 5
 """New worker pools one run may start after workers died (the OOM killer, a crash in a decoder)."""
 MAX_ATTEMPTS = 3
 """Pools a file's step may run in: a file in progress each time a pool broke is likely what
-breaks it, and fails with its reason instead of taking the run's remaining restarts."""
+breaks it, and fails with its reason instead of taking the run's remaining restarts. (Files
+queued behind it are charged too: a pool fails every step it holds, started or not.)"""
+LOST_STEP_CHECK_S = 1.0
+"""How often a node waiting for a step checks that the step's pool was not replaced meanwhile: a
+step submitted just as its pool broke can be left unanswered (CPython fails the broken pool's
+steps without the lock ``submit`` takes)."""
 
 
 @dataclass(frozen=True)
@@ -418,6 +435,7 @@ class _Run:
         self._pool, self._store, self._inline_encoder = pool, store, inline_encoder
         self._new_pool, self._pool_generation, self._pool_lock = new_pool, 0, threading.Lock()
         self._restarts_left = MAX_POOL_RESTARTS
+        self._closing = False
         self._settings, self._insert_batch = settings, insert_batch
         self._sidecar, self._replace = sidecar, replace
         self._record, self._stop = record, stop
@@ -541,18 +559,20 @@ class _Run:
         except (OSError, RuntimeError):  # a link loop: identify_file reports it
             return None
 
-    @property
-    def pool(self) -> Executor:
-        """The workers now (a new pool replaces one whose worker died)."""
-        return self._pool
+    def close(self) -> None:
+        """Shut the current pool down, waiting for the steps in progress; no new pool after this."""
+        with self._pool_lock:
+            self._closing = True
+            pool = self._pool
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, path: Path, step: Callable[..., Any], *args: Any) -> _Job | FileOutcome:
         with self._pool_lock:
             pool, generation = self._pool, self._pool_generation
         try:
             return _Job(path, pool.submit(step, *args), step, args, generation)
-        except BrokenProcessPool as exc:  # broken since a result said so: treat it as a first attempt
-            return self._again(_Job(path, Future(), step, args, generation), exc)
+        except BrokenProcessPool as exc:  # broken since a step said so: this one has not run yet
+            return self._again(_Job(path, Future(), step, args, generation, attempt=0), exc)
 
     def _result(self, pending: Any) -> Any:
         """What a node received, with a worker's step waited for (its failure is the file's outcome).
@@ -563,23 +583,27 @@ class _Run:
         """
         while isinstance(pending, _Job):
             try:
-                return pending.future.result()
+                return pending.future.result(timeout=LOST_STEP_CHECK_S)
+            except TimeoutError:
+                if pending.pool_generation != self._pool_generation:  # its pool broke: it is lost
+                    pending = self._again(pending, BrokenProcessPool("its worker pool broke"))
             except BrokenProcessPool as exc:
                 pending = self._again(pending, exc)
-            except Exception as exc:  # a step raised: that one file fails
+            except (Exception, KeyboardInterrupt, SystemExit) as exc:  # a step raised: that file fails
+                # (A worker's own KeyboardInterrupt or SystemExit comes back as its step's result; let
+                # through, it ended this node, and the run then hung waiting for that node.)
                 return FileOutcome(pending.path, "failed", _worker_failure(pending.path, exc))
         return pending
 
     def _again(self, job: _Job, exc: BrokenProcessPool) -> _Job | FileOutcome:
         """``job`` submitted again to a working pool (started here if ``job``'s is still the current
-        one), or its failure once it, or the run, has used up its retries."""
+        one), or its failure once it, or the run, has used up its retries, or the run is ending."""
+        failed = FileOutcome(job.path, "failed", _worker_failure(job.path, exc))
         with self._pool_lock:
-            if job.pool_generation == self._pool_generation:
-                if not self._restarts_left:
-                    return FileOutcome(job.path, "failed", _worker_failure(job.path, exc))
-                self._replace_pool(exc)
-            if job.attempt >= MAX_ATTEMPTS:
-                return FileOutcome(job.path, "failed", _worker_failure(job.path, exc))
+            if self._closing or self.interrupted.is_set() or job.attempt >= MAX_ATTEMPTS:
+                return failed  # a pool still broken is replaced by the next step that needs one
+            if job.pool_generation == self._pool_generation and not self._replace_pool(exc):
+                return failed
             pool, generation = self._pool, self._pool_generation
         try:
             return replace(job, future=pool.submit(job.step, *job.args), pool_generation=generation,
@@ -587,14 +611,28 @@ class _Run:
         except BrokenProcessPool as again:  # that pool broke too, already: count it as an attempt
             return self._again(replace(job, pool_generation=generation, attempt=job.attempt + 1), again)
 
-    def _replace_pool(self, exc: BrokenProcessPool) -> None:
-        """Called with ``_pool_lock`` held."""
+    def _replace_pool(self, exc: BrokenProcessPool) -> bool:
+        """A new pool for the broken current one, if the run has restarts left. Called with
+        ``_pool_lock`` held."""
+        if not self._restarts_left:
+            return False
+        try:
+            fresh = self._new_pool()
+        except OSError as error:  # no processes or pipes left to start workers with
+            log.error("could not start new ingest workers (%s); the files left fail: run the same "
+                      "command again", describe_os_error(error))
+            self._restarts_left = 0
+            return False
         self._pool.shutdown(wait=False, cancel_futures=True)  # its workers are gone or being ended
+        self._pool, self._pool_generation = fresh, self._pool_generation + 1
         self._restarts_left -= 1
-        log.warning("an ingest worker died (%s); starting new workers, and the files in progress run "
-                    "again (%d more restarts in this run)", exc, self._restarts_left)
-        self._pool = self._new_pool()
-        self._pool_generation += 1
+        if self._restarts_left:
+            log.warning("an ingest worker died (%s); starting new workers, and the files in progress "
+                        "run again (%d more restarts in this run)", exc, self._restarts_left)
+        else:
+            log.error("an ingest worker died (%s); starting new workers for the last time in this "
+                      "run: if they die too, the files left fail (run the same command again)", exc)
+        return True
 
     def _write(self, item: EmbeddedTrack) -> FileOutcome:
         """Store the track; only then is its audio no longer "being embedded" (``decide``, in its
@@ -673,7 +711,7 @@ def ingest(
         run.interrupted.set()  # Ctrl-C: the nodes pass what is left on unstarted, and end
         raise
     finally:
-        run.pool.shutdown(wait=True, cancel_futures=True)
+        run.close()
     if run.error is not None:
         raise run.error
     summary.wall_s = time.monotonic() - started
