@@ -71,25 +71,37 @@ def _catalog_state(config_path: Path) -> tuple[int, int, int, int]:
     return int(tracks), int(vectors), int(accounted), int(largest)
 
 
-@pytest.mark.slow
-def test_an_ingest_killed_in_the_middle_resumes_without_duplicates(tmp_path: Path, library: Path) -> None:
+def _start_ingest(
+    tmp_path: Path, library: Path, *, own_group: bool = False,
+) -> tuple[Path, subprocess.Popen[str]]:
+    """A two-worker ``tunetrace ingest`` of ``library`` printing progress every 0.1 s."""
     config = write_config(tmp_path / "state")
     with config.open("a", encoding="utf-8") as handle:
         handle.write("ingest:\n  workers: 2\n")
     proc = subprocess.Popen(
         _ingest_command(config, library, "--progress-every", "0.1"), env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=own_group,
     )
+    return config, proc
+
+
+def _files_done(proc: subprocess.Popen[str], at_least: int) -> int:
+    """Read the ingest's progress lines until they count ``at_least`` files done (or 120 s pass)."""
     assert proc.stderr is not None
-    done = 0
     deadline = time.monotonic() + 120
     progress = re.compile(rf"^progress: (\d+)/{FILES} files")
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
-        assert line, f"ingest ended before it could be killed: {proc.communicate()}"
-        if (match := progress.match(line)) and int(match.group(1)) >= 3:
-            done = int(match.group(1))
-            break
+        assert line, f"ingest ended too early: {proc.communicate()}"
+        if (match := progress.match(line)) and int(match.group(1)) >= at_least:
+            return int(match.group(1))
+    return 0
+
+
+@pytest.mark.slow
+def test_an_ingest_killed_in_the_middle_resumes_without_duplicates(tmp_path: Path, library: Path) -> None:
+    config, proc = _start_ingest(tmp_path, library)
+    done = _files_done(proc, at_least=3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)  # returns once no child is left holding its stderr: workers died too
     assert proc.returncode == -signal.SIGKILL
@@ -131,21 +143,8 @@ def test_ctrl_c_ends_the_ingest_with_its_workers_and_a_rerun_finishes(tmp_path: 
     """Ctrl-C on a terminal signals the whole foreground process group: the ingest, its workers and
     their ffmpeg. The ingest must end and leave nothing running. (It hung for ever when a worker's
     own KeyboardInterrupt came back as a step's result and ended a pipeline node.)"""
-    config = write_config(tmp_path / "state")
-    with config.open("a", encoding="utf-8") as handle:
-        handle.write("ingest:\n  workers: 2\n")
-    proc = subprocess.Popen(
-        _ingest_command(config, library, "--progress-every", "0.1"), env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    progress = re.compile(rf"^progress: (\d+)/{FILES} files")
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        assert line, f"ingest ended before Ctrl-C: {proc.communicate()}"
-        if (match := progress.match(line)) and int(match.group(1)) >= 2:
-            break
+    config, proc = _start_ingest(tmp_path, library, own_group=True)
+    assert _files_done(proc, at_least=2) >= 2
     os.killpg(proc.pid, signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)
