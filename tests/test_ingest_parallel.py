@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.audio import synthetic_music, write_wav
+from tests.fixtures.processes import process
 from tunetrace.audio.decode import decode_file
 from tunetrace.catalog.ingest import (
     MAX_ATTEMPTS,
@@ -81,14 +82,6 @@ def test_a_second_run_with_workers_skips_everything(synthetic_wavs: list[Path], 
     assert store.vector_count() == count
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in {"Z", "X"}
-
-
 def test_a_worker_outlives_the_pipeline_thread_that_started_it() -> None:
     """The pool starts a worker from whichever thread submits first (a pipeline node's); when that
     thread ends, the worker must go on serving, and the pool must still shut down. (A worker tied
@@ -102,7 +95,8 @@ def test_a_worker_outlives_the_pipeline_thread_that_started_it() -> None:
         time.sleep(4 * PARENT_POLL_S)
         later = [pool.submit(os.getpid).result(timeout=60) for _ in range(4)]  # a broken pool raises
         assert first and first[0] != os.getpid() and os.getpid() not in later
-        assert _running(first[0]), "the worker the ended thread started is still there"
+        worker = process(first[0])
+        assert worker is not None and worker.running, "the worker the ended thread started is still there"
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

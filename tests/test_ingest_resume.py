@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures.audio import synthetic_music, write_wav
 from tests.fixtures.milvus import write_config
+from tests.fixtures.processes import processes
 
 FILES = 12
 DURATION_S = 40.0
@@ -125,19 +126,6 @@ def test_an_ingest_killed_in_the_middle_resumes_without_duplicates(tmp_path: Pat
     assert largest == int((DURATION_S - 1.0) / 0.5) + 1  # every track complete
 
 
-def _running_in_group(group: int) -> dict[int, str]:
-    """Processes of process group ``group`` still running (not exited), with their command lines."""
-    running = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == group and fields[0] not in {"Z", "X"}:
-                running[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):  # not a process, or it ended meanwhile
-            continue
-    return running
-
-
 @pytest.mark.slow
 def test_ctrl_c_ends_the_ingest_with_its_workers_and_a_rerun_finishes(tmp_path: Path, library: Path) -> None:
     """Ctrl-C on a terminal signals the whole foreground process group: the ingest, its workers and
@@ -156,7 +144,7 @@ def test_ctrl_c_ends_the_ingest_with_its_workers_and_a_rerun_finishes(tmp_path: 
     assert "\ninterrupted\n" in err, err  # (Milvus Lite's server got the signal too: restarted, said so)
     assert "an ingest worker died" not in err, "an interrupted run starts no new workers"
     time.sleep(1.0)  # the workers' parent watch needs at most PARENT_POLL_S
-    assert _running_in_group(proc.pid) == {}
+    assert {p.pid: p.cmdline for p in processes() if p.group == proc.pid and p.running} == {}
 
     rerun = subprocess.run(
         _ingest_command(config, library, "-q"), env=_env(), capture_output=True, text=True, timeout=300,

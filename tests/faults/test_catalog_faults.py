@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.processes import processes
 from tests.fixtures.systemd import NotifySocket, watched_service
 from tunetrace.config import MilvusConfig
 from tunetrace.encoders.spectral import SpectralEncoder
@@ -23,19 +24,11 @@ ENCODER = SpectralEncoder()
 
 def _lite_children(db_path: str) -> list[int]:
     """This process's Milvus Lite server children serving ``db_path`` (other tests' may run too)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        serving = str(Path(db_path).resolve()).encode() in command
-        if ppid == os.getpid() and b"milvus_lite" in command and serving:
-            found.append(int(entry.name))
-    return found
+    serving = str(Path(db_path).resolve())
+    return [
+        p.pid for p in processes()
+        if p.ppid == os.getpid() and "milvus_lite" in p.cmdline and serving in p.cmdline
+    ]
 
 
 def test_a_killed_milvus_lite_server_is_restarted_and_search_goes_on(

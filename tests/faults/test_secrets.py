@@ -28,6 +28,7 @@ from tests.fixtures.audio import run_ffmpeg, synthetic_music, write_wav
 from tests.fixtures.milvus import BuiltCatalog, private_catalog_copy
 from tests.fixtures.mqtt import Mosquitto
 from tests.fixtures.ports import free_loopback_port
+from tests.fixtures.processes import descendants, processes
 from tunetrace.errors import SourceError
 from tunetrace.redact import redact_text, redact_url, url_has_secrets
 from tunetrace.sources.ffmpeg import FfmpegSource
@@ -103,22 +104,6 @@ def auth_stream(tmp_path: Path) -> Iterator[str]:
         server.server_close()
 
 
-def _child_cmdlines() -> list[str]:
-    """Command lines of this process's children, as any user reads them in /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == os.getpid():
-                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 async def _first_blocks_and_cmdlines(url: str) -> tuple[list[np.ndarray], list[str]]:
     source = FfmpegSource(url, RATE)
     blocks: list[np.ndarray] = []
@@ -129,7 +114,8 @@ async def _first_blocks_and_cmdlines(url: str) -> tuple[list[np.ndarray], list[s
             async for block in session:
                 blocks.append(block)
                 if len(blocks) == 4:
-                    cmdlines = [c for c in _child_cmdlines() if "ffmpeg" in c]
+                    children = [p.cmdline for p in processes() if p.ppid == os.getpid()]
+                    cmdlines = [c for c in children if "ffmpeg" in c]
                     break
     finally:
         await session.aclose()
@@ -193,29 +179,6 @@ def test_check_config_and_catalog_errors_print_no_credentials(tmp_path: Path) ->
         assert not any(secret in output for secret in SECRETS), output
 
 
-def _descendants(root: int) -> dict[int, str]:
-    """Command lines of ``root`` and every process below it, as ``ps`` shows them."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    tree, grew = {root}, True
-    while grew:
-        below = {pid for pid, parent in parents.items() if parent in tree} - tree
-        tree |= below
-        grew = bool(below)
-    found = {}
-    for pid in tree:
-        try:
-            found[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.slow
 def test_a_daemon_run_with_credentials_in_every_url_prints_none_of_them(
     tmp_path: Path, auth_stream: str, mosquitto: Mosquitto, clip_catalog: BuiltCatalog,
@@ -250,7 +213,7 @@ def test_a_daemon_run_with_credentials_in_every_url_prints_none_of_them(
         try:
             deadline = time.monotonic() + 25
             while time.monotonic() < deadline:
-                seen |= _descendants(daemon.pid)
+                seen |= descendants(daemon.pid)
                 if "reconnect 3" in err.read_text(errors="replace"):
                     break
                 time.sleep(0.2)
